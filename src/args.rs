@@ -1,0 +1,216 @@
+//! Validation of queue and exchange arguments, as RabbitMQ checks them.
+//!
+//! Texts follow RabbitMQ's: "invalid arg 'x-message-ttl' for queue 'q' in
+//! vhost '/': {value_negative,-1}" and "inequivalent arg ... received the
+//! value '10' of type 'signedint' but current is none".
+
+use crate::error::{AmqpError, AmqpResult};
+use amq_protocol::types::{AMQPValue, FieldTable};
+
+/// RabbitMQ's name for a field type.
+pub fn type_name(v: &AMQPValue) -> &'static str {
+    match v {
+        AMQPValue::Boolean(_) => "bool",
+        AMQPValue::ShortShortInt(_) => "byte",
+        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
+        AMQPValue::ShortInt(_) => "short",
+        AMQPValue::ShortUInt(_) => "unsignedshort",
+        AMQPValue::LongInt(_) => "signedint",
+        AMQPValue::LongUInt(_) => "unsignedint",
+        AMQPValue::LongLongInt(_) => "long",
+        AMQPValue::Float(_) => "float",
+        AMQPValue::Double(_) => "double",
+        AMQPValue::DecimalValue(_) => "decimal",
+        AMQPValue::ShortString(_) => "shortstr",
+        AMQPValue::LongString(_) => "longstr",
+        AMQPValue::FieldArray(_) => "array",
+        AMQPValue::Timestamp(_) => "timestamp",
+        AMQPValue::FieldTable(_) => "table",
+        AMQPValue::ByteArray(_) => "binary",
+        AMQPValue::Void => "void",
+    }
+}
+
+/// A value as RabbitMQ prints it in inequivalence errors.
+pub fn show(v: &AMQPValue) -> String {
+    match v {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        other => int_value(other).map(|i| i.to_string()).unwrap_or_else(|| format!("{other:?}")),
+    }
+}
+
+pub fn int_value(v: &AMQPValue) -> Option<i64> {
+    Some(match v {
+        AMQPValue::ShortShortInt(x) => *x as i64,
+        AMQPValue::ShortShortUInt(x) => *x as i64,
+        AMQPValue::ShortInt(x) => *x as i64,
+        AMQPValue::ShortUInt(x) => *x as i64,
+        AMQPValue::LongInt(x) => *x as i64,
+        AMQPValue::LongUInt(x) => *x as i64,
+        AMQPValue::LongLongInt(x) => *x,
+        AMQPValue::Timestamp(x) => *x as i64,
+        _ => return None,
+    })
+}
+
+pub fn str_value(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+pub fn get<'a>(args: &'a FieldTable, key: &str) -> Option<&'a AMQPValue> {
+    args.inner().get(key)
+}
+
+pub fn get_int(args: &FieldTable, key: &str) -> Option<i64> {
+    get(args, key).and_then(int_value)
+}
+
+pub fn get_str(args: &FieldTable, key: &str) -> Option<String> {
+    get(args, key).and_then(str_value)
+}
+
+pub fn get_bool(args: &FieldTable, key: &str) -> Option<bool> {
+    match get(args, key)? {
+        AMQPValue::Boolean(b) => Some(*b),
+        _ => None,
+    }
+}
+
+enum Rule {
+    NonNegInt,
+    PosInt,
+    Str,
+    Bool,
+    OneOf(&'static [&'static str]),
+    MaxPriority,
+}
+
+const QUEUE_ARGS: &[(&str, Rule)] = &[
+    ("x-expires", Rule::PosInt),
+    ("x-message-ttl", Rule::NonNegInt),
+    ("x-dead-letter-exchange", Rule::Str),
+    ("x-dead-letter-routing-key", Rule::Str),
+    ("x-max-length", Rule::NonNegInt),
+    ("x-max-length-bytes", Rule::NonNegInt),
+    ("x-max-priority", Rule::MaxPriority),
+    ("x-overflow", Rule::OneOf(&["drop-head", "reject-publish", "reject-publish-dlx"])),
+    ("x-queue-mode", Rule::OneOf(&["default", "lazy"])),
+    ("x-queue-type", Rule::OneOf(&["classic"])),
+    ("x-single-active-consumer", Rule::Bool),
+    ("x-delivery-limit", Rule::NonNegInt),
+    ("x-message-deduplication", Rule::Bool),
+    ("x-cache-size", Rule::NonNegInt),
+    ("x-cache-ttl", Rule::NonNegInt),
+    ("x-deduplication-header", Rule::Str),
+];
+
+fn check(rule: &Rule, v: &AMQPValue) -> Result<(), String> {
+    match rule {
+        Rule::NonNegInt | Rule::PosInt | Rule::MaxPriority => {
+            let Some(i) = int_value(v) else {
+                return Err(format!("{{unacceptable_type,{}}}", type_name(v)));
+            };
+            if i < 0 {
+                return Err(format!("{{value_negative,{i}}}"));
+            }
+            if matches!(rule, Rule::PosInt) && i == 0 {
+                return Err(format!("{{value_zero,{i}}}"));
+            }
+            if matches!(rule, Rule::MaxPriority) && i > 255 {
+                return Err(format!("{{value_too_large,{i},255}}"));
+            }
+            Ok(())
+        }
+        Rule::Str => str_value(v)
+            .map(|_| ())
+            .ok_or_else(|| format!("{{unacceptable_type,{}}}", type_name(v))),
+        Rule::Bool => match v {
+            AMQPValue::Boolean(_) => Ok(()),
+            _ => Err(format!("{{unacceptable_type,{}}}", type_name(v))),
+        },
+        Rule::OneOf(allowed) => match str_value(v) {
+            Some(s) if allowed.contains(&s.as_str()) => Ok(()),
+            Some(s) => Err(format!("{{unacceptable_value,<<\"{s}\">>}}")),
+            None => Err(format!("{{unacceptable_type,{}}}", type_name(v))),
+        },
+    }
+}
+
+pub fn validate_queue_args(args: &FieldTable, name: &str, vhost: &str) -> AmqpResult<()> {
+    for (key, rule) in QUEUE_ARGS {
+        if let Some(v) = get(args, key) {
+            check(rule, v).map_err(|reason| {
+                AmqpError::precondition(format!(
+                    "invalid arg '{key}' for queue '{name}' in vhost '{vhost}': {reason}"
+                ))
+            })?;
+        }
+    }
+    if get(args, "x-dead-letter-routing-key").is_some() && get(args, "x-dead-letter-exchange").is_none() {
+        return Err(AmqpError::precondition(format!(
+            "invalid arg 'x-dead-letter-routing-key' for queue '{name}' in vhost '{vhost}': {{missing_dead_letter_exchange}}"
+        )));
+    }
+    Ok(())
+}
+
+pub fn validate_exchange_args(args: &FieldTable, name: &str, vhost: &str) -> AmqpResult<()> {
+    if let Some(v) = get(args, "alternate-exchange") {
+        if str_value(v).is_none() {
+            return Err(AmqpError::precondition(format!(
+                "invalid arg 'alternate-exchange' for exchange '{name}' in vhost '{vhost}': {{unacceptable_type,{}}}",
+                type_name(v)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The arguments RabbitMQ compares on a redeclare.
+const EQUIVALENCE_KEYS: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-type",
+    "x-single-active-consumer",
+    "x-delivery-limit",
+    "x-message-deduplication",
+    "alternate-exchange",
+    "x-delayed-type",
+];
+
+pub fn check_equivalent(current: &FieldTable, received: &FieldTable, kind: &str, name: &str, vhost: &str) -> AmqpResult<()> {
+    for key in EQUIVALENCE_KEYS {
+        let (c, r) = (get(current, key), get(received, key));
+        let same = match (c, r) {
+            (None, None) => true,
+            (Some(a), Some(b)) => crate::exchange::values_equal(a, b),
+            _ => false,
+        };
+        if !same {
+            let recv = match r {
+                Some(v) => format!("the value '{}' of type '{}'", show(v), type_name(v)),
+                None => "none".to_string(),
+            };
+            let cur = match c {
+                Some(v) => format!("the value '{}' of type '{}'", show(v), type_name(v)),
+                None => "none".to_string(),
+            };
+            return Err(AmqpError::precondition(format!(
+                "inequivalent arg '{key}' for {kind} '{name}' in vhost '{vhost}': received {recv} but current is {cur}"
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,787 @@
+//! The broker: vhosts, users and permissions, the store, and every operation
+//! that changes definitions.
+//!
+//! Validation happens before any side effect; durable changes are appended to
+//! the definitions log (fsynced) before the in-memory maps change, so a crash
+//! between the two replays the change rather than losing it.
+
+use crate::config::Config;
+use crate::error::{AmqpError, AmqpResult};
+use crate::exchange::{Dest, Exchange, ExchangeKind};
+use crate::queue::Queue;
+use crate::store::definitions::{DefOp, DefinitionsLog};
+use crate::store::io::StoreIo;
+use crate::store::Store;
+use crate::vhost::VHost;
+use amq_protocol::types::FieldTable;
+use base64::Engine;
+use parking_lot::{Mutex, RwLock};
+use regex::Regex;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+#[derive(Clone, Debug)]
+pub struct User {
+    pub name: String,
+    /// base64(salt(4) ++ sha256(salt ++ password)), RabbitMQ's default scheme.
+    pub password_hash: String,
+    pub tags: Vec<String>,
+}
+
+impl User {
+    pub fn check_password(&self, password: &str) -> bool {
+        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(&self.password_hash) else {
+            return false;
+        };
+        if raw.len() != 36 {
+            return false;
+        }
+        let mut h = Sha256::new();
+        h.update(&raw[..4]);
+        h.update(password.as_bytes());
+        h.finalize().as_slice() == &raw[4..]
+    }
+}
+
+pub fn hash_password(password: &str) -> String {
+    let salt: [u8; 4] = rand::random();
+    let mut h = Sha256::new();
+    h.update(salt);
+    h.update(password.as_bytes());
+    let mut raw = salt.to_vec();
+    raw.extend_from_slice(&h.finalize());
+    base64::engine::general_purpose::STANDARD.encode(raw)
+}
+
+#[derive(Clone, Debug)]
+pub struct Permission {
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+    re: [Regex; 3],
+}
+
+impl Permission {
+    pub fn new(configure: &str, write: &str, read: &str) -> Result<Self, String> {
+        let anchored = |p: &str| Regex::new(&format!("^(?:{p})$")).map_err(|e| format!("invalid permission regex {p:?}: {e}"));
+        Ok(Permission {
+            configure: configure.into(),
+            write: write.into(),
+            read: read.into(),
+            re: [anchored(configure)?, anchored(write)?, anchored(read)?],
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Configure,
+    Write,
+    Read,
+}
+
+/// Connection details the management API shows.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub id: u64,
+    pub name: String,
+    pub user: String,
+    pub vhost: String,
+    pub peer: String,
+    pub channels: u32,
+    pub connected_at: u64,
+    pub client_properties: String,
+}
+
+pub struct Broker {
+    pub config: Config,
+    pub store: Arc<Store>,
+    defs: Mutex<DefinitionsLog>,
+    pub vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    pub users: RwLock<HashMap<String, User>>,
+    pub permissions: RwLock<HashMap<(String, String), Permission>>,
+    next_queue_id: AtomicU32,
+    next_conn_id: AtomicU64,
+    pub connections: Mutex<HashMap<u64, (ConnInfo, Arc<crate::delivery::ConnShared>)>>,
+    /// true while a resource alarm (memory or disk) blocks publishers.
+    pub alarm: watch::Sender<bool>,
+    pub alarm_reasons: Mutex<Vec<String>>,
+}
+
+impl Broker {
+    /// Open the data dir: replay definitions, recover messages, compact.
+    pub fn open(config: Config, io: Arc<dyn StoreIo>) -> std::io::Result<Arc<Broker>> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let ops = DefinitionsLog::read_all(&config.data_dir)?;
+        let fresh = ops.is_empty();
+        let mut model = Model::default();
+        if fresh {
+            for u in &config.users {
+                model.apply(DefOp::PutUser {
+                    name: u.name.clone(),
+                    password_hash: hash_password(&u.password),
+                    tags: u.tags.clone(),
+                });
+            }
+            for v in &config.vhosts {
+                model.apply(DefOp::AddVhost { name: v.clone() });
+                for u in &config.users {
+                    model.apply(DefOp::SetPermissions {
+                        user: u.name.clone(),
+                        vhost: v.clone(),
+                        configure: ".*".into(),
+                        write: ".*".into(),
+                        read: ".*".into(),
+                    });
+                }
+            }
+        } else {
+            for op in ops {
+                model.apply(op);
+            }
+        }
+        let live: HashSet<u32> = model.queues.values().map(|q| q.id).collect();
+        let (store, mut recovered) = Store::open(
+            &config.data_dir,
+            io,
+            config.store.segment_size,
+            config.store.sync_delay_us,
+            &live,
+        )?;
+        let compacted = model.to_ops();
+        let defs = DefinitionsLog::rewrite(&config.data_dir, &compacted)?;
+        let max_id = live.iter().copied().max().unwrap_or(0);
+        let (alarm, _) = watch::channel(false);
+        let broker = Arc::new(Broker {
+            config,
+            store: store.clone(),
+            defs: Mutex::new(defs),
+            vhosts: RwLock::new(HashMap::new()),
+            users: RwLock::new(HashMap::new()),
+            permissions: RwLock::new(HashMap::new()),
+            next_queue_id: AtomicU32::new(max_id + 1),
+            next_conn_id: AtomicU64::new(1),
+            connections: Mutex::new(HashMap::new()),
+            alarm,
+            alarm_reasons: Mutex::new(vec![]),
+        });
+        // Build the live objects from the model.
+        for u in model.users.values() {
+            broker.users.write().insert(u.name.clone(), u.clone());
+        }
+        for ((u, v), (c, w, r)) in &model.perms {
+            if let Ok(p) = Permission::new(c, w, r) {
+                broker.permissions.write().insert((u.clone(), v.clone()), p);
+            }
+        }
+        for v in &model.vhosts {
+            broker.vhosts.write().insert(v.clone(), Arc::new(VHost::new(v)));
+        }
+        let mut total = 0usize;
+        for ((v, name), e) in &model.exchanges {
+            if let Some(vh) = broker.vhost(v) {
+                let kind = ExchangeKind::parse(&e.kind).unwrap_or(ExchangeKind::Direct);
+                let ex = Exchange::new(name, kind, true, e.auto_delete, e.internal, e.arguments.clone());
+                vh.exchanges.write().insert(name.clone(), Arc::new(ex));
+            }
+        }
+        for ((v, name), q) in &model.queues {
+            if let Some(vh) = broker.vhost(v) {
+                let queue = Arc::new(Queue::new(name, v, q.id, true, None, q.auto_delete, q.arguments.clone(), store.clone()));
+                if let Some(msgs) = recovered.remove(&q.id) {
+                    total += msgs.len();
+                    queue.restore(msgs);
+                }
+                vh.queues.write().insert(name.clone(), queue);
+            }
+        }
+        for b in &model.bindings {
+            let Some(vh) = broker.vhost(&b.vhost) else { continue };
+            let Some(src) = vh.exchange(&b.source) else { continue };
+            let dest = if b.destination_type == "queue" {
+                vh.queue(&b.destination).map(Dest::Queue)
+            } else {
+                vh.exchange(&b.destination).map(Dest::Exchange)
+            };
+            if let Some(d) = dest {
+                src.bind(d, &b.routing_key, b.arguments.clone());
+            }
+        }
+        tracing::info!(messages = total, queues = live.len(), "recovered");
+        Ok(broker)
+    }
+
+    pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
+        self.vhosts.read().get(name).cloned()
+    }
+
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn persist(&self, op: DefOp) -> AmqpResult<()> {
+        let mut d = self.defs.lock();
+        d.append(&op).map_err(|e| {
+            tracing::error!(error = %e, "cannot write definitions");
+            AmqpError::internal(format!("cannot write definitions: {e}"))
+        })?;
+        if d.ops_since_compaction() > 10_000 {
+            let ops = self.snapshot_ops();
+            match DefinitionsLog::rewrite(&self.config.data_dir, &ops) {
+                Ok(n) => *d = n,
+                Err(e) => tracing::warn!(error = %e, "definitions compaction failed"),
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole durable state as ops (for compaction and export).
+    pub fn snapshot_ops(&self) -> Vec<DefOp> {
+        let mut ops = vec![];
+        for u in self.users.read().values() {
+            ops.push(DefOp::PutUser {
+                name: u.name.clone(),
+                password_hash: u.password_hash.clone(),
+                tags: u.tags.clone(),
+            });
+        }
+        let vhosts: Vec<_> = self.vhosts.read().values().cloned().collect();
+        for v in &vhosts {
+            ops.push(DefOp::AddVhost { name: v.name.clone() });
+        }
+        for ((u, v), p) in self.permissions.read().iter() {
+            ops.push(DefOp::SetPermissions {
+                user: u.clone(),
+                vhost: v.clone(),
+                configure: p.configure.clone(),
+                write: p.write.clone(),
+                read: p.read.clone(),
+            });
+        }
+        for v in &vhosts {
+            for e in v.exchanges.read().values() {
+                if e.durable && !e.name.is_empty() && !e.name.starts_with("amq.") {
+                    ops.push(DefOp::DeclareExchange {
+                        vhost: v.name.clone(),
+                        name: e.name.clone(),
+                        kind: e.kind.as_str().into(),
+                        auto_delete: e.auto_delete,
+                        internal: e.internal,
+                        arguments: e.arguments.clone(),
+                    });
+                }
+            }
+            for q in v.queues.read().values() {
+                if q.durable {
+                    ops.push(DefOp::DeclareQueue {
+                        vhost: v.name.clone(),
+                        name: q.name.clone(),
+                        id: q.id,
+                        auto_delete: q.auto_delete,
+                        arguments: q.arguments.clone(),
+                    });
+                }
+            }
+            for e in v.exchanges.read().values() {
+                for b in e.bindings.read().all.iter() {
+                    if e.durable && b.dest.is_durable() {
+                        ops.push(DefOp::Bind {
+                            vhost: v.name.clone(),
+                            source: e.name.clone(),
+                            destination: b.dest.name().to_owned(),
+                            destination_type: b.dest.kind().into(),
+                            routing_key: b.routing_key.clone(),
+                            arguments: b.arguments.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        ops
+    }
+
+    // ----- authentication and access -----
+
+    pub fn authenticate(&self, user: &str, password: &str) -> Option<User> {
+        let u = self.users.read().get(user).cloned()?;
+        u.check_password(password).then_some(u)
+    }
+
+    pub fn can_access_vhost(&self, user: &str, vhost: &str) -> bool {
+        self.permissions.read().contains_key(&(user.to_owned(), vhost.to_owned()))
+    }
+
+    pub fn check_access(&self, user: &str, vhost: &str, access: Access, kind: &str, name: &str) -> AmqpResult<()> {
+        let perms = self.permissions.read();
+        let ok = perms
+            .get(&(user.to_owned(), vhost.to_owned()))
+            .map(|p| {
+                let i = match access {
+                    Access::Configure => 0,
+                    Access::Write => 1,
+                    Access::Read => 2,
+                };
+                p.re[i].is_match(name)
+            })
+            .unwrap_or(false);
+        if ok {
+            Ok(())
+        } else {
+            let what = match access {
+                Access::Configure => "configure",
+                Access::Write => "write",
+                Access::Read => "read",
+            };
+            Err(AmqpError::access_refused(format!(
+                "access to {kind} '{name}' in vhost '{vhost}' refused for user '{user}'"
+            ))
+            .with_method(0, 0))
+            .map_err(|e| {
+                tracing::debug!(what, "access refused");
+                e
+            })
+        }
+    }
+
+    // ----- exchanges -----
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn declare_exchange(
+        &self,
+        vhost: &VHost,
+        name: &str,
+        kind: &str,
+        passive: bool,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+    ) -> AmqpResult<Arc<Exchange>> {
+        if name.is_empty() {
+            if passive {
+                return vhost.get_exchange(name);
+            }
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+        }
+        if passive {
+            return vhost.get_exchange(name);
+        }
+        if name.starts_with("amq.") && vhost.exchange(name).is_none() {
+            return Err(AmqpError::access_refused(format!(
+                "exchange name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        let Some(k) = ExchangeKind::parse(kind) else {
+            return Err(AmqpError::command_invalid(format!(
+                "unknown exchange type '{kind}'"
+            )));
+        };
+        crate::args::validate_exchange_args(&arguments, name, &vhost.name)?;
+        if let Some(existing) = vhost.exchange(name) {
+            let ineq = |arg: &str, got: String, cur: String| {
+                AmqpError::precondition(format!(
+                    "inequivalent arg '{arg}' for exchange '{name}' in vhost '{}': received '{got}' but current is '{cur}'",
+                    vhost.name
+                ))
+            };
+            if existing.kind != k {
+                return Err(ineq("type", kind.into(), existing.kind.as_str().into()));
+            }
+            if existing.durable != durable {
+                return Err(ineq("durable", durable.to_string(), existing.durable.to_string()));
+            }
+            if existing.auto_delete != auto_delete {
+                return Err(ineq("auto_delete", auto_delete.to_string(), existing.auto_delete.to_string()));
+            }
+            if existing.internal != internal {
+                return Err(ineq("internal", internal.to_string(), existing.internal.to_string()));
+            }
+            crate::args::check_equivalent(&existing.arguments, &arguments, "exchange", name, &vhost.name)?;
+            return Ok(existing);
+        }
+        if durable {
+            self.persist(DefOp::DeclareExchange {
+                vhost: vhost.name.clone(),
+                name: name.into(),
+                kind: kind.into(),
+                auto_delete,
+                internal,
+                arguments: arguments.clone(),
+            })?;
+        }
+        let ex = Arc::new(Exchange::new(name, k, durable, auto_delete, internal, arguments));
+        vhost.exchanges.write().insert(name.to_owned(), ex.clone());
+        Ok(ex)
+    }
+
+    pub fn delete_exchange(&self, vhost: &VHost, name: &str, if_unused: bool) -> AmqpResult<()> {
+        if name.is_empty() || name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(if name.is_empty() {
+                "operation not permitted on the default exchange".to_string()
+            } else {
+                format!("exchange name '{name}' contains reserved prefix 'amq.*'")
+            }));
+        }
+        let Some(ex) = vhost.exchange(name) else {
+            // RabbitMQ: deleting a missing exchange is not an error.
+            return Ok(());
+        };
+        if if_unused && ex.has_bindings() {
+            return Err(AmqpError::precondition(format!(
+                "exchange '{name}' in vhost '{}' in use",
+                vhost.name
+            )));
+        }
+        if ex.durable {
+            self.persist(DefOp::DeleteExchange {
+                vhost: vhost.name.clone(),
+                name: name.into(),
+            })?;
+        }
+        ex.deleted.store(true, Ordering::Release);
+        vhost.exchanges.write().remove(name);
+        ex.bindings.write().all.clear();
+        let gone = vhost.unbind_everywhere(&Dest::Exchange(ex.clone()));
+        let sources: Vec<_> = gone.into_iter().map(|(s, _)| s).collect();
+        self.auto_delete_cascade(vhost, &sources);
+        Ok(())
+    }
+
+    fn auto_delete_cascade(&self, vhost: &VHost, sources: &[Arc<Exchange>]) {
+        for ex in vhost.auto_delete_exchanges(sources) {
+            if ex.durable {
+                let _ = self.persist(DefOp::DeleteExchange {
+                    vhost: vhost.name.clone(),
+                    name: ex.name.clone(),
+                });
+            }
+            let gone = vhost.unbind_everywhere(&Dest::Exchange(ex.clone()));
+            let s: Vec<_> = gone.into_iter().map(|(s, _)| s).collect();
+            self.auto_delete_cascade(vhost, &s);
+        }
+    }
+
+    // ----- queues -----
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn declare_queue(
+        &self,
+        vhost: &VHost,
+        name: &str,
+        passive: bool,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        arguments: FieldTable,
+        conn_id: u64,
+    ) -> AmqpResult<Arc<Queue>> {
+        if passive {
+            let q = vhost.get_queue(name)?;
+            check_exclusive(&q, conn_id)?;
+            return Ok(q);
+        }
+        let name = if name.is_empty() {
+            server_queue_name()
+        } else {
+            if name.starts_with("amq.") {
+                return Err(AmqpError::access_refused(format!(
+                    "queue name '{name}' contains reserved prefix 'amq.*'"
+                )));
+            }
+            name.to_owned()
+        };
+        crate::args::validate_queue_args(&arguments, &name, &vhost.name)?;
+        if let Some(existing) = vhost.queue(&name) {
+            check_exclusive(&existing, conn_id)?;
+            let ineq = |arg: &str, got: bool, cur: bool| {
+                AmqpError::precondition(format!(
+                    "inequivalent arg '{arg}' for queue '{name}' in vhost '{}': received '{got}' but current is '{cur}'",
+                    vhost.name
+                ))
+            };
+            if existing.durable != durable {
+                return Err(ineq("durable", durable, existing.durable));
+            }
+            if existing.exclusive_owner.is_some() != exclusive {
+                return Err(ineq("exclusive", exclusive, existing.exclusive_owner.is_some()));
+            }
+            if existing.auto_delete != auto_delete {
+                return Err(ineq("auto_delete", auto_delete, existing.auto_delete));
+            }
+            crate::args::check_equivalent(&existing.arguments, &arguments, "queue", &name, &vhost.name)?;
+            return Ok(existing);
+        }
+        let id = self.next_queue_id.fetch_add(1, Ordering::Relaxed);
+        // Exclusive queues are never durable in effect: they die with their connection.
+        let durable_effective = durable && !exclusive;
+        if durable_effective {
+            self.persist(DefOp::DeclareQueue {
+                vhost: vhost.name.clone(),
+                name: name.clone(),
+                id,
+                auto_delete,
+                arguments: arguments.clone(),
+            })?;
+        }
+        let q = Arc::new(Queue::new(
+            &name,
+            &vhost.name,
+            id,
+            durable,
+            exclusive.then_some(conn_id),
+            auto_delete,
+            arguments,
+            self.store.clone(),
+        ));
+        vhost.queues.write().insert(name, q.clone());
+        Ok(q)
+    }
+
+    /// Delete a queue; returns its message count.
+    pub fn delete_queue(&self, vhost: &VHost, q: &Arc<Queue>, if_unused: bool, if_empty: bool) -> AmqpResult<u32> {
+        if if_unused && !q.is_unused() {
+            return Err(AmqpError::precondition(format!(
+                "queue '{}' in vhost '{}' in use",
+                q.name, vhost.name
+            )));
+        }
+        if if_empty && q.message_count() > 0 {
+            return Err(AmqpError::precondition(format!(
+                "queue '{}' in vhost '{}' not empty",
+                q.name, vhost.name
+            )));
+        }
+        if q.is_deleted() {
+            return Ok(0);
+        }
+        if q.durable && q.exclusive_owner.is_none() {
+            self.persist(DefOp::DeleteQueue {
+                vhost: vhost.name.clone(),
+                name: q.name.clone(),
+            })?;
+        }
+        {
+            let mut qs = vhost.queues.write();
+            if qs.get(&q.name).is_some_and(|x| Arc::ptr_eq(x, q)) {
+                qs.remove(&q.name);
+            }
+        }
+        let gone = vhost.unbind_everywhere(&Dest::Queue(q.clone()));
+        let (n, consumers) = q.delete();
+        for c in consumers {
+            crate::channel::server_cancel(&c);
+        }
+        let sources: Vec<_> = gone.into_iter().map(|(s, _)| s).collect();
+        self.auto_delete_cascade(vhost, &sources);
+        Ok(n)
+    }
+
+    // ----- bindings -----
+
+    pub fn bind(&self, vhost: &VHost, source: &Arc<Exchange>, dest: Dest, routing_key: &str, arguments: FieldTable) -> AmqpResult<()> {
+        if source.name.is_empty() {
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+        }
+        if let Dest::Exchange(d) = &dest {
+            if d.name.is_empty() {
+                return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+            }
+        }
+        let durable = source.durable && dest.is_durable();
+        let op = DefOp::Bind {
+            vhost: vhost.name.clone(),
+            source: source.name.clone(),
+            destination: dest.name().to_owned(),
+            destination_type: dest.kind().into(),
+            routing_key: routing_key.into(),
+            arguments: arguments.clone(),
+        };
+        if source.bind(dest, routing_key, arguments) && durable {
+            self.persist(op)?;
+        }
+        Ok(())
+    }
+
+    pub fn unbind(&self, vhost: &VHost, source: &Arc<Exchange>, dest: Dest, routing_key: &str, arguments: FieldTable) -> AmqpResult<()> {
+        if source.name.is_empty() {
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+        }
+        let durable = source.durable && dest.is_durable();
+        let op = DefOp::Unbind {
+            vhost: vhost.name.clone(),
+            source: source.name.clone(),
+            destination: dest.name().to_owned(),
+            destination_type: dest.kind().into(),
+            routing_key: routing_key.into(),
+            arguments: arguments.clone(),
+        };
+        if source.unbind(&dest, routing_key, &arguments) {
+            if durable {
+                self.persist(op)?;
+            }
+            self.auto_delete_cascade(vhost, std::slice::from_ref(source));
+        }
+        Ok(())
+    }
+
+    /// The exclusive queues of a closed connection go with it.
+    pub fn connection_closed(&self, conn_id: u64, vhost: &VHost) {
+        let owned: Vec<_> = vhost
+            .queues
+            .read()
+            .values()
+            .filter(|q| q.exclusive_owner == Some(conn_id))
+            .cloned()
+            .collect();
+        for q in owned {
+            let _ = self.delete_queue(vhost, &q, false, false);
+        }
+        self.connections.lock().remove(&conn_id);
+    }
+
+    pub fn set_alarm(&self, reasons: Vec<String>) {
+        let on = !reasons.is_empty();
+        *self.alarm_reasons.lock() = reasons;
+        self.alarm.send_if_modified(|v| {
+            let changed = *v != on;
+            *v = on;
+            changed
+        });
+    }
+}
+
+pub fn check_exclusive(q: &Queue, conn_id: u64) -> AmqpResult<()> {
+    match q.exclusive_owner {
+        Some(owner) if owner != conn_id => Err(AmqpError::resource_locked(format!(
+            "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+            q.name, q.vhost
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn server_queue_name() -> String {
+    let bytes: [u8; 16] = rand::random();
+    format!(
+        "amq.gen-{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// The durable state as replayed from the definitions log.
+#[derive(Default)]
+struct Model {
+    users: BTreeMap<String, User>,
+    vhosts: Vec<String>,
+    perms: BTreeMap<(String, String), (String, String, String)>,
+    exchanges: BTreeMap<(String, String), ExModel>,
+    queues: BTreeMap<(String, String), QModel>,
+    bindings: Vec<BModel>,
+}
+
+struct ExModel {
+    kind: String,
+    auto_delete: bool,
+    internal: bool,
+    arguments: FieldTable,
+}
+struct QModel {
+    id: u32,
+    auto_delete: bool,
+    arguments: FieldTable,
+}
+#[derive(PartialEq)]
+struct BModel {
+    vhost: String,
+    source: String,
+    destination: String,
+    destination_type: String,
+    routing_key: String,
+    arguments: FieldTable,
+}
+
+impl Model {
+    fn apply(&mut self, op: DefOp) {
+        match op {
+            DefOp::AddVhost { name } => {
+                if !self.vhosts.contains(&name) {
+                    self.vhosts.push(name)
+                }
+            }
+            DefOp::DeleteVhost { name } => {
+                self.vhosts.retain(|v| *v != name);
+                self.perms.retain(|(_, v), _| *v != name);
+                self.exchanges.retain(|(v, _), _| *v != name);
+                self.queues.retain(|(v, _), _| *v != name);
+                self.bindings.retain(|b| b.vhost != name);
+            }
+            DefOp::PutUser { name, password_hash, tags } => {
+                self.users.insert(name.clone(), User { name, password_hash, tags });
+            }
+            DefOp::DeleteUser { name } => {
+                self.users.remove(&name);
+                self.perms.retain(|(u, _), _| *u != name);
+            }
+            DefOp::SetPermissions { user, vhost, configure, write, read } => {
+                self.perms.insert((user, vhost), (configure, write, read));
+            }
+            DefOp::ClearPermissions { user, vhost } => {
+                self.perms.remove(&(user, vhost));
+            }
+            DefOp::DeclareExchange { vhost, name, kind, auto_delete, internal, arguments } => {
+                self.exchanges.insert((vhost, name), ExModel { kind, auto_delete, internal, arguments });
+            }
+            DefOp::DeleteExchange { vhost, name } => {
+                self.exchanges.remove(&(vhost.clone(), name.clone()));
+                self.bindings.retain(|b| {
+                    !(b.vhost == vhost && (b.source == name || (b.destination_type == "exchange" && b.destination == name)))
+                });
+            }
+            DefOp::DeclareQueue { vhost, name, id, auto_delete, arguments } => {
+                self.queues.insert((vhost, name), QModel { id, auto_delete, arguments });
+            }
+            DefOp::DeleteQueue { vhost, name } => {
+                self.queues.remove(&(vhost.clone(), name.clone()));
+                self.bindings
+                    .retain(|b| !(b.vhost == vhost && b.destination_type == "queue" && b.destination == name));
+            }
+            DefOp::Bind { vhost, source, destination, destination_type, routing_key, arguments } => {
+                let b = BModel { vhost, source, destination, destination_type, routing_key, arguments };
+                if !self.bindings.contains(&b) {
+                    self.bindings.push(b);
+                }
+            }
+            DefOp::Unbind { vhost, source, destination, destination_type, routing_key, arguments } => {
+                let b = BModel { vhost, source, destination, destination_type, routing_key, arguments };
+                self.bindings.retain(|x| *x != b);
+            }
+        }
+    }
+
+    fn to_ops(&self) -> Vec<DefOp> {
+        let mut ops = vec![];
+        for u in self.users.values() {
+            ops.push(DefOp::PutUser { name: u.name.clone(), password_hash: u.password_hash.clone(), tags: u.tags.clone() });
+        }
+        for v in &self.vhosts {
+            ops.push(DefOp::AddVhost { name: v.clone() });
+        }
+        for ((u, v), (c, w, r)) in &self.perms {
+            ops.push(DefOp::SetPermissions { user: u.clone(), vhost: v.clone(), configure: c.clone(), write: w.clone(), read: r.clone() });
+        }
+        for ((v, n), e) in &self.exchanges {
+            ops.push(DefOp::DeclareExchange { vhost: v.clone(), name: n.clone(), kind: e.kind.clone(), auto_delete: e.auto_delete, internal: e.internal, arguments: e.arguments.clone() });
+        }
+        for ((v, n), q) in &self.queues {
+            ops.push(DefOp::DeclareQueue { vhost: v.clone(), name: n.clone(), id: q.id, auto_delete: q.auto_delete, arguments: q.arguments.clone() });
+        }
+        for b in &self.bindings {
+            ops.push(DefOp::Bind { vhost: b.vhost.clone(), source: b.source.clone(), destination: b.destination.clone(), destination_type: b.destination_type.clone(), routing_key: b.routing_key.clone(), arguments: b.arguments.clone() });
+        }
+        ops
+    }
+}
+

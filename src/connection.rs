@@ -1,0 +1,772 @@
+//! One client connection: handshake, the read loop, heartbeats, blocking on
+//! resource alarms, and the writer task that owns the socket's write half.
+//!
+//! The read loop decodes every complete frame in the buffer and handles it
+//! before reading again, so a burst of publishes costs one read and, through
+//! the shared outbox, one write. Errors on a channel close that channel;
+//! errors at connection level (5xx) close the connection, as RabbitMQ does.
+
+use crate::broker::{Broker, ConnInfo};
+use crate::channel::{Channel, ConnCtx};
+use crate::delivery::ConnShared;
+use crate::error::{AmqpError, AmqpResult, ReplyCode};
+use crate::protocol::{self, fast, put_method, RawFrame, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, PROTOCOL_HEADER};
+use amq_protocol::frame::parsing::parse_frame;
+use amq_protocol::protocol::{channel as chm, connection as cm, parse_class, AMQPClass};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+    let _ = socket.set_nodelay(true);
+    let conn_id = broker.next_connection_id();
+    let (mut rd, mut wr) = socket.into_split();
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let hs = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&broker, &mut rd, &mut wr, &mut buf, peer, conn_id)).await;
+    let hs = match hs {
+        Ok(Ok(Some(h))) => h,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "handshake timed out");
+            return;
+        }
+    };
+    let shared = Arc::new(ConnShared::new(conn_id));
+    shared.frame_max.store(hs.frame_max, Ordering::Relaxed);
+    shared.cancel_notify.store(hs.cancel_notify, Ordering::Relaxed);
+    let info = ConnInfo {
+        id: conn_id,
+        name: format!("{peer} -> {}", broker.config.port),
+        user: hs.user.clone(),
+        vhost: hs.vhost.name.clone(),
+        peer: peer.to_string(),
+        channels: 0,
+        connected_at: crate::channel::now_ms(),
+        client_properties: hs.client_properties.clone(),
+    };
+    broker.connections.lock().insert(conn_id, (info, shared.clone()));
+    tracing::debug!(%peer, user = %hs.user, vhost = %hs.vhost.name, "connection open");
+    let writer = tokio::spawn(write_loop(shared.clone(), wr, broker.store.clone()));
+    let ctx = ConnCtx {
+        broker: broker.clone(),
+        vhost: hs.vhost.clone(),
+        user: hs.user.clone(),
+        conn: shared.clone(),
+        conn_id,
+    };
+    let mut c = Conn {
+        ctx,
+        channels: HashMap::new(),
+        channel_max: hs.channel_max,
+        frame_max: hs.frame_max,
+        heartbeat: hs.heartbeat,
+        blocked_capability: hs.blocked_capability,
+        closing: false,
+        done: false,
+    };
+    c.run(&mut rd, &mut buf, &mut shutdown).await;
+    c.teardown();
+    shared.closed.store(true, Ordering::SeqCst);
+    shared.wake();
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    broker.connection_closed(conn_id, &hs.vhost);
+    tracing::debug!(%peer, "connection closed");
+}
+
+struct Handshake {
+    user: String,
+    vhost: Arc<crate::vhost::VHost>,
+    channel_max: u16,
+    frame_max: u32,
+    heartbeat: u16,
+    cancel_notify: bool,
+    blocked_capability: bool,
+    client_properties: String,
+}
+
+async fn read_frame(rd: &mut OwnedReadHalf, buf: &mut BytesMut, frame_max: u32) -> AmqpResult<Option<RawFrame>> {
+    loop {
+        if let Some(f) = protocol::decode_frame(buf, frame_max)? {
+            return Ok(Some(f));
+        }
+        match rd.read_buf(buf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn read_method(rd: &mut OwnedReadHalf, buf: &mut BytesMut, frame_max: u32) -> AmqpResult<Option<AMQPClass>> {
+    loop {
+        let Some(f) = read_frame(rd, buf, frame_max).await? else {
+            return Ok(None);
+        };
+        match f.kind {
+            FRAME_HEARTBEAT => continue,
+            FRAME_METHOD if f.channel == 0 => {
+                return parse_class(&f.payload[..])
+                    .map(|(_, m)| Some(m))
+                    .map_err(|_| AmqpError::frame_error("malformed method frame"));
+            }
+            _ => return Err(AmqpError::unexpected_frame("expected a connection method on channel 0")),
+        }
+    }
+}
+
+fn server_properties() -> FieldTable {
+    let mut caps = FieldTable::default();
+    for c in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "authentication_failure_close",
+        "per_consumer_qos",
+        "consumer_priorities",
+        "direct_reply_to",
+    ] {
+        caps.insert(c.into(), AMQPValue::Boolean(true));
+    }
+    let mut p = FieldTable::default();
+    let s = |v: &str| AMQPValue::LongString(LongString::from(v.as_bytes().to_vec()));
+    p.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+    p.insert("product".into(), s("Lepus"));
+    p.insert("version".into(), s(env!("CARGO_PKG_VERSION")));
+    p.insert("platform".into(), s("Rust"));
+    p.insert("cluster_name".into(), s("lepus"));
+    p.insert("copyright".into(), s("The Lepus authors"));
+    p.insert("information".into(), s("An AMQP 0-9-1 broker; see README.md"));
+    p
+}
+
+async fn send_now(wr: &mut OwnedWriteHalf, channel: u16, m: AMQPClass) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    put_method(&mut out, channel, m);
+    wr.write_all(&out).await
+}
+
+async fn refuse(wr: &mut OwnedWriteHalf, e: AmqpError) {
+    tracing::info!(error = %e, "connection refused");
+    let _ = send_now(
+        wr,
+        0,
+        AMQPClass::Connection(cm::AMQPMethod::Close(cm::Close {
+            reply_code: e.code as u16,
+            reply_text: e.reply_text().into(),
+            class_id: e.class_id,
+            method_id: e.method_id,
+        })),
+    )
+    .await;
+    let _ = wr.shutdown().await;
+}
+
+/// Parse a SASL response into (user, password).
+fn sasl_credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
+    match mechanism {
+        "PLAIN" => {
+            let mut parts = response.split(|b| *b == 0);
+            let _authzid = parts.next()?;
+            let user = String::from_utf8(parts.next()?.to_vec()).ok()?;
+            let pass = String::from_utf8(parts.next()?.to_vec()).ok()?;
+            Some((user, pass))
+        }
+        "AMQPLAIN" => {
+            // A field table without its length prefix.
+            let mut framed = (response.len() as u32).to_be_bytes().to_vec();
+            framed.extend_from_slice(response);
+            let (_, t) = amq_protocol::types::parsing::parse_field_table(&framed[..]).ok()?;
+            let user = crate::args::get_str(&t, "LOGIN")?;
+            let pass = crate::args::get_str(&t, "PASSWORD")?;
+            Some((user, pass))
+        }
+        _ => None,
+    }
+}
+
+async fn handshake(
+    broker: &Arc<Broker>,
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    buf: &mut BytesMut,
+    peer: SocketAddr,
+    _conn_id: u64,
+) -> std::io::Result<Option<Handshake>> {
+    while buf.len() < 8 {
+        if rd.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+    if &buf[..8] != PROTOCOL_HEADER {
+        // Wrong protocol or version: answer with ours and close (spec 4.2.2).
+        let _ = parse_frame(&buf[..8]);
+        wr.write_all(PROTOCOL_HEADER).await?;
+        let _ = wr.shutdown().await;
+        tracing::info!(%peer, header = ?&buf[..8], "bad protocol header");
+        return Ok(None);
+    }
+    let _ = buf.split_to(8);
+    let cfg = &broker.config;
+    send_now(
+        wr,
+        0,
+        AMQPClass::Connection(cm::AMQPMethod::Start(cm::Start {
+            version_major: 0,
+            version_minor: 9,
+            server_properties: server_properties(),
+            mechanisms: "PLAIN AMQPLAIN".into(),
+            locales: "en_US".into(),
+        })),
+    )
+    .await?;
+    let fm = cfg.frame_max;
+    let so = match read_method(rd, buf, fm).await {
+        Ok(Some(AMQPClass::Connection(cm::AMQPMethod::StartOk(so)))) => so,
+        Ok(None) => return Ok(None),
+        Ok(Some(_)) => {
+            refuse(wr, AmqpError::command_invalid("expected connection.start-ok").hard()).await;
+            return Ok(None);
+        }
+        Err(e) => {
+            refuse(wr, e).await;
+            return Ok(None);
+        }
+    };
+    let caps = match so.client_properties.inner().get("capabilities") {
+        Some(AMQPValue::FieldTable(t)) => t.clone(),
+        _ => FieldTable::default(),
+    };
+    let cap = |k: &str| matches!(caps.inner().get(k), Some(AMQPValue::Boolean(true)));
+    let mechanism = so.mechanism.as_str().to_owned();
+    let creds = sasl_credentials(&mechanism, so.response.as_bytes());
+    let user = match creds {
+        Some((u, p)) => {
+            let loopback_only = cfg.loopback_users.iter().any(|x| *x == u);
+            if loopback_only && !peer.ip().is_loopback() {
+                tracing::warn!(%peer, user = %u, "user may only connect via localhost");
+                None
+            } else {
+                broker.authenticate(&u, &p).map(|x| x.name)
+            }
+        }
+        None => None,
+    };
+    let Some(user) = user else {
+        refuse(
+            wr,
+            AmqpError::access_refused(format!(
+                "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+            ))
+            .hard(),
+        )
+        .await;
+        return Ok(None);
+    };
+    send_now(
+        wr,
+        0,
+        AMQPClass::Connection(cm::AMQPMethod::Tune(cm::Tune {
+            channel_max: cfg.channel_max,
+            frame_max: cfg.frame_max,
+            heartbeat: cfg.heartbeat,
+        })),
+    )
+    .await?;
+    let tune = match read_method(rd, buf, fm).await {
+        Ok(Some(AMQPClass::Connection(cm::AMQPMethod::TuneOk(t)))) => t,
+        Ok(None) => return Ok(None),
+        Ok(Some(_)) | Err(_) => {
+            refuse(wr, AmqpError::command_invalid("expected connection.tune-ok").hard()).await;
+            return Ok(None);
+        }
+    };
+    let channel_max = match tune.channel_max {
+        0 => cfg.channel_max,
+        n => n.min(cfg.channel_max),
+    };
+    let frame_max = match tune.frame_max {
+        0 => cfg.frame_max,
+        n => n.min(cfg.frame_max),
+    };
+    if frame_max < protocol::FRAME_MIN_SIZE {
+        refuse(
+            wr,
+            AmqpError::not_allowed(format!(
+                "frame_max={frame_max} < {} min size",
+                protocol::FRAME_MIN_SIZE
+            ))
+            .hard(),
+        )
+        .await;
+        return Ok(None);
+    }
+    let open = match read_method(rd, buf, frame_max).await {
+        Ok(Some(AMQPClass::Connection(cm::AMQPMethod::Open(o)))) => o,
+        Ok(None) => return Ok(None),
+        Ok(Some(_)) | Err(_) => {
+            refuse(wr, AmqpError::command_invalid("expected connection.open").hard()).await;
+            return Ok(None);
+        }
+    };
+    let vname = open.virtual_host.as_str().to_owned();
+    let Some(vhost) = broker.vhost(&vname) else {
+        refuse(wr, AmqpError::not_allowed(format!("vhost {vname} not found")).with_method(10, 40)).await;
+        return Ok(None);
+    };
+    if !broker.can_access_vhost(&user, &vname) {
+        refuse(
+            wr,
+            AmqpError::not_allowed(format!("access to vhost '{vname}' refused for user '{user}'")).with_method(10, 40),
+        )
+        .await;
+        return Ok(None);
+    }
+    send_now(wr, 0, AMQPClass::Connection(cm::AMQPMethod::OpenOk(cm::OpenOk {}))).await?;
+    Ok(Some(Handshake {
+        user,
+        vhost,
+        channel_max,
+        frame_max,
+        heartbeat: tune.heartbeat,
+        cancel_notify: cap("consumer_cancel_notify"),
+        blocked_capability: cap("connection.blocked"),
+        client_properties: format!("{:?}", so.client_properties),
+    }))
+}
+
+async fn write_loop(conn: Arc<ConnShared>, mut wr: OwnedWriteHalf, store: Arc<crate::store::Store>) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        conn.notify.notified().await;
+        loop {
+            conn.take(&mut buf);
+            if buf.is_empty() {
+                break;
+            }
+            // Delivered-marks and acks of persistent messages reach the
+            // kernel before the deliveries that depend on them leave.
+            if conn.flush_store.swap(false, Ordering::Relaxed) {
+                store.flush_acks();
+            }
+            if wr.write_all(&buf).await.is_err() {
+                conn.closed.store(true, Ordering::SeqCst);
+                return;
+            }
+            conn.bytes_out.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            // Give back memory after a burst of large messages.
+            if buf.capacity() > 8 << 20 {
+                buf = BytesMut::with_capacity(64 * 1024);
+            } else {
+                buf.clear();
+            }
+            conn.resume();
+        }
+        if conn.closed.load(Ordering::SeqCst) {
+            let _ = wr.shutdown().await;
+            return;
+        }
+    }
+}
+
+struct Conn {
+    ctx: ConnCtx,
+    channels: HashMap<u16, Channel>,
+    channel_max: u16,
+    frame_max: u32,
+    heartbeat: u16,
+    blocked_capability: bool,
+    /// We sent connection.close and wait for close-ok.
+    closing: bool,
+    done: bool,
+}
+
+impl Conn {
+    async fn run(&mut self, rd: &mut OwnedReadHalf, buf: &mut BytesMut, shutdown: &mut watch::Receiver<bool>) {
+        let store = self.ctx.broker.store.clone();
+        let mut synced = store.synced();
+        let mut alarm = self.ctx.broker.alarm.subscribe();
+        let hb = if self.heartbeat > 0 { Duration::from_secs(self.heartbeat as u64) } else { Duration::from_secs(3600) };
+        let mut ticker = tokio::time::interval(hb);
+        ticker.tick().await;
+        let mut last_read = Instant::now();
+        let mut last_bytes_out = 0u64;
+        let mut blocked_sent = false;
+        let mut close_deadline: Option<Instant> = None;
+        while !self.done {
+            let wait_sync = self.channels.values().any(|c| c.waits_for_sync());
+            let blocked = *alarm.borrow() && self.channels.values().any(|c| c.published) && !self.closing;
+            if blocked && !blocked_sent {
+                blocked_sent = true;
+                if self.blocked_capability {
+                    let reason = self.ctx.broker.alarm_reasons.lock().join(", ");
+                    self.send0(AMQPClass::Connection(cm::AMQPMethod::Blocked(cm::Blocked { reason: reason.into() })));
+                }
+            } else if !blocked && blocked_sent {
+                blocked_sent = false;
+                if self.blocked_capability {
+                    self.send0(AMQPClass::Connection(cm::AMQPMethod::Unblocked(cm::Unblocked {})));
+                }
+            }
+            tokio::select! {
+                r = rd.read_buf(buf), if !blocked => {
+                    match r {
+                        Ok(0) | Err(_) => {
+                            if !buf.is_empty() && !self.closing {
+                                tracing::info!(conn = self.ctx.conn_id, "client closed the socket in the middle of a frame");
+                            }
+                            return;
+                        }
+                        Ok(_) => {
+                            last_read = Instant::now();
+                            self.process(buf);
+                            let s = *synced.borrow();
+                            for ch in self.channels.values_mut() {
+                                if ch.has_confirms() || ch.waits_for_sync() {
+                                    ch.flush_confirms(&self.ctx, s);
+                                }
+                            }
+                            if self.ctx.broker.store.has_pending_acks() {
+                                self.ctx.conn.flush_store.store(true, Ordering::Relaxed);
+                            }
+                            if buf.capacity() > 1 << 20 && buf.is_empty() {
+                                *buf = BytesMut::with_capacity(64 * 1024);
+                            }
+                        }
+                    }
+                }
+                r = synced.changed(), if wait_sync => {
+                    if r.is_err() { return; }
+                    let s = *synced.borrow_and_update();
+                    for ch in self.channels.values_mut() {
+                        ch.flush_confirms(&self.ctx, s);
+                    }
+                }
+                _ = alarm.changed() => {}
+                _ = ticker.tick() => {
+                    if self.heartbeat > 0 {
+                        if last_read.elapsed() > hb * 2 {
+                            tracing::warn!(conn = self.ctx.conn_id, "missed heartbeats from client, timeout: {}s", self.heartbeat);
+                            return;
+                        }
+                        let out = self.ctx.conn.bytes_out.load(Ordering::Relaxed);
+                        if out == last_bytes_out {
+                            self.ctx.conn.send(protocol::put_heartbeat);
+                        }
+                        last_bytes_out = self.ctx.conn.bytes_out.load(Ordering::Relaxed);
+                    }
+                    if let Some(d) = close_deadline {
+                        if Instant::now() > d { return; }
+                    }
+                }
+                _ = shutdown.changed() => {
+                    if !self.closing {
+                        self.close_connection(AmqpError::new(ReplyCode::ConnectionForced, "broker forced connection closure with reason 'shutdown'"));
+                    }
+                    close_deadline = Some(Instant::now() + Duration::from_secs(1));
+                    ticker = tokio::time::interval(Duration::from_millis(200));
+                }
+            }
+            if self.closing && close_deadline.is_none() {
+                close_deadline = Some(Instant::now() + Duration::from_secs(2));
+                ticker = tokio::time::interval(Duration::from_millis(200));
+            }
+        }
+    }
+
+    fn send0(&self, m: AMQPClass) {
+        self.ctx.conn.send(|out| put_method(out, 0, m));
+    }
+
+    fn process(&mut self, buf: &mut BytesMut) {
+        while !self.done {
+            let frame = match protocol::decode_frame(buf, self.frame_max) {
+                Ok(Some(f)) => f,
+                Ok(None) => return,
+                Err(e) => {
+                    self.close_connection(e);
+                    buf.clear();
+                    return;
+                }
+            };
+            if let Err(e) = self.frame(frame) {
+                if e.hard {
+                    self.close_connection(e);
+                    buf.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handle one frame. Channel errors are dealt with here; connection
+    /// errors are returned.
+    fn frame(&mut self, f: RawFrame) -> AmqpResult<()> {
+        if self.closing {
+            // After connection.close only close-ok (or close) matters.
+            if f.kind == FRAME_METHOD && f.channel == 0 {
+                if let Ok((_, AMQPClass::Connection(m))) = parse_class(&f.payload[..]) {
+                    match m {
+                        cm::AMQPMethod::CloseOk(_) => self.done = true,
+                        cm::AMQPMethod::Close(_) => {
+                            self.send0(AMQPClass::Connection(cm::AMQPMethod::CloseOk(cm::CloseOk {})));
+                            self.done = true;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            return Ok(());
+        }
+        match f.kind {
+            FRAME_HEARTBEAT => {
+                if f.channel != 0 {
+                    return Err(AmqpError::frame_error("heartbeat frame on a non-zero channel").hard());
+                }
+                Ok(())
+            }
+            FRAME_METHOD if f.channel == 0 => self.connection_method(&f),
+            FRAME_METHOD => self.channel_method(f),
+            FRAME_HEADER | FRAME_BODY => {
+                if f.channel == 0 {
+                    return Err(AmqpError::command_invalid("content frame on channel 0"));
+                }
+                let Some(ch) = self.channels.get_mut(&f.channel) else {
+                    return Err(AmqpError::channel_error(format!("expected 'channel.open' for channel {}", f.channel)));
+                };
+                if ch.closing {
+                    return Ok(());
+                }
+                let ctx = &self.ctx;
+                let r = if f.kind == FRAME_HEADER { ch.on_header(ctx, f.payload) } else { ch.on_body(ctx, f.payload) };
+                self.channel_result(f.channel, r)
+            }
+            _ => Err(AmqpError::frame_error(format!("unexpected frame type {}", f.kind))),
+        }
+    }
+
+    fn connection_method(&mut self, f: &RawFrame) -> AmqpResult<()> {
+        let m = decode_method(&f.payload)?;
+        match m {
+            AMQPClass::Connection(cm::AMQPMethod::Close(_)) => {
+                self.send0(AMQPClass::Connection(cm::AMQPMethod::CloseOk(cm::CloseOk {})));
+                self.done = true;
+                Ok(())
+            }
+            AMQPClass::Connection(cm::AMQPMethod::CloseOk(_)) => {
+                self.done = true;
+                Ok(())
+            }
+            AMQPClass::Connection(cm::AMQPMethod::Blocked(_)) | AMQPClass::Connection(cm::AMQPMethod::Unblocked(_)) => Ok(()),
+            AMQPClass::Connection(cm::AMQPMethod::UpdateSecretOk(_)) => Ok(()),
+            other => Err(AmqpError::command_invalid(format!(
+                "method {}/{} on channel 0",
+                other.get_amqp_class_id(),
+                other.get_amqp_method_id()
+            ))
+            .with_method(other.get_amqp_class_id(), other.get_amqp_method_id())
+            .hard()),
+        }
+    }
+
+    fn channel_method(&mut self, f: RawFrame) -> AmqpResult<()> {
+        let id = f.channel;
+        // Hot path: publish and ack, decoded without allocating.
+        if let Some(ch) = self.channels.get_mut(&id) {
+            if !ch.closing {
+                if let Some(p) = fast::decode_publish(&f.payload) {
+                    if ch.expects_content() {
+                        return Err(AmqpError::unexpected_frame(
+                            "expected content header for class 60, got non content header frame instead",
+                        ));
+                    }
+                    let r = ch.on_publish(&self.ctx, p);
+                    return self.channel_result(id, r);
+                }
+                if let Some((tag, multiple)) = fast::decode_ack(&f.payload) {
+                    if ch.expects_content() {
+                        return Err(AmqpError::unexpected_frame(
+                            "expected content header for class 60, got non content header frame instead",
+                        ));
+                    }
+                    let r = ch.on_ack(tag, multiple);
+                    return self.channel_result(id, r);
+                }
+            }
+        }
+        let m = decode_method(&f.payload)?;
+        match self.channels.get_mut(&id) {
+            None => match m {
+                AMQPClass::Channel(chm::AMQPMethod::Open(_)) => {
+                    if id > self.channel_max {
+                        return Err(AmqpError::not_allowed(format!(
+                            "channel id {id} is above the negotiated channel_max {}",
+                            self.channel_max
+                        ))
+                        .with_method(20, 10)
+                        .hard());
+                    }
+                    self.channels.insert(id, Channel::new(id, self.ctx.conn.clone()));
+                    self.ctx.conn.send(|out| {
+                        put_method(out, id, AMQPClass::Channel(chm::AMQPMethod::OpenOk(chm::OpenOk {})))
+                    });
+                    self.update_channel_count();
+                    Ok(())
+                }
+                // A close-ok for a channel we already forgot, or a late close: answer politely.
+                AMQPClass::Channel(chm::AMQPMethod::CloseOk(_)) => Ok(()),
+                other => Err(AmqpError::channel_error(format!("expected 'channel.open' for channel {id}"))
+                    .with_method(other.get_amqp_class_id(), other.get_amqp_method_id())
+                    .hard()),
+            },
+            Some(ch) => {
+                if ch.closing {
+                    match m {
+                        AMQPClass::Channel(chm::AMQPMethod::CloseOk(_)) => {
+                            self.channels.remove(&id);
+                            self.update_channel_count();
+                        }
+                        AMQPClass::Channel(chm::AMQPMethod::Close(_)) => {
+                            self.ctx.conn.send(|out| {
+                                put_method(out, id, AMQPClass::Channel(chm::AMQPMethod::CloseOk(chm::CloseOk {})))
+                            });
+                            self.channels.remove(&id);
+                            self.update_channel_count();
+                        }
+                        _ => {}
+                    }
+                    return Ok(());
+                }
+                if ch.expects_content() {
+                    return Err(AmqpError::unexpected_frame(
+                        "expected content header for class 60, got non content header frame instead",
+                    ));
+                }
+                match m {
+                    AMQPClass::Channel(chm::AMQPMethod::Open(_)) => {
+                        Err(AmqpError::channel_error(format!("second 'channel.open' seen on channel {id}"))
+                            .with_method(20, 10)
+                            .hard())
+                    }
+                    AMQPClass::Channel(chm::AMQPMethod::Close(_)) => {
+                        let mut ch = self.channels.remove(&id).unwrap();
+                        ch.close(&self.ctx);
+                        self.ctx.conn.send(|out| {
+                            put_method(out, id, AMQPClass::Channel(chm::AMQPMethod::CloseOk(chm::CloseOk {})))
+                        });
+                        self.update_channel_count();
+                        Ok(())
+                    }
+                    AMQPClass::Channel(chm::AMQPMethod::CloseOk(_)) => Ok(()),
+                    m => {
+                        let r = ch.handle(&self.ctx, m);
+                        self.channel_result(id, r)
+                    }
+                }
+            }
+        }
+    }
+
+    /// A soft error closes the channel; a hard one is passed up.
+    fn channel_result(&mut self, id: u16, r: AmqpResult<()>) -> AmqpResult<()> {
+        let Err(e) = r else { return Ok(()) };
+        if e.hard {
+            return Err(e);
+        }
+        tracing::info!(conn = self.ctx.conn_id, channel = id, error = %e, "channel error");
+        if let Some(ch) = self.channels.get_mut(&id) {
+            ch.close(&self.ctx);
+            ch.closing = true;
+        }
+        self.ctx.conn.send(|out| {
+            put_method(
+                out,
+                id,
+                AMQPClass::Channel(chm::AMQPMethod::Close(chm::Close {
+                    reply_code: e.code as u16,
+                    reply_text: e.reply_text().into(),
+                    class_id: e.class_id,
+                    method_id: e.method_id,
+                })),
+            )
+        });
+        Ok(())
+    }
+
+    fn close_connection(&mut self, e: AmqpError) {
+        if self.closing {
+            return;
+        }
+        tracing::info!(conn = self.ctx.conn_id, error = %e, "closing connection");
+        self.closing = true;
+        self.teardown();
+        self.send0(AMQPClass::Connection(cm::AMQPMethod::Close(cm::Close {
+            reply_code: e.code as u16,
+            reply_text: e.reply_text().into(),
+            class_id: e.class_id,
+            method_id: e.method_id,
+        })));
+    }
+
+    fn teardown(&mut self) {
+        for (_, mut ch) in self.channels.drain() {
+            ch.close(&self.ctx);
+        }
+        self.ctx.broker.store.flush_acks();
+    }
+
+    fn update_channel_count(&self) {
+        if let Some((info, _)) = self.ctx.broker.connections.lock().get_mut(&self.ctx.conn_id) {
+            info.channels = self.channels.len() as u32;
+        }
+    }
+}
+
+/// Decode a method payload; unknown class or method ids are 540, malformed
+/// arguments 502, as RabbitMQ answers them.
+fn decode_method(payload: &[u8]) -> AmqpResult<AMQPClass> {
+    match parse_class(payload) {
+        Ok((rest, m)) if rest.is_empty() => Ok(m),
+        Ok(_) => Err(AmqpError::new(ReplyCode::SyntaxError, "trailing bytes after method arguments").hard()),
+        Err(_) => {
+            let (c, m) = fast::method_ids(payload).unwrap_or((0, 0));
+            if known_method(c, m) {
+                Err(AmqpError::new(ReplyCode::SyntaxError, format!("malformed arguments for method {c}/{m}"))
+                    .with_method(c, m)
+                    .hard())
+            } else {
+                Err(AmqpError::new(ReplyCode::NotImplemented, format!("unknown class or method {c}/{m}"))
+                    .with_method(c, m)
+                    .hard())
+            }
+        }
+    }
+}
+
+fn known_method(class: u16, method: u16) -> bool {
+    match class {
+        10 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51 | 60 | 61 | 70 | 71),
+        20 => matches!(method, 10 | 11 | 20 | 21 | 40 | 41),
+        30 => matches!(method, 10 | 11),
+        40 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 51),
+        50 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51),
+        60 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 50 | 60 | 70 | 71 | 72 | 80 | 90 | 100 | 110 | 111 | 120),
+        85 => matches!(method, 10 | 11),
+        90 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31),
+        _ => false,
+    }
+}

@@ -1,0 +1,170 @@
+//! What a queue sees of its consumers: the consumer, its channel's delivery
+//! state (tags, unacked messages, prefetch) and the connection's outbox.
+//!
+//! Queues deliver from whichever task holds their lock (usually the
+//! publisher's), so these are shared. Lock order, always: queue, then
+//! channel state, then outbox. Nothing takes a queue lock while holding a
+//! channel state or outbox lock.
+
+use crate::queue::Queue;
+use crate::store::MsgPos;
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use tokio::sync::Notify;
+
+/// Above this many buffered bytes, queues stop delivering to a connection
+/// until its writer has flushed: a slow reader must not make us buffer a
+/// whole backlog in memory.
+pub const OUTBOX_HIGH_WATER: usize = 4 << 20;
+
+/// Per-connection state shared with queues: the single output buffer that the
+/// writer task drains to the socket.
+pub struct ConnShared {
+    pub id: u64,
+    out: Mutex<BytesMut>,
+    pub notify: Notify,
+    pub frame_max: AtomicU32,
+    pub closed: AtomicBool,
+    /// The client understands basic.cancel from the server.
+    pub cancel_notify: AtomicBool,
+    /// Queues that skipped us because the outbox was full.
+    paused: Mutex<Vec<Weak<Queue>>>,
+    /// Ack-log entries must be written before the next socket write.
+    pub flush_store: AtomicBool,
+    pub bytes_out: AtomicU64,
+}
+
+impl ConnShared {
+    pub fn new(id: u64) -> Self {
+        ConnShared {
+            id,
+            out: Mutex::new(BytesMut::with_capacity(64 * 1024)),
+            notify: Notify::new(),
+            frame_max: AtomicU32::new(131072),
+            closed: AtomicBool::new(false),
+            cancel_notify: AtomicBool::new(false),
+            paused: Mutex::new(vec![]),
+            flush_store: AtomicBool::new(false),
+            bytes_out: AtomicU64::new(0),
+        }
+    }
+
+    /// Append frames to the outbox and wake the writer.
+    pub fn send(&self, f: impl FnOnce(&mut BytesMut)) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut g = self.out.lock();
+        let was_empty = g.is_empty();
+        f(&mut g);
+        drop(g);
+        if was_empty {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Lock the outbox to write into it directly (the caller wakes the writer with [`Self::wake`]).
+    pub fn outbox(&self) -> parking_lot::MutexGuard<'_, BytesMut> {
+        self.out.lock()
+    }
+
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.out.lock().len() > OUTBOX_HIGH_WATER
+    }
+
+    pub fn frame_max(&self) -> u32 {
+        self.frame_max.load(Ordering::Relaxed)
+    }
+
+    /// Swap the outbox with `spare` (the writer's buffer).
+    pub fn take(&self, spare: &mut BytesMut) {
+        std::mem::swap(&mut *self.out.lock(), spare);
+    }
+
+    pub fn pause(&self, q: &Arc<Queue>) {
+        let mut p = self.paused.lock();
+        if !p.iter().any(|w| w.as_ptr() == Arc::as_ptr(q)) {
+            p.push(Arc::downgrade(q));
+        }
+    }
+
+    /// Called by the writer once the outbox has drained.
+    pub fn resume(&self) {
+        let paused = std::mem::take(&mut *self.paused.lock());
+        for q in paused.into_iter().filter_map(|w| w.upgrade()) {
+            q.dispatch();
+        }
+    }
+}
+
+/// One message handed to a consumer (or basic.get) and not yet acked.
+pub struct Unacked {
+    pub tag: u64,
+    pub queue: Arc<Queue>,
+    pub seq: u64,
+    pub pos: MsgPos,
+    pub deliveries: u32,
+    pub consumer: Option<Arc<Consumer>>,
+}
+
+/// A channel's delivery bookkeeping.
+pub struct DeliveryState {
+    pub next_tag: u64,
+    /// In delivery-tag order.
+    pub unacked: VecDeque<Unacked>,
+    /// basic.qos global=true: limit for the whole channel (0 = none).
+    pub global_prefetch: u32,
+    /// channel.flow from the client.
+    pub flow: bool,
+    pub closed: bool,
+    pub consumers: Vec<Arc<Consumer>>,
+}
+
+pub struct ChannelShared {
+    pub id: u16,
+    pub conn: Arc<ConnShared>,
+    pub state: Mutex<DeliveryState>,
+}
+
+impl ChannelShared {
+    pub fn new(id: u16, conn: Arc<ConnShared>) -> Self {
+        ChannelShared {
+            id,
+            conn,
+            state: Mutex::new(DeliveryState {
+                next_tag: 1,
+                unacked: VecDeque::new(),
+                global_prefetch: 0,
+                flow: true,
+                closed: false,
+                consumers: vec![],
+            }),
+        }
+    }
+}
+
+pub struct Consumer {
+    pub tag: String,
+    pub channel: Arc<ChannelShared>,
+    pub no_ack: bool,
+    pub exclusive: bool,
+    /// basic.qos global=false at consume time (0 = none).
+    pub prefetch: u32,
+    pub unacked: AtomicU32,
+    pub priority: i32,
+    pub queue: Arc<Queue>,
+    pub arguments: amq_protocol::types::FieldTable,
+}
+
+impl Consumer {
+    pub fn has_credit(&self) -> bool {
+        self.no_ack || self.prefetch == 0 || self.unacked.load(Ordering::Relaxed) < self.prefetch
+    }
+}

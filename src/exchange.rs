@@ -1,0 +1,352 @@
+//! Exchanges: each type answers "which destinations does this message go to".
+//!
+//! Bindings hold `Arc`s of their destinations, so routing needs no lookups;
+//! deleting a queue or exchange removes the bindings that point at it.
+//! Exchange-to-exchange bindings and alternate exchanges are followed by
+//! [`crate::vhost::VHost::route`], with a visited set against cycles.
+
+use crate::queue::Queue;
+use amq_protocol::types::{AMQPValue, FieldTable};
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeKind {
+    Direct,
+    Fanout,
+    Topic,
+    Headers,
+}
+
+impl ExchangeKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "direct" => ExchangeKind::Direct,
+            "fanout" => ExchangeKind::Fanout,
+            "topic" => ExchangeKind::Topic,
+            "headers" => ExchangeKind::Headers,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeKind::Direct => "direct",
+            ExchangeKind::Fanout => "fanout",
+            ExchangeKind::Topic => "topic",
+            ExchangeKind::Headers => "headers",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub enum Dest {
+    Queue(Arc<Queue>),
+    Exchange(Arc<Exchange>),
+}
+
+impl Dest {
+    pub fn name(&self) -> &str {
+        match self {
+            Dest::Queue(q) => &q.name,
+            Dest::Exchange(e) => &e.name,
+        }
+    }
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Dest::Queue(_) => "queue",
+            Dest::Exchange(_) => "exchange",
+        }
+    }
+    fn same(&self, other: &Dest) -> bool {
+        match (self, other) {
+            (Dest::Queue(a), Dest::Queue(b)) => Arc::ptr_eq(a, b),
+            (Dest::Exchange(a), Dest::Exchange(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+    pub fn is_durable(&self) -> bool {
+        match self {
+            Dest::Queue(q) => q.durable,
+            Dest::Exchange(e) => e.durable,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Binding {
+    pub dest: Dest,
+    pub routing_key: String,
+    pub arguments: FieldTable,
+}
+
+#[derive(Default)]
+pub struct Bindings {
+    pub all: Vec<Binding>,
+    /// direct: routing key -> indexes into `all`
+    direct: HashMap<String, Vec<usize>>,
+}
+
+impl Bindings {
+    fn reindex(&mut self) {
+        self.direct.clear();
+        for (i, b) in self.all.iter().enumerate() {
+            self.direct.entry(b.routing_key.clone()).or_default().push(i);
+        }
+    }
+}
+
+pub struct Exchange {
+    pub name: String,
+    pub kind: ExchangeKind,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+    pub alternate: Option<String>,
+    pub bindings: RwLock<Bindings>,
+    pub deleted: AtomicBool,
+}
+
+impl Exchange {
+    pub fn new(
+        name: &str,
+        kind: ExchangeKind,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+    ) -> Self {
+        let alternate = match arguments.inner().get("alternate-exchange") {
+            Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
+            _ => None,
+        };
+        Exchange {
+            name: name.to_owned(),
+            kind,
+            durable,
+            auto_delete,
+            internal,
+            arguments,
+            alternate,
+            bindings: RwLock::new(Bindings::default()),
+            deleted: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Add a binding; false if it already existed.
+    pub fn bind(&self, dest: Dest, routing_key: &str, arguments: FieldTable) -> bool {
+        let mut b = self.bindings.write();
+        if b.all.iter().any(|x| x.dest.same(&dest) && x.routing_key == routing_key && x.arguments == arguments) {
+            return false;
+        }
+        b.all.push(Binding {
+            dest,
+            routing_key: routing_key.to_owned(),
+            arguments,
+        });
+        b.reindex();
+        true
+    }
+
+    /// Remove a binding; false if there was none.
+    pub fn unbind(&self, dest: &Dest, routing_key: &str, arguments: &FieldTable) -> bool {
+        let mut b = self.bindings.write();
+        let before = b.all.len();
+        b.all.retain(|x| !(x.dest.same(dest) && x.routing_key == routing_key && &x.arguments == arguments));
+        let removed = b.all.len() != before;
+        if removed {
+            b.reindex();
+        }
+        removed
+    }
+
+    /// Remove every binding to `dest`; returns what was removed.
+    pub fn unbind_all_to(&self, dest: &Dest) -> Vec<Binding> {
+        let mut b = self.bindings.write();
+        let (gone, keep): (Vec<_>, Vec<_>) = b.all.drain(..).partition(|x| x.dest.same(dest));
+        b.all = keep;
+        b.reindex();
+        gone
+    }
+
+    pub fn has_bindings(&self) -> bool {
+        !self.bindings.read().all.is_empty()
+    }
+
+    /// The destinations directly bound for this message (one hop).
+    pub fn matches(&self, routing_key: &str, headers: Option<&FieldTable>, out: &mut Vec<Dest>) {
+        let b = self.bindings.read();
+        match self.kind {
+            ExchangeKind::Direct => {
+                if let Some(ix) = b.direct.get(routing_key) {
+                    out.extend(ix.iter().map(|&i| b.all[i].dest.clone()));
+                }
+            }
+            ExchangeKind::Fanout => out.extend(b.all.iter().map(|x| x.dest.clone())),
+            ExchangeKind::Topic => out.extend(
+                b.all
+                    .iter()
+                    .filter(|x| topic_matches(&x.routing_key, routing_key))
+                    .map(|x| x.dest.clone()),
+            ),
+            ExchangeKind::Headers => out.extend(
+                b.all
+                    .iter()
+                    .filter(|x| headers_match(&x.arguments, headers))
+                    .map(|x| x.dest.clone()),
+            ),
+        }
+    }
+}
+
+/// AMQP topic matching as RabbitMQ does it: words separated by '.', '*'
+/// matches exactly one word, '#' zero or more words.
+pub fn topic_matches(pattern: &str, key: &str) -> bool {
+    let p: Vec<&str> = pattern.split('.').collect();
+    let k: Vec<&str> = key.split('.').collect();
+    fn go(p: &[&str], k: &[&str]) -> bool {
+        match p.first() {
+            None => k.is_empty(),
+            Some(&"#") => {
+                // '#' swallows 0..=k.len() words; collapse consecutive '#'.
+                let rest = &p[1..];
+                if rest.is_empty() {
+                    return true;
+                }
+                (0..=k.len()).any(|i| go(rest, &k[i..]))
+            }
+            Some(&"*") => !k.is_empty() && go(&p[1..], &k[1..]),
+            Some(w) => !k.is_empty() && k[0] == *w && go(&p[1..], &k[1..]),
+        }
+    }
+    go(&p, &k)
+}
+
+/// Headers exchange matching: x-match all (default), any, all-with-x, any-with-x.
+pub fn headers_match(args: &FieldTable, headers: Option<&FieldTable>) -> bool {
+    let mode = match args.inner().get("x-match") {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::ShortString(s)) => s.as_str().to_owned(),
+        _ => "all".to_owned(),
+    };
+    let (any, with_x) = match mode.as_str() {
+        "any" => (true, false),
+        "all-with-x" => (false, true),
+        "any-with-x" => (true, true),
+        _ => (false, false),
+    };
+    let empty = FieldTable::default();
+    let headers = headers.unwrap_or(&empty).inner();
+    let mut considered = 0;
+    let mut matched = 0;
+    for (k, v) in args.inner() {
+        if k.as_str() == "x-match" || (!with_x && k.as_str().starts_with("x-")) {
+            continue;
+        }
+        considered += 1;
+        let ok = match (v, headers.get(k)) {
+            (AMQPValue::Void, Some(_)) => true,
+            (_, Some(h)) => values_equal(v, h),
+            (_, None) => false,
+        };
+        if ok {
+            matched += 1;
+            if any {
+                return true;
+            }
+        } else if !any {
+            return false;
+        }
+    }
+    if any {
+        matched > 0
+    } else {
+        let _ = considered;
+        true
+    }
+}
+
+/// Equality of field values, treating strings of either kind and integers of
+/// any width as the same value, as clients encode them differently.
+pub fn values_equal(a: &AMQPValue, b: &AMQPValue) -> bool {
+    fn as_int(v: &AMQPValue) -> Option<i128> {
+        Some(match v {
+            AMQPValue::ShortShortInt(x) => *x as i128,
+            AMQPValue::ShortShortUInt(x) => *x as i128,
+            AMQPValue::ShortInt(x) => *x as i128,
+            AMQPValue::ShortUInt(x) => *x as i128,
+            AMQPValue::LongInt(x) => *x as i128,
+            AMQPValue::LongUInt(x) => *x as i128,
+            AMQPValue::LongLongInt(x) => *x as i128,
+            AMQPValue::Timestamp(x) => *x as i128,
+            _ => return None,
+        })
+    }
+    fn as_bytes(v: &AMQPValue) -> Option<&[u8]> {
+        match v {
+            AMQPValue::LongString(s) => Some(s.as_bytes()),
+            AMQPValue::ShortString(s) => Some(s.as_str().as_bytes()),
+            _ => None,
+        }
+    }
+    if let (Some(x), Some(y)) = (as_int(a), as_int(b)) {
+        return x == y;
+    }
+    if let (Some(x), Some(y)) = (as_bytes(a), as_bytes(b)) {
+        return x == y;
+    }
+    a == b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_rules_as_rabbitmq() {
+        assert!(topic_matches("a.#", "a"));
+        assert!(topic_matches("a.#", "a.b.c"));
+        assert!(topic_matches("#", ""));
+        assert!(topic_matches("#", "a.b"));
+        assert!(topic_matches("*.b", "a.b"));
+        assert!(!topic_matches("*.b", "b"));
+        assert!(!topic_matches("a.*", "a"));
+        assert!(topic_matches("a.*.c", "a.x.c"));
+        assert!(!topic_matches("a.*.c", "a.x.y.c"));
+        assert!(topic_matches("a.#.c", "a.c"));
+        assert!(topic_matches("a.#.c", "a.x.y.c"));
+        assert!(topic_matches("#.#", "a"));
+        assert!(topic_matches("", ""));
+        assert!(!topic_matches("", "a"));
+        assert!(topic_matches("a.#.#.b", "a.b"));
+    }
+
+    fn table(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+        let mut t = FieldTable::default();
+        for (k, v) in pairs {
+            t.insert((*k).into(), v.clone());
+        }
+        t
+    }
+
+    #[test]
+    fn headers_rules() {
+        let s = |x: &str| AMQPValue::LongString(x.into());
+        let h = table(&[("a", s("1")), ("b", s("2")), ("x-k", s("x"))]);
+        assert!(headers_match(&table(&[("a", s("1"))]), Some(&h)));
+        assert!(!headers_match(&table(&[("a", s("1")), ("c", s("3"))]), Some(&h)));
+        assert!(headers_match(&table(&[("x-match", s("any")), ("a", s("1")), ("c", s("3"))]), Some(&h)));
+        assert!(!headers_match(&table(&[("x-match", s("any")), ("c", s("3"))]), Some(&h)));
+        assert!(headers_match(&table(&[("x-match", s("all")), ("x-k", s("nope"))]), Some(&h)));
+        assert!(!headers_match(&table(&[("x-match", s("all-with-x")), ("x-k", s("nope"))]), Some(&h)));
+        assert!(headers_match(&table(&[("x-match", s("any-with-x")), ("x-k", s("x"))]), Some(&h)));
+        assert!(headers_match(&table(&[("a", AMQPValue::LongInt(5))]), Some(&table(&[("a", AMQPValue::ShortShortUInt(5))]))));
+    }
+}

@@ -1,0 +1,86 @@
+//! `lepus`: load the configuration, bind, run until SIGINT/SIGTERM.
+
+use clap::Parser;
+use lepus::config::Config;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "lepus", version, about = "Lepus, an AMQP 0-9-1 message broker")]
+struct Args {
+    /// Configuration file (TOML); see config/lepus.toml.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides the config file).
+    #[arg(long)]
+    bind: Option<String>,
+    /// AMQP port (overrides the config file; 0 picks a free one).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Data directory (overrides the config file).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LEPUS_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    if let Err(e) = run(args) {
+        eprintln!("lepus: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let mut config = match &args.config {
+        Some(p) => Config::from_file(p)?,
+        None => Config::default(),
+    };
+    config.apply_env()?;
+    if let Some(b) = args.bind {
+        config.bind = b;
+    }
+    if let Some(p) = args.port {
+        config.port = p;
+    }
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    config.validate()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start runtime: {e}"))?;
+    rt.block_on(async move {
+        let addr = format!("{}:{}", config.bind, config.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let data_dir = config.data_dir.clone();
+        let started = std::time::Instant::now();
+        let broker = tokio::task::spawn_blocking(move || {
+            lepus::broker::Broker::open(config, std::sync::Arc::new(lepus::store::io::RealIo))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot open data dir {}: {e}", data_dir.display()))?;
+        tracing::info!(
+            listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or(addr),
+            data_dir = %data_dir.display(),
+            startup_ms = started.elapsed().as_millis() as u64,
+            "lepus ready"
+        );
+        lepus::server::run(listener, broker, async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        })
+        .await;
+        Ok::<(), String>(())
+    })
+}

@@ -1,0 +1,131 @@
+//! The accept loop, background housekeeping, and shutdown.
+//!
+//! `run` takes an already-bound listener and a shutdown future, so tests
+//! start the real server on port 0 in a temporary data dir.
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::store::io::{RealIo, StoreIo};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Accept connections until `shutdown` completes, then close them all and
+/// sync the store.
+pub async fn run(listener: TcpListener, broker: Arc<Broker>, shutdown: impl Future<Output = ()>) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let housekeeping = tokio::spawn(housekeeping(broker.clone(), stop_rx.clone()));
+    let mut conns = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((socket, peer)) => {
+                    conns.spawn(crate::connection::serve(broker.clone(), socket, peer, stop_rx.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, don't spin.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = &mut shutdown => break,
+        }
+    }
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    conns.abort_all();
+    housekeeping.abort();
+    broker.store.shutdown();
+}
+
+/// Once a second: resource alarms, and trimming mapped segment pages from RSS.
+async fn housekeeping(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
+    let every = Duration::from_millis(broker.config.limits.check_interval_ms.max(50));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let b = broker.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            b.store.trim_rss();
+            b.store.flush_acks();
+            let mut reasons = vec![];
+            let limits = &b.config.limits;
+            if let Some(free) = crate::sys::disk_free(&b.config.data_dir) {
+                if free < limits.disk_free_limit {
+                    reasons.push(format!("disk free {free} below limit {}", limits.disk_free_limit));
+                }
+            }
+            if let (Some(rss), Some(total)) = (crate::sys::rss_bytes(), crate::sys::total_memory()) {
+                let limit = (total as f64 * limits.memory_high_watermark) as u64;
+                if limits.memory_high_watermark > 0.0 && rss > limit {
+                    reasons.push(format!("memory {rss} above high watermark {limit}"));
+                }
+            }
+            if reasons.is_empty() != b.alarm_reasons.lock().is_empty() {
+                if reasons.is_empty() {
+                    tracing::info!("resource alarm cleared; publishers unblocked");
+                } else {
+                    tracing::warn!(?reasons, "resource alarm: publishers blocked");
+                }
+            }
+            b.set_alarm(reasons);
+        })
+        .await;
+    }
+}
+
+/// A running broker, for tests and embedding.
+pub struct Handle {
+    pub addr: SocketAddr,
+    pub broker: Arc<Broker>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Handle {
+    /// Stop accepting, close connections, sync the store.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Open the data dir, bind, and run in the background on the current runtime.
+pub async fn start(config: Config) -> std::io::Result<Handle> {
+    start_with_io(config, Arc::new(RealIo)).await
+}
+
+pub async fn start_with_io(config: Config, io: Arc<dyn StoreIo>) -> std::io::Result<Handle> {
+    let listener = TcpListener::bind((config.bind.as_str(), config.port)).await?;
+    let addr = listener.local_addr()?;
+    let broker = tokio::task::spawn_blocking(move || Broker::open(config, io))
+        .await
+        .map_err(std::io::Error::other)??;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let b = broker.clone();
+    let task = tokio::spawn(run(listener, b, async move {
+        let _ = rx.await;
+    }));
+    Ok(Handle {
+        addr,
+        broker,
+        stop: Some(tx),
+        task: Some(task),
+    })
+}
