@@ -516,6 +516,11 @@ impl Store {
         self.segments.read().values().map(|s| s.capacity() as u64).sum()
     }
 
+    /// Bytes of records written and still on disk (without preallocation).
+    pub fn bytes_used(&self) -> u64 {
+        self.segments.read().values().map(|s| s.len() as u64).sum()
+    }
+
     pub fn segment_count(&self) -> usize {
         self.segments.read().len()
     }
