@@ -112,6 +112,8 @@ pub struct Channel {
     durable_ids: Vec<u32>,
     /// The connection saw a publish: resource alarms block it.
     pub published: bool,
+    /// Queues this channel pushed past their flow-control mark.
+    pub pressure: Vec<Arc<Queue>>,
 }
 
 fn method_ids(m: &AMQPClass) -> (u16, u16) {
@@ -136,6 +138,7 @@ impl Channel {
             prefix_buf: vec![],
             durable_ids: vec![],
             published: false,
+            pressure: vec![],
         }
     }
 
@@ -370,7 +373,9 @@ impl Channel {
         };
         for q in queues.drain(..) {
             let logged = q.logs(persistent);
-            q.enqueue(pos.with_logged(logged));
+            if q.enqueue(pos.with_logged(logged)) && !self.pressure.iter().any(|p| Arc::ptr_eq(p, &q)) {
+                self.pressure.push(q);
+            }
         }
         self.route_buf = queues;
         Ok(match seq {

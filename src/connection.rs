@@ -446,6 +446,11 @@ impl Conn {
                             if buf.capacity() > 1 << 20 && buf.is_empty() {
                                 *buf = BytesMut::with_capacity(64 * 1024);
                             }
+                            // Flow control: let slow consumers catch up before reading more.
+                            let pressured: Vec<_> = self.channels.values_mut().flat_map(|c| c.pressure.drain(..)).collect();
+                            for q in pressured {
+                                q.flow_wait().await;
+                            }
                         }
                     }
                 }

@@ -17,6 +17,18 @@ use parking_lot::Mutex;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Flow control: a publisher that pushes a queue with consumers past this
+/// many ready messages waits (after its current read batch) until the queue
+/// is back under [`FLOW_LOW`]. As RabbitMQ's credit flow, this keeps a fast
+/// publisher from taking all the CPU while its consumers fall behind; a
+/// queue without consumers (a backlog being filled) never throttles.
+pub const FLOW_HIGH: usize = 8192;
+pub const FLOW_LOW: usize = 4096;
+/// A waiting publisher goes on if the queue delivered nothing for this long
+/// (its consumers are stuck, not slow): flow control must never deadlock.
+const FLOW_STALL: Duration = Duration::from_millis(10);
 
 #[derive(Clone, Copy, Debug)]
 struct Requeued {
@@ -53,6 +65,8 @@ pub struct Queue {
     inner: Mutex<QueueInner>,
     deleted: AtomicBool,
     pub counters: Counters,
+    flow: tokio::sync::Notify,
+    throttling: AtomicBool,
 }
 
 /// What the channel learns from removing a consumer.
@@ -84,6 +98,8 @@ impl Queue {
             inner: Mutex::new(QueueInner::default()),
             deleted: AtomicBool::new(false),
             counters: Counters::default(),
+            flow: tokio::sync::Notify::new(),
+            throttling: AtomicBool::new(false),
         }
     }
 
@@ -110,17 +126,42 @@ impl Queue {
     }
 
     /// Take a message (already in the store, with one reference for us).
-    pub fn enqueue(self: &Arc<Self>, pos: MsgPos) {
+    /// Returns true when the publisher should wait for [`Self::flow_wait`].
+    pub fn enqueue(self: &Arc<Self>, pos: MsgPos) -> bool {
         Counters::add(&self.counters.published, 1);
         let mut q = self.inner.lock();
         if self.is_deleted() {
             drop(q);
             self.store.release(pos, self.id);
-            return;
+            return false;
         }
         q.ready.push_back(pos);
         if !q.consumers.is_empty() {
             self.dispatch_locked(&mut q);
+            return q.ready.len() > FLOW_HIGH;
+        }
+        false
+    }
+
+    /// Wait until the queue's consumers have caught up (see [`FLOW_HIGH`]).
+    pub async fn flow_wait(&self) {
+        loop {
+            let delivered = Counters::get(&self.counters.delivered);
+            let notified = self.flow.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let q = self.inner.lock();
+                if q.ready.len() + q.requeued.len() <= FLOW_LOW || q.consumers.is_empty() || self.is_deleted() {
+                    return;
+                }
+                self.throttling.store(true, Ordering::Release);
+            }
+            if tokio::time::timeout(FLOW_STALL, notified).await.is_err()
+                && delivered == Counters::get(&self.counters.delivered)
+            {
+                return;
+            }
         }
     }
 
@@ -166,6 +207,10 @@ impl Queue {
             if !delivered {
                 break;
             }
+        }
+        if self.throttling.load(Ordering::Acquire) && q.ready.len() <= FLOW_LOW {
+            self.throttling.store(false, Ordering::Release);
+            self.flow.notify_waiters();
         }
     }
 
