@@ -1,0 +1,76 @@
+//! Resource alarms block publishing connections (connection.blocked) and
+//! never drop a message; connection.unblocked follows when they clear.
+
+mod common;
+use common::*;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use std::time::Duration;
+
+#[tokio::test]
+async fn alarm_blocks_publishers_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    // The housekeeping check stays out of the way; the test raises the alarm itself.
+    config.limits.check_interval_ms = 3_600_000;
+    let b = TestBroker::start_with(dir, config).await;
+    let (pc, pub_ch) = b.channel().await;
+    let (_cc, cons_ch) = b.channel().await;
+    pub_ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    pub_ch.queue_declare("alarm".into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
+    let c = pub_ch
+        .basic_publish("".into(), "alarm".into(), BasicPublishOptions::default(), b"before", BasicProperties::default())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(c.is_ack());
+
+    b.broker().set_alarm(vec!["disk free below limit (test)".into()]);
+    assert!(eventually(5, || pc.status().blocked()).await, "publisher saw connection.blocked");
+    // Publishes sent while blocked are not read, hence neither queued nor confirmed...
+    let ch2 = pub_ch.clone();
+    let publisher = tokio::spawn(async move {
+        let mut acks = 0;
+        for i in 0..10u8 {
+            let c = ch2
+                .basic_publish("".into(), "alarm".into(), BasicPublishOptions::default(), &[i], BasicProperties::default())
+                .await
+                .unwrap();
+            if c.await.unwrap().is_ack() {
+                acks += 1;
+            }
+        }
+        acks
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...while a connection that never published still works.
+    let q = cons_ch
+        .queue_declare("alarm".into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .await
+        .unwrap();
+    assert_eq!(q.message_count(), 1);
+
+    b.broker().set_alarm(vec![]);
+    assert!(eventually(5, || !pc.status().blocked()).await, "publisher saw connection.unblocked");
+    assert_eq!(within(10, publisher).await.unwrap(), 10);
+    let q = cons_ch
+        .queue_declare("alarm".into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .await
+        .unwrap();
+    assert_eq!(q.message_count(), 11, "nothing was dropped");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn disk_limit_raises_the_alarm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.limits.disk_free_limit = u64::MAX;
+    config.limits.check_interval_ms = 50;
+    let b = TestBroker::start_with(dir, config).await;
+    assert!(eventually(5, || *b.broker().alarm.borrow()).await);
+    assert!(b.broker().alarm_reasons.lock()[0].contains("disk"));
+    b.stop().await;
+}
