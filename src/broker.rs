@@ -642,6 +642,91 @@ impl Broker {
         self.connections.lock().remove(&conn_id);
     }
 
+    // ----- users, vhosts, permissions (management) -----
+
+    pub fn put_user(&self, name: &str, password_hash: String, tags: Vec<String>) -> AmqpResult<()> {
+        self.persist(DefOp::PutUser {
+            name: name.into(),
+            password_hash: password_hash.clone(),
+            tags: tags.clone(),
+        })?;
+        self.users.write().insert(
+            name.to_owned(),
+            User {
+                name: name.to_owned(),
+                password_hash,
+                tags,
+            },
+        );
+        Ok(())
+    }
+
+    pub fn delete_user(&self, name: &str) -> AmqpResult<bool> {
+        if !self.users.read().contains_key(name) {
+            return Ok(false);
+        }
+        self.persist(DefOp::DeleteUser { name: name.into() })?;
+        self.users.write().remove(name);
+        self.permissions.write().retain(|(u, _), _| u != name);
+        Ok(true)
+    }
+
+    pub fn set_permissions(&self, user: &str, vhost: &str, configure: &str, write: &str, read: &str) -> AmqpResult<()> {
+        let p = Permission::new(configure, write, read).map_err(AmqpError::precondition)?;
+        self.persist(DefOp::SetPermissions {
+            user: user.into(),
+            vhost: vhost.into(),
+            configure: configure.into(),
+            write: write.into(),
+            read: read.into(),
+        })?;
+        self.permissions.write().insert((user.to_owned(), vhost.to_owned()), p);
+        Ok(())
+    }
+
+    pub fn clear_permissions(&self, user: &str, vhost: &str) -> AmqpResult<()> {
+        self.persist(DefOp::ClearPermissions {
+            user: user.into(),
+            vhost: vhost.into(),
+        })?;
+        self.permissions.write().remove(&(user.to_owned(), vhost.to_owned()));
+        Ok(())
+    }
+
+    pub fn add_vhost(&self, name: &str) -> AmqpResult<Arc<VHost>> {
+        if let Some(v) = self.vhost(name) {
+            return Ok(v);
+        }
+        self.persist(DefOp::AddVhost { name: name.into() })?;
+        let v = Arc::new(VHost::new(name));
+        self.vhosts.write().insert(name.to_owned(), v.clone());
+        Ok(v)
+    }
+
+    /// Delete a vhost with everything in it. Connections to it are closed by
+    /// their owners when they next touch it (its objects are gone).
+    pub fn delete_vhost(&self, name: &str) -> AmqpResult<bool> {
+        let Some(v) = self.vhost(name) else {
+            return Ok(false);
+        };
+        self.persist(DefOp::DeleteVhost { name: name.into() })?;
+        self.vhosts.write().remove(name);
+        let queues: Vec<_> = v.queues.read().values().cloned().collect();
+        for q in queues {
+            let (_, consumers) = q.delete();
+            for c in consumers {
+                crate::channel::server_cancel(&c);
+            }
+        }
+        v.queues.write().clear();
+        for e in v.exchanges.read().values() {
+            e.deleted.store(true, Ordering::Release);
+        }
+        v.exchanges.write().clear();
+        self.permissions.write().retain(|(_, vh), _| vh != name);
+        Ok(true)
+    }
+
     pub fn set_alarm(&self, reasons: Vec<String>) {
         let on = !reasons.is_empty();
         *self.alarm_reasons.lock() = reasons;

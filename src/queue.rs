@@ -414,6 +414,40 @@ impl Queue {
         (n, consumers)
     }
 
+    /// Take up to `n` ready messages out of the queue in order (management
+    /// get and move). The caller owns one store reference per message and must
+    /// give each back with [`Self::return_taken`] or release it.
+    pub fn take(&self, n: usize) -> Vec<(u64, MsgPos, u32)> {
+        let mut q = self.inner.lock();
+        let mut out = Vec::with_capacity(n.min(1024));
+        while out.len() < n {
+            match Self::pop(&mut q) {
+                Some(x) => out.push(x),
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// Put messages taken with [`Self::take`] back at their places, with their
+    /// delivery counts (redelivered when > 0).
+    pub fn return_taken(self: &Arc<Self>, taken: Vec<(u64, MsgPos, u32)>) {
+        let mut q = self.inner.lock();
+        for (seq, pos, deliveries) in taken {
+            q.requeued.insert(seq, Requeued { pos, deliveries });
+        }
+        self.dispatch_locked(&mut q);
+    }
+
+    /// Release a message taken with [`Self::take`] for good.
+    pub fn drop_taken(&self, pos: MsgPos) {
+        self.store.release(pos, self.id);
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
     /// Whether the queue has no consumers (for delete if-unused).
     pub fn is_unused(&self) -> bool {
         self.inner.lock().consumers.is_empty()
