@@ -14,6 +14,10 @@ pub struct Config {
     pub bind: String,
     /// AMQP port; 0 picks a free one (tests).
     pub port: u16,
+    /// Address the HTTP management API (and /metrics) listens on.
+    pub mgmt_bind: String,
+    /// Management API port; 0 picks a free one (tests).
+    pub mgmt_port: u16,
     /// Where segments and definitions live.
     pub data_dir: PathBuf,
     /// Heartbeat interval we propose in connection.tune, seconds (0 = off).
@@ -72,6 +76,8 @@ impl Default for Config {
         Config {
             bind: "127.0.0.1".into(),
             port: 5672,
+            mgmt_bind: "127.0.0.1".into(),
+            mgmt_port: 15672,
             data_dir: PathBuf::from("data"),
             heartbeat: 60,
             frame_max: 131072,
@@ -133,6 +139,12 @@ impl Config {
         if let Some(v) = get("LEPUS_PORT")? {
             self.port = v;
         }
+        if let Some(v) = get("LEPUS_MGMT_BIND")? {
+            self.mgmt_bind = v;
+        }
+        if let Some(v) = get("LEPUS_MGMT_PORT")? {
+            self.mgmt_port = v;
+        }
         if let Some(v) = get::<String>("LEPUS_DATA_DIR")? {
             self.data_dir = v.into();
         }
@@ -187,6 +199,8 @@ mod tests {
         let c = Config::from_file(&path).unwrap();
         let d = Config::default();
         assert_eq!(c.port, d.port);
+        assert_eq!(c.mgmt_port, d.mgmt_port);
+        assert_eq!(c.mgmt_bind, d.mgmt_bind);
         assert_eq!(c.frame_max, d.frame_max);
         assert_eq!(c.store.segment_size, d.store.segment_size);
         assert_eq!(c.max_message_size, d.max_message_size);

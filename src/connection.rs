@@ -478,6 +478,10 @@ impl Conn {
                         if Instant::now() > d { return; }
                     }
                 }
+                _ = self.ctx.conn.close_requested.notified() => {
+                    let reason = self.ctx.conn.close_reason.lock().take().unwrap_or_default();
+                    self.close_connection(AmqpError::new(ReplyCode::ConnectionForced, reason));
+                }
                 _ = shutdown.changed() => {
                     if !self.closing {
                         self.close_connection(AmqpError::new(ReplyCode::ConnectionForced, "broker forced connection closure with reason 'shutdown'"));
@@ -738,6 +742,7 @@ impl Conn {
         if let Some((info, _)) = self.ctx.broker.connections.lock().get_mut(&self.ctx.conn_id) {
             info.channels = self.channels.len() as u32;
         }
+        *self.ctx.conn.channels.lock() = self.channels.values().map(|c| Arc::downgrade(&c.shared)).collect();
     }
 }
 

@@ -35,6 +35,11 @@ pub struct ConnShared {
     /// Ack-log entries must be written before the next socket write.
     pub flush_store: AtomicBool,
     pub bytes_out: AtomicU64,
+    /// The management API asked to close this connection (with this reason).
+    pub close_requested: Notify,
+    pub close_reason: Mutex<Option<String>>,
+    /// The open channels, for the management API's channel list.
+    pub channels: Mutex<Vec<Weak<ChannelShared>>>,
 }
 
 impl ConnShared {
@@ -49,7 +54,16 @@ impl ConnShared {
             paused: Mutex::new(vec![]),
             flush_store: AtomicBool::new(false),
             bytes_out: AtomicU64::new(0),
+            close_requested: Notify::new(),
+            close_reason: Mutex::new(None),
+            channels: Mutex::new(vec![]),
         }
+    }
+
+    /// Ask the connection's task to close it with 320 CONNECTION_FORCED.
+    pub fn request_close(&self, reason: &str) {
+        *self.close_reason.lock() = Some(reason.to_owned());
+        self.close_requested.notify_one();
     }
 
     /// Append frames to the outbox and wake the writer.

@@ -26,6 +26,7 @@ pub mod delivery;
 pub mod error;
 pub mod exchange;
 pub mod metrics;
+pub mod mgmt;
 pub mod protocol;
 pub mod queue;
 pub mod server;

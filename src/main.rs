@@ -16,6 +16,9 @@ struct Args {
     /// AMQP port (overrides the config file; 0 picks a free one).
     #[arg(long)]
     port: Option<u16>,
+    /// HTTP management API port (overrides the config file; 0 picks a free one).
+    #[arg(long)]
+    mgmt_port: Option<u16>,
     /// Data directory (overrides the config file).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -47,6 +50,9 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(p) = args.port {
         config.port = p;
     }
+    if let Some(p) = args.mgmt_port {
+        config.mgmt_port = p;
+    }
     if let Some(d) = args.data_dir {
         config.data_dir = d;
     }
@@ -60,6 +66,10 @@ fn run(args: Args) -> Result<(), String> {
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let mgmt_addr = format!("{}:{}", config.mgmt_bind, config.mgmt_port);
+        let mgmt = lepus::server::bind_mgmt(&config)
+            .await
+            .map_err(|e| format!("cannot listen on {mgmt_addr} for the management API: {e}"))?;
         let data_dir = config.data_dir.clone();
         let started = std::time::Instant::now();
         let broker = tokio::task::spawn_blocking(move || {
@@ -70,11 +80,12 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot open data dir {}: {e}", data_dir.display()))?;
         tracing::info!(
             listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or(addr),
+            mgmt = %mgmt.local_addr().map(|a| a.to_string()).unwrap_or(mgmt_addr),
             data_dir = %data_dir.display(),
             startup_ms = started.elapsed().as_millis() as u64,
             "lepus ready"
         );
-        lepus::server::run(listener, broker, async {
+        lepus::server::run_with_mgmt(listener, Some(mgmt), broker, async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}

@@ -16,8 +16,25 @@ use tokio::sync::watch;
 /// Accept connections until `shutdown` completes, then close them all and
 /// sync the store.
 pub async fn run(listener: TcpListener, broker: Arc<Broker>, shutdown: impl Future<Output = ()>) {
+    run_with_mgmt(listener, None, broker, shutdown).await
+}
+
+/// Bind the management API's listener (`mgmt_bind`:`mgmt_port`).
+pub async fn bind_mgmt(config: &Config) -> std::io::Result<TcpListener> {
+    TcpListener::bind((config.mgmt_bind.as_str(), config.mgmt_port)).await
+}
+
+/// [`run`], plus the HTTP management API on `mgmt` if given.
+pub async fn run_with_mgmt(
+    listener: TcpListener,
+    mgmt: Option<TcpListener>,
+    broker: Arc<Broker>,
+    shutdown: impl Future<Output = ()>,
+) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let housekeeping = tokio::spawn(housekeeping(broker.clone(), stop_rx.clone()));
+    let amqp_addr = listener.local_addr().ok();
+    let mgmt = mgmt.map(|l| tokio::spawn(crate::mgmt::serve(l, amqp_addr, broker.clone(), stop_rx.clone())));
     let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -44,6 +61,9 @@ pub async fn run(listener: TcpListener, broker: Arc<Broker>, shutdown: impl Futu
     .await;
     conns.abort_all();
     housekeeping.abort();
+    if let Some(m) = mgmt {
+        m.abort();
+    }
     broker.store.shutdown();
 }
 
@@ -89,6 +109,8 @@ async fn housekeeping(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
 /// A running broker, for tests and embedding.
 pub struct Handle {
     pub addr: SocketAddr,
+    /// Where the HTTP management API listens.
+    pub mgmt_addr: SocketAddr,
     pub broker: Arc<Broker>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -114,16 +136,19 @@ pub async fn start(config: Config) -> std::io::Result<Handle> {
 pub async fn start_with_io(config: Config, io: Arc<dyn StoreIo>) -> std::io::Result<Handle> {
     let listener = TcpListener::bind((config.bind.as_str(), config.port)).await?;
     let addr = listener.local_addr()?;
+    let mgmt = bind_mgmt(&config).await?;
+    let mgmt_addr = mgmt.local_addr()?;
     let broker = tokio::task::spawn_blocking(move || Broker::open(config, io))
         .await
         .map_err(std::io::Error::other)??;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let b = broker.clone();
-    let task = tokio::spawn(run(listener, b, async move {
+    let task = tokio::spawn(run_with_mgmt(listener, Some(mgmt), b, async move {
         let _ = rx.await;
     }));
     Ok(Handle {
         addr,
+        mgmt_addr,
         broker,
         stop: Some(tx),
         task: Some(task),

@@ -22,6 +22,7 @@ fn spawn_broker(dir: &std::path::Path) -> (Child, String) {
         .args(["--port", "0", "--bind", "127.0.0.1", "--data-dir"])
         .arg(dir)
         .env("LEPUS_LOG", "info")
+        .env("LEPUS_MGMT_PORT", "0")
         .env("LEPUS_DISK_FREE_LIMIT", "0")
         .env("LEPUS_MEMORY_HIGH_WATERMARK", "0")
         .stdout(Stdio::piped())

@@ -16,6 +16,7 @@ pub struct TestBroker {
 pub fn test_config(dir: &std::path::Path) -> Config {
     let mut c = Config::default();
     c.port = 0;
+    c.mgmt_port = 0;
     c.data_dir = dir.to_path_buf();
     c.limits.disk_free_limit = 0;
     c.limits.memory_high_watermark = 0.0;
@@ -41,6 +42,16 @@ impl TestBroker {
 
     pub fn addr(&self) -> std::net::SocketAddr {
         self.handle.as_ref().unwrap().addr
+    }
+
+    /// Where the HTTP management API listens.
+    pub fn mgmt_addr(&self) -> std::net::SocketAddr {
+        self.handle.as_ref().unwrap().mgmt_addr
+    }
+
+    /// "http://127.0.0.1:PORT", the management API's base URL.
+    pub fn mgmt_url(&self) -> String {
+        format!("http://{}", self.mgmt_addr())
     }
 
     pub fn uri(&self) -> String {

@@ -1,0 +1,620 @@
+//! Definitions export and import in RabbitMQ's JSON format (`/api/definitions`).
+//!
+//! Export lists users (with their salted SHA-256 hashes, RabbitMQ's default
+//! scheme, so they import into RabbitMQ and back), vhosts, permissions, and
+//! the durable exchanges, queues and bindings.
+//!
+//! Import validates the whole document first, against the broker's current
+//! state and against itself, and only then applies it: a document that does
+//! not validate is a 400 and changes nothing. Parameters, policies, topic
+//! permissions and limits are not supported; they are skipped, and the answer
+//! says so.
+
+use super::api::{check_password_hash, parse_tags};
+use super::json::{json_to_table, table_to_json};
+use super::{blocking, parse_body, ApiError, ApiResult, App, Caller};
+use crate::broker::{Broker, Permission};
+use crate::exchange::{Dest, ExchangeKind};
+use amq_protocol::types::FieldTable;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+
+const RABBIT_VERSION: &str = "3.10.0";
+const HASHING: &str = "rabbit_password_hashing_sha256";
+
+// ----- export -----
+
+fn header() -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    m.insert("rabbit_version".into(), json!(RABBIT_VERSION));
+    m.insert("rabbitmq_version".into(), json!(RABBIT_VERSION));
+    m.insert("product_name".into(), json!("Lepus"));
+    m.insert("product_version".into(), json!(env!("CARGO_PKG_VERSION")));
+    m
+}
+
+/// Durable exchanges, queues and bindings of a vhost as definitions
+/// (with a "vhost" field unless `scoped`).
+fn objects(broker: &Broker, vhost: &str, scoped: bool) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
+    let (mut qs, mut xs, mut bs) = (vec![], vec![], vec![]);
+    let Some(v) = broker.vhost(vhost) else {
+        return (qs, xs, bs);
+    };
+    let with_vhost = |mut j: Value| {
+        if !scoped {
+            j["vhost"] = json!(vhost);
+        }
+        j
+    };
+    let mut queues: Vec<_> = v.queues.read().values().cloned().collect();
+    queues.sort_by(|a, b| a.name.cmp(&b.name));
+    for q in queues.iter().filter(|q| q.durable && q.exclusive_owner.is_none()) {
+        qs.push(with_vhost(json!({
+            "name": q.name,
+            "durable": true,
+            "auto_delete": q.auto_delete,
+            "arguments": table_to_json(&q.arguments),
+        })));
+    }
+    let mut exchanges: Vec<_> = v.exchanges.read().values().cloned().collect();
+    exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+    for e in exchanges.iter().filter(|e| e.durable && !e.name.is_empty() && !e.name.starts_with("amq.")) {
+        xs.push(with_vhost(json!({
+            "name": e.name,
+            "type": e.kind.as_str(),
+            "durable": true,
+            "auto_delete": e.auto_delete,
+            "internal": e.internal,
+            "arguments": table_to_json(&e.arguments),
+        })));
+    }
+    let mut binds = vec![];
+    for e in exchanges.iter().filter(|e| e.durable && !e.name.is_empty()) {
+        for b in e.bindings.read().all.iter() {
+            let dest_ok = match &b.dest {
+                Dest::Queue(q) => q.durable && q.exclusive_owner.is_none(),
+                Dest::Exchange(x) => x.durable,
+            };
+            if dest_ok {
+                binds.push((
+                    e.name.clone(),
+                    b.dest.kind(),
+                    b.dest.name().to_owned(),
+                    b.routing_key.clone(),
+                    table_to_json(&b.arguments),
+                ));
+            }
+        }
+    }
+    binds.sort_by(|a, b| (&a.0, a.1, &a.2, &a.3, a.4.to_string()).cmp(&(&b.0, b.1, &b.2, &b.3, b.4.to_string())));
+    for (source, kind, dest, rk, args) in binds {
+        bs.push(with_vhost(json!({
+            "source": source,
+            "destination": dest,
+            "destination_type": kind,
+            "routing_key": rk,
+            "arguments": args,
+        })));
+    }
+    (qs, xs, bs)
+}
+
+pub fn export(broker: &Broker) -> Value {
+    let mut m = header();
+    let mut users: Vec<_> = broker.users.read().values().cloned().collect();
+    users.sort_by(|a, b| a.name.cmp(&b.name));
+    m.insert(
+        "users".into(),
+        Value::Array(
+            users
+                .iter()
+                .map(|u| {
+                    json!({
+                        "name": u.name,
+                        "password_hash": u.password_hash,
+                        "hashing_algorithm": HASHING,
+                        "tags": u.tags,
+                        "limits": {},
+                    })
+                })
+                .collect(),
+        ),
+    );
+    let mut vhosts: Vec<String> = broker.vhosts.read().keys().cloned().collect();
+    vhosts.sort();
+    m.insert(
+        "vhosts".into(),
+        Value::Array(
+            vhosts
+                .iter()
+                .map(|v| json!({"name": v, "limits": [], "metadata": {"description": "", "tags": []}}))
+                .collect(),
+        ),
+    );
+    let mut perms: Vec<_> = broker
+        .permissions
+        .read()
+        .iter()
+        .map(|((u, v), p)| (u.clone(), v.clone(), p.clone()))
+        .collect();
+    perms.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    m.insert(
+        "permissions".into(),
+        Value::Array(
+            perms
+                .into_iter()
+                .map(|(u, v, p)| json!({"user": u, "vhost": v, "configure": p.configure, "write": p.write, "read": p.read}))
+                .collect(),
+        ),
+    );
+    m.insert("topic_permissions".into(), json!([]));
+    m.insert("parameters".into(), json!([]));
+    m.insert("global_parameters".into(), json!([]));
+    m.insert("policies".into(), json!([]));
+    let (mut qs, mut xs, mut bs) = (vec![], vec![], vec![]);
+    for v in &vhosts {
+        let (q, x, b) = objects(broker, v, false);
+        qs.extend(q);
+        xs.extend(x);
+        bs.extend(b);
+    }
+    m.insert("queues".into(), Value::Array(qs));
+    m.insert("exchanges".into(), Value::Array(xs));
+    m.insert("bindings".into(), Value::Array(bs));
+    Value::Object(m)
+}
+
+pub async fn export_all(State(app): State<App>, caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    Ok(Json(export(&app.broker)))
+}
+
+pub async fn export_vhost(State(app): State<App>, caller: Caller, Path(vhost): Path<String>) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    caller.vhost(&app.broker, &vhost)?;
+    let (qs, xs, bs) = objects(&app.broker, &vhost, true);
+    let mut m = header();
+    m.insert("parameters".into(), json!([]));
+    m.insert("policies".into(), json!([]));
+    m.insert("queues".into(), Value::Array(qs));
+    m.insert("exchanges".into(), Value::Array(xs));
+    m.insert("bindings".into(), Value::Array(bs));
+    Ok(Json(Value::Object(m)))
+}
+
+// ----- import -----
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Defs {
+    users: Vec<UserDef>,
+    vhosts: Vec<VhostDef>,
+    permissions: Vec<PermDef>,
+    topic_permissions: Vec<Value>,
+    parameters: Vec<Value>,
+    global_parameters: Vec<Value>,
+    policies: Vec<Value>,
+    queues: Vec<QueueDef>,
+    exchanges: Vec<ExchangeDef>,
+    bindings: Vec<BindingDef>,
+}
+
+#[derive(Deserialize)]
+struct UserDef {
+    name: String,
+    password_hash: Option<String>,
+    password: Option<String>,
+    hashing_algorithm: Option<String>,
+    #[serde(default)]
+    tags: Value,
+    #[serde(default)]
+    limits: Value,
+}
+
+#[derive(Deserialize)]
+struct VhostDef {
+    name: String,
+    #[serde(default)]
+    limits: Value,
+}
+
+#[derive(Deserialize)]
+struct PermDef {
+    user: String,
+    vhost: Option<String>,
+    configure: String,
+    write: String,
+    read: String,
+}
+
+#[derive(Deserialize)]
+struct QueueDef {
+    name: String,
+    vhost: Option<String>,
+    #[serde(default = "yes")]
+    durable: bool,
+    #[serde(default)]
+    auto_delete: bool,
+    #[serde(default)]
+    arguments: Value,
+}
+
+#[derive(Deserialize)]
+struct ExchangeDef {
+    name: String,
+    vhost: Option<String>,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default = "yes")]
+    durable: bool,
+    #[serde(default)]
+    auto_delete: bool,
+    #[serde(default)]
+    internal: bool,
+    #[serde(default)]
+    arguments: Value,
+}
+
+#[derive(Deserialize)]
+struct BindingDef {
+    source: String,
+    vhost: Option<String>,
+    destination: String,
+    destination_type: String,
+    #[serde(default)]
+    routing_key: String,
+    #[serde(default)]
+    arguments: Value,
+}
+
+#[derive(Clone)]
+struct ExPlan {
+    vhost: String,
+    name: String,
+    kind: String,
+    durable: bool,
+    auto_delete: bool,
+    internal: bool,
+    arguments: FieldTable,
+}
+
+#[derive(Clone)]
+struct QPlan {
+    vhost: String,
+    name: String,
+    durable: bool,
+    auto_delete: bool,
+    arguments: FieldTable,
+}
+
+struct BPlan {
+    vhost: String,
+    source: String,
+    destination: String,
+    queue: bool,
+    routing_key: String,
+    arguments: FieldTable,
+}
+
+/// A validated document, ready to apply.
+#[derive(Default)]
+struct Plan {
+    vhosts: Vec<String>,
+    users: Vec<(String, String, Vec<String>)>,
+    perms: Vec<(String, String, String, String, String)>,
+    exchanges: Vec<ExPlan>,
+    queues: Vec<QPlan>,
+    bindings: Vec<BPlan>,
+    ignored: Vec<String>,
+}
+
+fn bad(what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(format!("{what}: {e}"))
+}
+
+/// Check everything; change nothing. `scope` is the vhost of a vhost-scoped import.
+fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
+    let mut p = Plan::default();
+    let vhost_of = |v: &Option<String>, what: &str| -> ApiResult<String> {
+        match (scope, v) {
+            (Some(s), _) => Ok(s.to_owned()),
+            (None, Some(v)) => Ok(v.clone()),
+            (None, None) => Err(ApiError::bad_request(format!("{what}: vhost missing"))),
+        }
+    };
+    let count_ignored = |p: &mut Plan, n: usize, what: &str| {
+        if n > 0 {
+            p.ignored.push(format!("{n} {what}"));
+        }
+    };
+    count_ignored(&mut p, d.parameters.len(), "parameters");
+    count_ignored(&mut p, d.global_parameters.len(), "global parameters");
+    count_ignored(&mut p, d.policies.len(), "policies");
+    count_ignored(&mut p, d.topic_permissions.len(), "topic permissions");
+    if scope.is_some() && !(d.users.is_empty() && d.vhosts.is_empty() && d.permissions.is_empty()) {
+        return Err(ApiError::bad_request(
+            "a vhost-scoped import takes queues, exchanges and bindings only",
+        ));
+    }
+
+    for v in &d.vhosts {
+        if v.name.is_empty() {
+            return Err(ApiError::bad_request("vhost: empty name"));
+        }
+        if !matches!(&v.limits, Value::Null) && v.limits != json!([]) && v.limits != json!({}) {
+            p.ignored.push(format!("limits of vhost '{}'", v.name));
+        }
+        if !p.vhosts.contains(&v.name) {
+            p.vhosts.push(v.name.clone());
+        }
+    }
+    let known_vhost = |p: &Plan, v: &str| broker.vhost(v).is_some() || p.vhosts.iter().any(|x| x == v);
+
+    let mut user_names: HashSet<String> = broker.users.read().keys().cloned().collect();
+    for u in d.users {
+        let what = format!("user '{}'", u.name);
+        if u.name.is_empty() {
+            return Err(ApiError::bad_request("user: empty name"));
+        }
+        let tags = parse_tags(&u.tags).map_err(|e| bad(&what, e.reason))?;
+        let hash = match (u.password_hash, u.password) {
+            (Some(h), _) => {
+                check_password_hash(&h, u.hashing_algorithm.as_deref()).map_err(|e| bad(&what, e))?;
+                h
+            }
+            (None, Some(pw)) => crate::broker::hash_password(&pw),
+            (None, None) => return Err(bad(&what, "password_hash missing")),
+        };
+        if !matches!(&u.limits, Value::Null) && u.limits != json!({}) && u.limits != json!([]) {
+            p.ignored.push(format!("limits of {what}"));
+        }
+        user_names.insert(u.name.clone());
+        p.users.push((u.name, hash, tags));
+    }
+
+    for perm in d.permissions {
+        let vhost = vhost_of(&perm.vhost, "permission")?;
+        let what = format!("permission of user '{}' in vhost '{vhost}'", perm.user);
+        if !user_names.contains(&perm.user) {
+            return Err(bad(&what, "no such user"));
+        }
+        if !known_vhost(&p, &vhost) {
+            return Err(bad(&what, "no such vhost"));
+        }
+        Permission::new(&perm.configure, &perm.write, &perm.read).map_err(|e| bad(&what, e))?;
+        p.perms.push((perm.user, vhost, perm.configure, perm.write, perm.read));
+    }
+
+    let mut planned_ex: HashMap<(String, String), ExPlan> = HashMap::new();
+    for e in d.exchanges {
+        let vhost = vhost_of(&e.vhost, "exchange")?;
+        let what = format!("exchange '{}' in vhost '{vhost}'", e.name);
+        if !known_vhost(&p, &vhost) {
+            return Err(bad(&what, "no such vhost"));
+        }
+        if e.name.is_empty() {
+            return Err(bad(&what, "the default exchange cannot be declared"));
+        }
+        let Some(kind) = ExchangeKind::parse(&e.kind) else {
+            return Err(bad(&what, format!("unknown exchange type '{}'", e.kind)));
+        };
+        let arguments = json_to_table(&e.arguments).map_err(|x| bad(&what, x))?;
+        crate::args::validate_exchange_args(&arguments, &e.name, &vhost).map_err(|x| bad(&what, x.text))?;
+        let plan = ExPlan {
+            vhost: vhost.clone(),
+            name: e.name.clone(),
+            kind: e.kind.clone(),
+            durable: e.durable,
+            auto_delete: e.auto_delete,
+            internal: e.internal,
+            arguments,
+        };
+        let existing = broker.vhost(&vhost).and_then(|v| v.exchange(&e.name)).map(|x| ExPlan {
+            vhost: vhost.clone(),
+            name: x.name.clone(),
+            kind: x.kind.as_str().into(),
+            durable: x.durable,
+            auto_delete: x.auto_delete,
+            internal: x.internal,
+            arguments: x.arguments.clone(),
+        });
+        let key = (vhost.clone(), e.name.clone());
+        if let Some(cur) = planned_ex.get(&key).cloned().or(existing) {
+            if cur.kind != plan.kind || cur.durable != plan.durable || cur.auto_delete != plan.auto_delete || cur.internal != plan.internal {
+                return Err(bad(&what, "inequivalent to the existing exchange (type, durable, auto_delete or internal differ)"));
+            }
+            crate::args::check_equivalent(&cur.arguments, &plan.arguments, "exchange", &e.name, &vhost)
+                .map_err(|x| bad(&what, x.text))?;
+            continue;
+        }
+        if e.name.starts_with("amq.") {
+            return Err(bad(&what, "the 'amq.' prefix is reserved"));
+        }
+        let _ = kind;
+        planned_ex.insert(key, plan.clone());
+        p.exchanges.push(plan);
+    }
+
+    let mut planned_q: HashMap<(String, String), QPlan> = HashMap::new();
+    for q in d.queues {
+        let vhost = vhost_of(&q.vhost, "queue")?;
+        let what = format!("queue '{}' in vhost '{vhost}'", q.name);
+        if !known_vhost(&p, &vhost) {
+            return Err(bad(&what, "no such vhost"));
+        }
+        if q.name.is_empty() {
+            return Err(bad(&what, "empty name"));
+        }
+        if q.name.starts_with("amq.") {
+            return Err(bad(&what, "the 'amq.' prefix is reserved"));
+        }
+        let arguments = json_to_table(&q.arguments).map_err(|x| bad(&what, x))?;
+        crate::args::validate_queue_args(&arguments, &q.name, &vhost).map_err(|x| bad(&what, x.text))?;
+        let plan = QPlan {
+            vhost: vhost.clone(),
+            name: q.name.clone(),
+            durable: q.durable,
+            auto_delete: q.auto_delete,
+            arguments,
+        };
+        let live = broker.vhost(&vhost).and_then(|v| v.queue(&q.name));
+        if live.as_ref().is_some_and(|x| x.exclusive_owner.is_some()) {
+            return Err(bad(&what, "an exclusive queue of that name exists"));
+        }
+        let existing = live.map(|x| QPlan {
+            vhost: vhost.clone(),
+            name: x.name.clone(),
+            durable: x.durable,
+            auto_delete: x.auto_delete,
+            arguments: x.arguments.clone(),
+        });
+        let key = (vhost.clone(), q.name.clone());
+        if let Some(cur) = planned_q.get(&key).cloned().or(existing) {
+            if cur.durable != plan.durable || cur.auto_delete != plan.auto_delete {
+                return Err(bad(&what, "inequivalent to the existing queue (durable or auto_delete differ)"));
+            }
+            crate::args::check_equivalent(&cur.arguments, &plan.arguments, "queue", &q.name, &vhost)
+                .map_err(|x| bad(&what, x.text))?;
+            continue;
+        }
+        planned_q.insert(key, plan.clone());
+        p.queues.push(plan);
+    }
+
+    for b in d.bindings {
+        let vhost = vhost_of(&b.vhost, "binding")?;
+        let what = format!(
+            "binding from '{}' to {} '{}' in vhost '{vhost}'",
+            b.source, b.destination_type, b.destination
+        );
+        if !known_vhost(&p, &vhost) {
+            return Err(bad(&what, "no such vhost"));
+        }
+        if b.source.is_empty() {
+            return Err(bad(&what, "the default exchange cannot be bound"));
+        }
+        let v = broker.vhost(&vhost);
+        let ex_known = |name: &str| {
+            planned_ex.contains_key(&(vhost.clone(), name.to_owned())) || v.as_ref().is_some_and(|v| v.exchange(name).is_some())
+        };
+        if !ex_known(&b.source) {
+            return Err(bad(&what, "no such source exchange"));
+        }
+        let queue = match b.destination_type.as_str() {
+            "queue" => {
+                let known = planned_q.contains_key(&(vhost.clone(), b.destination.clone()))
+                    || v.as_ref().is_some_and(|v| v.queue(&b.destination).is_some());
+                if !known {
+                    return Err(bad(&what, "no such destination queue"));
+                }
+                true
+            }
+            "exchange" => {
+                if b.destination.is_empty() || !ex_known(&b.destination) {
+                    return Err(bad(&what, "no such destination exchange"));
+                }
+                false
+            }
+            other => return Err(bad(&what, format!("destination_type must be queue or exchange, not '{other}'"))),
+        };
+        let arguments = json_to_table(&b.arguments).map_err(|x| bad(&what, x))?;
+        p.bindings.push(BPlan {
+            vhost,
+            source: b.source,
+            destination: b.destination,
+            queue,
+            routing_key: b.routing_key,
+            arguments,
+        });
+    }
+    Ok(p)
+}
+
+/// Apply a validated plan. Fails only on I/O errors of the definitions log.
+fn apply(broker: &Broker, p: Plan) -> ApiResult<Value> {
+    let mut counts = HashMap::new();
+    for v in &p.vhosts {
+        broker.add_vhost(v)?;
+    }
+    counts.insert("vhosts", p.vhosts.len());
+    counts.insert("users", p.users.len());
+    for (name, hash, tags) in p.users {
+        broker.put_user(&name, hash, tags)?;
+    }
+    counts.insert("permissions", p.perms.len());
+    for (u, v, c, w, r) in p.perms {
+        broker.set_permissions(&u, &v, &c, &w, &r)?;
+    }
+    counts.insert("exchanges", p.exchanges.len());
+    for e in p.exchanges {
+        let v = broker.vhost(&e.vhost).ok_or_else(ApiError::not_found)?;
+        broker.declare_exchange(&v, &e.name, &e.kind, false, e.durable, e.auto_delete, e.internal, e.arguments)?;
+    }
+    counts.insert("queues", p.queues.len());
+    for q in p.queues {
+        let v = broker.vhost(&q.vhost).ok_or_else(ApiError::not_found)?;
+        broker.declare_queue(&v, &q.name, false, q.durable, false, q.auto_delete, q.arguments, 0)?;
+    }
+    counts.insert("bindings", p.bindings.len());
+    for b in p.bindings {
+        let v = broker.vhost(&b.vhost).ok_or_else(ApiError::not_found)?;
+        let src = v.get_exchange(&b.source)?;
+        let dest = if b.queue {
+            Dest::Queue(v.get_queue(&b.destination)?)
+        } else {
+            Dest::Exchange(v.get_exchange(&b.destination)?)
+        };
+        broker.bind(&v, &src, dest, &b.routing_key, b.arguments)?;
+    }
+    let mut answer = json!({"status": "ok", "imported": counts});
+    if !p.ignored.is_empty() {
+        answer["ignored"] = json!(p.ignored);
+        answer["note"] = json!(format!(
+            "not supported by lepus and skipped: {}",
+            p.ignored.join(", ")
+        ));
+    }
+    Ok(answer)
+}
+
+async fn import(app: App, body: Bytes, scope: Option<String>) -> ApiResult<Json<Value>> {
+    let v: Value = parse_body(&body)?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request("definitions must be a JSON object"));
+    }
+    let d: Defs = serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("invalid definitions: {e}")))?;
+    let broker = app.broker.clone();
+    let answer = blocking(move || {
+        let plan = validate(&broker, d, scope.as_deref())?;
+        apply(&broker, plan)
+    })
+    .await??;
+    if let Some(note) = answer.get("note").and_then(|n| n.as_str()) {
+        tracing::info!(note, "definitions imported");
+    }
+    Ok(Json(answer))
+}
+
+pub async fn import_all(State(app): State<App>, caller: Caller, body: Bytes) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    import(app, body, None).await
+}
+
+pub async fn import_vhost(
+    State(app): State<App>,
+    caller: Caller,
+    Path(vhost): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    caller.vhost(&app.broker, &vhost)?;
+    import(app, body, Some(vhost)).await
+}
