@@ -25,13 +25,30 @@ use std::process::ExitCode;
 )]
 struct Cli {
     /// Base URL of the management API.
-    #[arg(long, env = "LEPUSCTL_URL", default_value = "http://127.0.0.1:15672", global = true)]
+    #[arg(
+        long,
+        env = "LEPUSCTL_URL",
+        default_value = "http://127.0.0.1:15672",
+        global = true
+    )]
     url: String,
     /// User name for HTTP basic auth (and AMQP for `move`).
-    #[arg(long, short = 'u', env = "LEPUSCTL_USER", default_value = "guest", global = true)]
+    #[arg(
+        long,
+        short = 'u',
+        env = "LEPUSCTL_USER",
+        default_value = "guest",
+        global = true
+    )]
     user: String,
     /// Password.
-    #[arg(long, env = "LEPUSCTL_PASSWORD", default_value = "guest", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "LEPUSCTL_PASSWORD",
+        default_value = "guest",
+        global = true,
+        hide_env_values = true
+    )]
     password: String,
     /// Virtual host (default "/"; `list` shows every vhost unless given).
     #[arg(long, short = 'p', global = true)]
@@ -316,7 +333,12 @@ impl ListWhat {
             ListWhat::Vhosts => (
                 "/api/vhosts",
                 None,
-                &[("name", "/name"), ("messages", "/messages"), ("ready", "/messages_ready"), ("unacked", "/messages_unacknowledged")],
+                &[
+                    ("name", "/name"),
+                    ("messages", "/messages"),
+                    ("ready", "/messages_ready"),
+                    ("unacked", "/messages_unacknowledged"),
+                ],
             ),
             ListWhat::Permissions => (
                 "/api/permissions",
@@ -353,7 +375,11 @@ fn cell(v: Option<&Value>) -> String {
     match v {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(a)) => a.iter().map(|x| cell(Some(x))).collect::<Vec<_>>().join(","),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| cell(Some(x)))
+            .collect::<Vec<_>>()
+            .join(","),
         Some(Value::Object(m)) if m.is_empty() => String::new(),
         Some(other) => other.to_string(),
     }
@@ -396,7 +422,8 @@ fn parse_args_json(s: &Option<String>) -> Result<Value, String> {
     match s {
         None => Ok(json!({})),
         Some(s) => {
-            let v: Value = serde_json::from_str(s).map_err(|e| format!("--arguments is not JSON: {e}"))?;
+            let v: Value =
+                serde_json::from_str(s).map_err(|e| format!("--arguments is not JSON: {e}"))?;
             if !v.is_object() {
                 return Err("--arguments must be a JSON object".into());
             }
@@ -420,18 +447,32 @@ fn run(cli: Cli) -> Result<(), String> {
             let rows = api.get(&path)?;
             match format {
                 Format::Json => print_json(&rows),
-                Format::Table => print_table(rows.as_array().map(|a| a.as_slice()).unwrap_or(&[]), cols),
+                Format::Table => {
+                    print_table(rows.as_array().map(|a| a.as_slice()).unwrap_or(&[]), cols)
+                }
             }
             Ok(())
         }
         Cmd::Declare { what } => match what {
-            DeclareWhat::Queue { name, durable, auto_delete, arguments } => {
+            DeclareWhat::Queue {
+                name,
+                durable,
+                auto_delete,
+                arguments,
+            } => {
                 let body = json!({"durable": durable, "auto_delete": auto_delete, "arguments": parse_args_json(&arguments)?});
                 api.put(&format!("/api/queues/{v}/{}", seg(&name)), &body)?;
                 println!("queue '{name}' declared in vhost '{vhost}'");
                 Ok(())
             }
-            DeclareWhat::Exchange { name, kind, durable, auto_delete, internal, arguments } => {
+            DeclareWhat::Exchange {
+                name,
+                kind,
+                durable,
+                auto_delete,
+                internal,
+                arguments,
+            } => {
                 let body = json!({"type": kind, "durable": durable, "auto_delete": auto_delete,
                                   "internal": internal, "arguments": parse_args_json(&arguments)?});
                 api.put(&format!("/api/exchanges/{v}/{}", seg(&name)), &body)?;
@@ -440,7 +481,11 @@ fn run(cli: Cli) -> Result<(), String> {
             }
         },
         Cmd::Delete { what } => match what {
-            DeleteWhat::Queue { name, if_empty, if_unused } => {
+            DeleteWhat::Queue {
+                name,
+                if_empty,
+                if_unused,
+            } => {
                 let mut q = vec![];
                 if if_empty {
                     q.push("if-empty=true");
@@ -448,7 +493,11 @@ fn run(cli: Cli) -> Result<(), String> {
                 if if_unused {
                     q.push("if-unused=true");
                 }
-                let query = if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) };
+                let query = if q.is_empty() {
+                    String::new()
+                } else {
+                    format!("?{}", q.join("&"))
+                };
                 api.delete(&format!("/api/queues/{v}/{}{query}", seg(&name)), &[])?;
                 println!("queue '{name}' deleted from vhost '{vhost}'");
                 Ok(())
@@ -460,7 +509,9 @@ fn run(cli: Cli) -> Result<(), String> {
                 Ok(())
             }
         },
-        Cmd::Purge { what: PurgeWhat::Queue { name } } => {
+        Cmd::Purge {
+            what: PurgeWhat::Queue { name },
+        } => {
             let before = api.get(&format!("/api/queues/{v}/{}", seg(&name)))?;
             api.delete(&format!("/api/queues/{v}/{}/contents", seg(&name)), &[])?;
             println!(
@@ -469,8 +520,15 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
-        Cmd::AddUser { name, new_password, tags } => {
-            api.put(&format!("/api/users/{}", seg(&name)), &json!({"password": new_password, "tags": tags}))?;
+        Cmd::AddUser {
+            name,
+            new_password,
+            tags,
+        } => {
+            api.put(
+                &format!("/api/users/{}", seg(&name)),
+                &json!({"password": new_password, "tags": tags}),
+            )?;
             println!("user '{name}' added");
             Ok(())
         }
@@ -481,7 +539,10 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Cmd::ChangePassword { name, new_password } => {
             let u = api.get(&format!("/api/users/{}", seg(&name)))?;
-            api.put(&format!("/api/users/{}", seg(&name)), &json!({"password": new_password, "tags": u["tags"]}))?;
+            api.put(
+                &format!("/api/users/{}", seg(&name)),
+                &json!({"password": new_password, "tags": u["tags"]}),
+            )?;
             println!("password of user '{name}' changed");
             Ok(())
         }
@@ -494,7 +555,12 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("tags of user '{name}' set to [{}]", tags.join(", "));
             Ok(())
         }
-        Cmd::SetPermissions { username, configure, write, read } => {
+        Cmd::SetPermissions {
+            username,
+            configure,
+            write,
+            read,
+        } => {
             api.put(
                 &format!("/api/permissions/{v}/{}", seg(&username)),
                 &json!({"configure": configure, "write": write, "read": read}),
@@ -523,7 +589,8 @@ fn run(cli: Cli) -> Result<(), String> {
             if file == "-" {
                 println!("{text}");
             } else {
-                std::fs::write(&file, text + "\n").map_err(|e| format!("cannot write {file}: {e}"))?;
+                std::fs::write(&file, text + "\n")
+                    .map_err(|e| format!("cannot write {file}: {e}"))?;
                 eprintln!("definitions exported to {file}");
             }
             Ok(())
@@ -531,11 +598,15 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Import { file } => {
             let mut text = String::new();
             if file == "-" {
-                std::io::stdin().read_to_string(&mut text).map_err(|e| e.to_string())?;
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .map_err(|e| e.to_string())?;
             } else {
-                text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {file}: {e}"))?;
+                text = std::fs::read_to_string(&file)
+                    .map_err(|e| format!("cannot read {file}: {e}"))?;
             }
-            let defs: Value = serde_json::from_str(&text).map_err(|e| format!("{file} is not JSON: {e}"))?;
+            let defs: Value =
+                serde_json::from_str(&text).map_err(|e| format!("{file} is not JSON: {e}"))?;
             let answer = api.post("/api/definitions", &defs)?;
             println!("definitions imported from {file}");
             if let Some(note) = answer.get("note").and_then(|n| n.as_str()) {
@@ -544,13 +615,23 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::CloseConnection { name, reason } => {
-            let headers: Vec<(&str, &str)> = reason.iter().map(|r| ("X-Reason", r.as_str())).collect();
+            let headers: Vec<(&str, &str)> =
+                reason.iter().map(|r| ("X-Reason", r.as_str())).collect();
             api.delete(&format!("/api/connections/{}", seg(&name)), &headers)?;
             println!("connection '{name}' closed");
             Ok(())
         }
-        Cmd::Get { queue, count, ack, format } => {
-            let ackmode = if ack { "ack_requeue_false" } else { "ack_requeue_true" };
+        Cmd::Get {
+            queue,
+            count,
+            ack,
+            format,
+        } => {
+            let ackmode = if ack {
+                "ack_requeue_false"
+            } else {
+                "ack_requeue_true"
+            };
             let msgs = api.post(
                 &format!("/api/queues/{v}/{}/get", seg(&queue)),
                 &json!({"count": count, "ackmode": ackmode, "encoding": "auto", "truncate": 50000}),
@@ -571,7 +652,14 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Cmd::Publish { exchange, routing_key, body, persistent, content_type, message_id } => {
+        Cmd::Publish {
+            exchange,
+            routing_key,
+            body,
+            persistent,
+            content_type,
+            message_id,
+        } => {
             let mut props = serde_json::Map::new();
             if persistent {
                 props.insert("delivery_mode".into(), json!(2));
@@ -582,7 +670,11 @@ fn run(cli: Cli) -> Result<(), String> {
             if let Some(m) = message_id {
                 props.insert("message_id".into(), json!(m));
             }
-            let ex = if exchange.is_empty() { "amq.default".to_owned() } else { exchange };
+            let ex = if exchange.is_empty() {
+                "amq.default".to_owned()
+            } else {
+                exchange
+            };
             let r = api.post(
                 &format!("/api/exchanges/{v}/{}/publish", seg(&ex)),
                 &json!({"properties": props, "routing_key": routing_key, "payload": body, "payload_encoding": "string"}),
@@ -594,7 +686,14 @@ fn run(cli: Cli) -> Result<(), String> {
                 Err("message published but not routed to any queue".into())
             }
         }
-        Cmd::Move { src, dst, max, amqp_url, prefetch, idle_timeout } => {
+        Cmd::Move {
+            src,
+            dst,
+            max,
+            amqp_url,
+            prefetch,
+            idle_timeout,
+        } => {
             let url = match amqp_url {
                 Some(u) => u,
                 None => http::amqp_url_from(&cli.url, &cli.user, &cli.password, &vhost),
@@ -627,7 +726,14 @@ fn status(api: &Api) -> Result<(), String> {
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|l| format!("{} {}:{}", cell(l.get("protocol")), cell(l.get("ip_address")), cell(l.get("port"))))
+                .map(|l| {
+                    format!(
+                        "{} {}:{}",
+                        cell(l.get("protocol")),
+                        cell(l.get("ip_address")),
+                        cell(l.get("port"))
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();

@@ -1,6 +1,8 @@
 //! The `/api` handlers: RabbitMQ's paths and JSON shapes.
 
-use super::json::{encode_payload, json_to_properties, json_to_table, properties_to_json, table_to_json};
+use super::json::{
+    encode_payload, json_to_properties, json_to_table, properties_to_json, table_to_json,
+};
 use super::stats::{Rates, Sample};
 use super::{blocking, node_name, parse_body, ApiError, ApiResult, App, Caller};
 use crate::broker::{Access, Broker, ConnInfo};
@@ -158,7 +160,13 @@ pub async fn overview(State(app): State<App>, caller: Caller) -> Json<Value> {
 }
 
 pub async fn whoami(caller: Caller, State(app): State<App>) -> Json<Value> {
-    let tags = app.broker.users.read().get(&caller.name).map(|u| u.tags.clone()).unwrap_or_default();
+    let tags = app
+        .broker
+        .users
+        .read()
+        .get(&caller.name)
+        .map(|u| u.tags.clone())
+        .unwrap_or_default();
     Json(json!({"name": caller.name, "tags": tags}))
 }
 
@@ -175,13 +183,33 @@ pub async fn health_alarms(State(app): State<App>, _caller: Caller) -> Response 
     }
 }
 
-pub async fn aliveness(State(app): State<App>, caller: Caller, Path(vhost): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn aliveness(
+    State(app): State<App>,
+    caller: Caller,
+    Path(vhost): Path<String>,
+) -> ApiResult<Json<Value>> {
     let b = app.broker.clone();
     let v = caller.vhost(&b, &vhost)?;
     caller.check(&b, &vhost, Access::Configure, "queue", "aliveness-test")?;
-    let q = b.declare_queue(&v, "aliveness-test", false, false, false, false, FieldTable::default(), 0)?;
+    let q = b.declare_queue(
+        &v,
+        "aliveness-test",
+        false,
+        false,
+        false,
+        false,
+        FieldTable::default(),
+        0,
+    )?;
     let default = v.get_exchange("")?;
-    let (routed, _) = publish_message(&b, &v, &default, "aliveness-test", &BasicProperties::default(), b"test_message")?;
+    let (routed, _) = publish_message(
+        &b,
+        &v,
+        &default,
+        "aliveness-test",
+        &BasicProperties::default(),
+        b"test_message",
+    )?;
     let got = q.take(1);
     let ok = routed && !got.is_empty();
     for (_, pos, _) in got {
@@ -190,7 +218,9 @@ pub async fn aliveness(State(app): State<App>, caller: Caller, Path(vhost): Path
     if ok {
         Ok(Json(json!({"status": "ok"})))
     } else {
-        Err(ApiError::internal("aliveness test message was not routed back"))
+        Err(ApiError::internal(
+            "aliveness test message was not routed back",
+        ))
     }
 }
 
@@ -216,10 +246,19 @@ fn vhost_json(v: &VHost) -> Value {
 }
 
 pub async fn list_vhosts(State(app): State<App>, caller: Caller) -> Json<Value> {
-    Json(Value::Array(visible_vhosts(&app, &caller).iter().map(|v| vhost_json(v)).collect()))
+    Json(Value::Array(
+        visible_vhosts(&app, &caller)
+            .iter()
+            .map(|v| vhost_json(v))
+            .collect(),
+    ))
 }
 
-pub async fn get_vhost(State(app): State<App>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn get_vhost(
+    State(app): State<App>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
     let v = caller.vhost(&app.broker, &name)?;
     Ok(Json(vhost_json(&v)))
 }
@@ -241,7 +280,11 @@ pub async fn put_vhost(
     Ok(created(existed))
 }
 
-pub async fn delete_vhost(State(app): State<App>, caller: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete_vhost(
+    State(app): State<App>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
     caller.require_admin()?;
     let b = app.broker.clone();
     let n = name.clone();
@@ -275,9 +318,19 @@ pub async fn list_users(State(app): State<App>, caller: Caller) -> ApiResult<Jso
     Ok(Json(Value::Array(users.iter().map(user_json).collect())))
 }
 
-pub async fn get_user(State(app): State<App>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn get_user(
+    State(app): State<App>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
     caller.require_admin()?;
-    let u = app.broker.users.read().get(&name).cloned().ok_or_else(ApiError::not_found)?;
+    let u = app
+        .broker
+        .users
+        .read()
+        .get(&name)
+        .cloned()
+        .ok_or_else(ApiError::not_found)?;
     Ok(Json(user_json(&u)))
 }
 
@@ -285,12 +338,22 @@ pub async fn get_user(State(app): State<App>, caller: Caller, Path(name): Path<S
 pub fn parse_tags(v: &Value) -> ApiResult<Vec<String>> {
     match v {
         Value::Null => Ok(vec![]),
-        Value::String(s) => Ok(s.split(',').map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect()),
+        Value::String(s) => Ok(s
+            .split(',')
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect()),
         Value::Array(a) => a
             .iter()
-            .map(|t| t.as_str().map(|s| s.trim().to_owned()).ok_or_else(|| ApiError::bad_request("tags must be strings")))
+            .map(|t| {
+                t.as_str()
+                    .map(|s| s.trim().to_owned())
+                    .ok_or_else(|| ApiError::bad_request("tags must be strings"))
+            })
             .collect(),
-        _ => Err(ApiError::bad_request("tags must be a string or a list of strings")),
+        _ => Err(ApiError::bad_request(
+            "tags must be a string or a list of strings",
+        )),
     }
 }
 
@@ -298,7 +361,11 @@ pub fn parse_tags(v: &Value) -> ApiResult<Vec<String>> {
 pub fn check_password_hash(hash: &str, algorithm: Option<&str>) -> Result<(), String> {
     match algorithm {
         None | Some("rabbit_password_hashing_sha256") => {}
-        Some(other) => return Err(format!("unsupported hashing_algorithm {other:?}: only rabbit_password_hashing_sha256")),
+        Some(other) => {
+            return Err(format!(
+                "unsupported hashing_algorithm {other:?}: only rabbit_password_hashing_sha256"
+            ))
+        }
     }
     if hash.is_empty() {
         return Ok(());
@@ -331,12 +398,17 @@ pub async fn put_user(
     let hash = match (req.password, req.password_hash) {
         (Some(p), _) => crate::broker::hash_password(&p),
         (None, Some(h)) => {
-            check_password_hash(&h, req.hashing_algorithm.as_deref()).map_err(ApiError::bad_request)?;
+            check_password_hash(&h, req.hashing_algorithm.as_deref())
+                .map_err(ApiError::bad_request)?;
             h
         }
         (None, None) => match &existing {
             Some(u) => u.password_hash.clone(),
-            None => return Err(ApiError::bad_request("password or password_hash must be set")),
+            None => {
+                return Err(ApiError::bad_request(
+                    "password or password_hash must be set",
+                ))
+            }
         },
     };
     if name.is_empty() {
@@ -347,7 +419,11 @@ pub async fn put_user(
     Ok(created(existing.is_some()))
 }
 
-pub async fn delete_user(State(app): State<App>, caller: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete_user(
+    State(app): State<App>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
     caller.require_admin()?;
     let b = app.broker.clone();
     if !blocking(move || b.delete_user(&name)).await?? {
@@ -380,7 +456,11 @@ pub async fn list_permissions(State(app): State<App>, caller: Caller) -> ApiResu
     Ok(Json(permissions_where(&app, |_, _| true)))
 }
 
-pub async fn user_permissions(State(app): State<App>, caller: Caller, Path(user): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn user_permissions(
+    State(app): State<App>,
+    caller: Caller,
+    Path(user): Path<String>,
+) -> ApiResult<Json<Value>> {
     caller.require_admin()?;
     if !app.broker.users.read().contains_key(&user) {
         return Err(ApiError::not_found());
@@ -388,7 +468,11 @@ pub async fn user_permissions(State(app): State<App>, caller: Caller, Path(user)
     Ok(Json(permissions_where(&app, |u, _| u == user)))
 }
 
-pub async fn vhost_permissions(State(app): State<App>, caller: Caller, Path(vhost): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn vhost_permissions(
+    State(app): State<App>,
+    caller: Caller,
+    Path(vhost): Path<String>,
+) -> ApiResult<Json<Value>> {
     caller.require_admin()?;
     caller.vhost(&app.broker, &vhost)?;
     Ok(Json(permissions_where(&app, |_, v| v == vhost)))
@@ -407,7 +491,9 @@ pub async fn get_permission(
         .get(&(user.clone(), vhost.clone()))
         .cloned()
         .ok_or_else(ApiError::not_found)?;
-    Ok(Json(json!({"user": user, "vhost": vhost, "configure": p.configure, "write": p.write, "read": p.read})))
+    Ok(Json(
+        json!({"user": user, "vhost": vhost, "configure": p.configure, "write": p.write, "read": p.read}),
+    ))
 }
 
 #[derive(Deserialize, Default)]
@@ -430,10 +516,15 @@ pub async fn put_permission(
         return Err(ApiError::not_found());
     }
     let (Some(c), Some(w), Some(r)) = (req.configure, req.write, req.read) else {
-        return Err(ApiError::bad_request("configure, write and read must all be set"));
+        return Err(ApiError::bad_request(
+            "configure, write and read must all be set",
+        ));
     };
     crate::broker::Permission::new(&c, &w, &r).map_err(ApiError::bad_request)?;
-    let existed = b.permissions.read().contains_key(&(user.clone(), vhost.clone()));
+    let existed = b
+        .permissions
+        .read()
+        .contains_key(&(user.clone(), vhost.clone()));
     blocking(move || b.set_permissions(&user, &vhost, &c, &w, &r)).await??;
     Ok(created(existed))
 }
@@ -445,7 +536,11 @@ pub async fn delete_permission(
 ) -> ApiResult<StatusCode> {
     caller.require_admin()?;
     let b = app.broker.clone();
-    if !b.permissions.read().contains_key(&(user.clone(), vhost.clone())) {
+    if !b
+        .permissions
+        .read()
+        .contains_key(&(user.clone(), vhost.clone()))
+    {
         return Err(ApiError::not_found());
     }
     blocking(move || b.clear_permissions(&user, &vhost)).await??;
@@ -471,14 +566,27 @@ fn exchange_json(vhost: &str, e: &Exchange) -> Value {
 pub async fn list_exchanges(State(app): State<App>, caller: Caller) -> Json<Value> {
     let mut out = vec![];
     for v in visible_vhosts(&app, &caller) {
-        out.extend(sorted_exchanges(&v).iter().map(|e| exchange_json(&v.name, e)));
+        out.extend(
+            sorted_exchanges(&v)
+                .iter()
+                .map(|e| exchange_json(&v.name, e)),
+        );
     }
     Json(Value::Array(out))
 }
 
-pub async fn list_exchanges_vhost(State(app): State<App>, caller: Caller, Path(vhost): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn list_exchanges_vhost(
+    State(app): State<App>,
+    caller: Caller,
+    Path(vhost): Path<String>,
+) -> ApiResult<Json<Value>> {
     let v = caller.vhost(&app.broker, &vhost)?;
-    Ok(Json(Value::Array(sorted_exchanges(&v).iter().map(|e| exchange_json(&v.name, e)).collect())))
+    Ok(Json(Value::Array(
+        sorted_exchanges(&v)
+            .iter()
+            .map(|e| exchange_json(&v.name, e))
+            .collect(),
+    )))
 }
 
 pub async fn get_exchange(
@@ -487,7 +595,9 @@ pub async fn get_exchange(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let v = caller.vhost(&app.broker, &vhost)?;
-    let e = v.exchange(exchange_name(&name)).ok_or_else(ApiError::not_found)?;
+    let e = v
+        .exchange(exchange_name(&name))
+        .ok_or_else(ApiError::not_found)?;
     Ok(Json(exchange_json(&v.name, &e)))
 }
 
@@ -516,12 +626,32 @@ pub async fn put_exchange(
             "operation not permitted on the default exchange",
         )));
     }
-    let kind = req.kind.ok_or_else(|| ApiError::bad_request("type must be set"))?;
-    let args = json_to_table(&req.arguments).map_err(|e| ApiError::bad_request(format!("arguments: {e}")))?;
+    let kind = req
+        .kind
+        .ok_or_else(|| ApiError::bad_request("type must be set"))?;
+    let args = json_to_table(&req.arguments)
+        .map_err(|e| ApiError::bad_request(format!("arguments: {e}")))?;
     caller.check(&b, &vhost, Access::Configure, "exchange", &name)?;
     let existed = v.exchange(&name).is_some();
-    let (durable, auto_delete, internal) = (req.durable.unwrap_or(true), req.auto_delete.unwrap_or(false), req.internal.unwrap_or(false));
-    blocking(move || b.declare_exchange(&v, &name, &kind, false, durable, auto_delete, internal, args).map(|_| ())).await??;
+    let (durable, auto_delete, internal) = (
+        req.durable.unwrap_or(true),
+        req.auto_delete.unwrap_or(false),
+        req.internal.unwrap_or(false),
+    );
+    blocking(move || {
+        b.declare_exchange(
+            &v,
+            &name,
+            &kind,
+            false,
+            durable,
+            auto_delete,
+            internal,
+            args,
+        )
+        .map(|_| ())
+    })
+    .await??;
     Ok(created(existed))
 }
 
@@ -562,7 +692,11 @@ pub fn publish_message(
     }
     let header = crate::channel::encode_header(body.len() as u64, props);
     let persistent = *props.delivery_mode() == Some(2);
-    let durable_ids: Vec<u32> = queues.iter().filter(|q| q.logs(persistent)).map(|q| q.id).collect();
+    let durable_ids: Vec<u32> = queues
+        .iter()
+        .filter(|q| q.logs(persistent))
+        .map(|q| q.id)
+        .collect();
     let mut prefix = vec![];
     store::encode_prefix(
         &mut prefix,
@@ -606,19 +740,31 @@ pub async fn publish(
     let ex = v.exchange(ex_name).ok_or_else(ApiError::not_found)?;
     caller.check(&b, &vhost, Access::Write, "exchange", ex_name)?;
     if ex.internal {
-        return Err(ApiError::bad_request(format!("cannot publish to internal exchange '{ex_name}'")));
+        return Err(ApiError::bad_request(format!(
+            "cannot publish to internal exchange '{ex_name}'"
+        )));
     }
-    let routing_key = req.routing_key.ok_or_else(|| ApiError::bad_request("routing_key must be set"))?;
-    let payload = req.payload.ok_or_else(|| ApiError::bad_request("payload must be set"))?;
+    let routing_key = req
+        .routing_key
+        .ok_or_else(|| ApiError::bad_request("routing_key must be set"))?;
+    let payload = req
+        .payload
+        .ok_or_else(|| ApiError::bad_request("payload must be set"))?;
     let payload = match req.payload_encoding.as_deref().unwrap_or("string") {
         "string" => payload.into_bytes(),
         "base64" => base64::engine::general_purpose::STANDARD
             .decode(payload.trim())
             .map_err(|_| ApiError::bad_request("payload is not valid base64"))?,
-        other => return Err(ApiError::bad_request(format!("payload_encoding must be string or base64, not {other:?}"))),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "payload_encoding must be string or base64, not {other:?}"
+            )))
+        }
     };
     if payload.len() as u64 > b.config.max_message_size {
-        return Err(ApiError::bad_request("payload is larger than max_message_size"));
+        return Err(ApiError::bad_request(
+            "payload is larger than max_message_size",
+        ));
     }
     let props = json_to_properties(&req.properties).map_err(ApiError::bad_request)?;
     if let Some(uid) = props.user_id() {
@@ -636,7 +782,9 @@ pub async fn publish(
         let mut synced = b.store.synced();
         let _ = synced.wait_for(|s| *s >= seq).await;
         if b.store.sync_failed(seq) {
-            return Err(ApiError::internal("the message could not be written to disk"));
+            return Err(ApiError::internal(
+                "the message could not be written to disk",
+            ));
         }
     }
     Ok(Json(json!({ "routed": routed })))
@@ -660,8 +808,12 @@ pub async fn get_messages(
     let b = app.broker.clone();
     let v = caller.vhost(&b, &vhost)?;
     let q = v.queue(&name).ok_or_else(ApiError::not_found)?;
-    let count = req.count.ok_or_else(|| ApiError::bad_request("count must be set"))?;
-    let ackmode = req.ackmode.ok_or_else(|| ApiError::bad_request("ackmode must be set"))?;
+    let count = req
+        .count
+        .ok_or_else(|| ApiError::bad_request("count must be set"))?;
+    let ackmode = req
+        .ackmode
+        .ok_or_else(|| ApiError::bad_request("ackmode must be set"))?;
     let requeue = match ackmode.as_str() {
         "ack_requeue_true" | "reject_requeue_true" => true,
         "ack_requeue_false" | "reject_requeue_false" => false,
@@ -669,7 +821,9 @@ pub async fn get_messages(
     };
     let encoding = req.encoding.unwrap_or_else(|| "auto".into());
     if encoding != "auto" && encoding != "base64" {
-        return Err(ApiError::bad_request(format!("unknown encoding {encoding:?}")));
+        return Err(ApiError::bad_request(format!(
+            "unknown encoding {encoding:?}"
+        )));
     }
     caller.check(&b, &vhost, Access::Read, "queue", &name)?;
     let taken = q.take(count.min(100_000) as usize);
@@ -769,22 +923,40 @@ fn queue_json(app: &App, q: &Queue, owners: &HashMap<u64, String>) -> Value {
 }
 
 fn conn_names(broker: &Broker) -> HashMap<u64, String> {
-    broker.connections.lock().values().map(|(i, _)| (i.id, i.name.clone())).collect()
+    broker
+        .connections
+        .lock()
+        .values()
+        .map(|(i, _)| (i.id, i.name.clone()))
+        .collect()
 }
 
 pub async fn list_queues(State(app): State<App>, caller: Caller) -> Json<Value> {
     let owners = conn_names(&app.broker);
     let mut out = vec![];
     for v in visible_vhosts(&app, &caller) {
-        out.extend(sorted_queues(&v).iter().map(|q| queue_json(&app, q, &owners)));
+        out.extend(
+            sorted_queues(&v)
+                .iter()
+                .map(|q| queue_json(&app, q, &owners)),
+        );
     }
     Json(Value::Array(out))
 }
 
-pub async fn list_queues_vhost(State(app): State<App>, caller: Caller, Path(vhost): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn list_queues_vhost(
+    State(app): State<App>,
+    caller: Caller,
+    Path(vhost): Path<String>,
+) -> ApiResult<Json<Value>> {
     let v = caller.vhost(&app.broker, &vhost)?;
     let owners = conn_names(&app.broker);
-    Ok(Json(Value::Array(sorted_queues(&v).iter().map(|q| queue_json(&app, q, &owners)).collect())))
+    Ok(Json(Value::Array(
+        sorted_queues(&v)
+            .iter()
+            .map(|q| queue_json(&app, q, &owners))
+            .collect(),
+    )))
 }
 
 pub async fn get_queue(
@@ -817,11 +989,19 @@ pub async fn put_queue(
     if name.is_empty() {
         return Err(ApiError::bad_request("queue name must not be empty"));
     }
-    let args = json_to_table(&req.arguments).map_err(|e| ApiError::bad_request(format!("arguments: {e}")))?;
+    let args = json_to_table(&req.arguments)
+        .map_err(|e| ApiError::bad_request(format!("arguments: {e}")))?;
     caller.check(&b, &vhost, Access::Configure, "queue", &name)?;
     let existed = v.queue(&name).is_some();
-    let (durable, auto_delete) = (req.durable.unwrap_or(true), req.auto_delete.unwrap_or(false));
-    blocking(move || b.declare_queue(&v, &name, false, durable, false, auto_delete, args, 0).map(|_| ())).await??;
+    let (durable, auto_delete) = (
+        req.durable.unwrap_or(true),
+        req.auto_delete.unwrap_or(false),
+    );
+    blocking(move || {
+        b.declare_queue(&v, &name, false, durable, false, auto_delete, args, 0)
+            .map(|_| ())
+    })
+    .await??;
     Ok(created(existed))
 }
 
@@ -869,11 +1049,18 @@ struct B {
 /// arguments when there are any.
 fn props_key(routing_key: &str, args: &FieldTable) -> String {
     if args.inner().is_empty() {
-        return if routing_key.is_empty() { "~".into() } else { routing_key.into() };
+        return if routing_key.is_empty() {
+            "~".into()
+        } else {
+            routing_key.into()
+        };
     }
     use sha2::Digest;
     let h = sha2::Sha256::digest(table_to_json(args).to_string().as_bytes());
-    format!("{routing_key}~{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&h[..6]))
+    format!(
+        "{routing_key}~{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&h[..6])
+    )
 }
 
 impl B {
@@ -933,7 +1120,11 @@ pub async fn list_bindings(State(app): State<App>, caller: Caller) -> Json<Value
     bindings_json(all.into_iter())
 }
 
-pub async fn list_bindings_vhost(State(app): State<App>, caller: Caller, Path(vhost): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn list_bindings_vhost(
+    State(app): State<App>,
+    caller: Caller,
+    Path(vhost): Path<String>,
+) -> ApiResult<Json<Value>> {
     let v = caller.vhost(&app.broker, &vhost)?;
     Ok(bindings_json(vhost_bindings(&v).into_iter()))
 }
@@ -946,7 +1137,9 @@ pub async fn exchange_bindings_source(
     let v = caller.vhost(&app.broker, &vhost)?;
     let name = exchange_name(&name);
     v.exchange(name).ok_or_else(ApiError::not_found)?;
-    Ok(bindings_json(vhost_bindings(&v).into_iter().filter(|b| b.source == name)))
+    Ok(bindings_json(
+        vhost_bindings(&v).into_iter().filter(|b| b.source == name),
+    ))
 }
 
 pub async fn exchange_bindings_destination(
@@ -957,11 +1150,9 @@ pub async fn exchange_bindings_destination(
     let v = caller.vhost(&app.broker, &vhost)?;
     let name = exchange_name(&name);
     v.exchange(name).ok_or_else(ApiError::not_found)?;
-    Ok(bindings_json(
-        vhost_bindings(&v)
-            .into_iter()
-            .filter(|b| b.destination_type == "exchange" && b.destination == name),
-    ))
+    Ok(bindings_json(vhost_bindings(&v).into_iter().filter(|b| {
+        b.destination_type == "exchange" && b.destination == name
+    })))
 }
 
 pub async fn queue_bindings(
@@ -971,19 +1162,27 @@ pub async fn queue_bindings(
 ) -> ApiResult<Json<Value>> {
     let v = caller.vhost(&app.broker, &vhost)?;
     v.queue(&name).ok_or_else(ApiError::not_found)?;
-    Ok(bindings_json(
-        vhost_bindings(&v)
-            .into_iter()
-            .filter(|b| b.destination_type == "queue" && b.destination == name),
-    ))
+    Ok(bindings_json(vhost_bindings(&v).into_iter().filter(|b| {
+        b.destination_type == "queue" && b.destination == name
+    })))
 }
 
 /// Source exchange and destination of a binding path (404 for unknown ones).
-fn binding_ends(v: &VHost, source: &str, kind: &str, dest: &str) -> ApiResult<(Arc<Exchange>, Dest)> {
-    let src = v.exchange(exchange_name(source)).ok_or_else(ApiError::not_found)?;
+fn binding_ends(
+    v: &VHost,
+    source: &str,
+    kind: &str,
+    dest: &str,
+) -> ApiResult<(Arc<Exchange>, Dest)> {
+    let src = v
+        .exchange(exchange_name(source))
+        .ok_or_else(ApiError::not_found)?;
     let d = match kind {
         "q" => Dest::Queue(v.queue(dest).ok_or_else(ApiError::not_found)?),
-        "e" => Dest::Exchange(v.exchange(exchange_name(dest)).ok_or_else(ApiError::not_found)?),
+        "e" => Dest::Exchange(
+            v.exchange(exchange_name(dest))
+                .ok_or_else(ApiError::not_found)?,
+        ),
         _ => return Err(ApiError::not_found()),
     };
     Ok((src, d))
@@ -992,7 +1191,9 @@ fn binding_ends(v: &VHost, source: &str, kind: &str, dest: &str) -> ApiResult<(A
 fn between(v: &VHost, src: &Exchange, d: &Dest) -> Vec<B> {
     vhost_bindings(v)
         .into_iter()
-        .filter(|b| b.source == src.name && b.destination_type == d.kind() && b.destination == d.name())
+        .filter(|b| {
+            b.source == src.name && b.destination_type == d.kind() && b.destination == d.name()
+        })
         .collect()
 }
 
@@ -1023,7 +1224,8 @@ pub async fn create_binding(
     let b = app.broker.clone();
     let v = caller.vhost(&b, &vhost)?;
     let (src, d) = binding_ends(&v, &source, &kind, &dest)?;
-    let args = json_to_table(&req.arguments).map_err(|e| ApiError::bad_request(format!("arguments: {e}")))?;
+    let args = json_to_table(&req.arguments)
+        .map_err(|e| ApiError::bad_request(format!("arguments: {e}")))?;
     let rk = req.routing_key.unwrap_or_default();
     caller.check(&b, &vhost, Access::Write, d.kind(), d.name())?;
     caller.check(&b, &vhost, Access::Read, "exchange", &src.name)?;
@@ -1111,10 +1313,19 @@ fn visible_connections(app: &App, caller: &Caller) -> Vec<(ConnInfo, Arc<ConnSha
 }
 
 pub async fn list_connections(State(app): State<App>, caller: Caller) -> Json<Value> {
-    Json(Value::Array(visible_connections(&app, &caller).iter().map(|(i, c)| connection_json(i, c)).collect()))
+    Json(Value::Array(
+        visible_connections(&app, &caller)
+            .iter()
+            .map(|(i, c)| connection_json(i, c))
+            .collect(),
+    ))
 }
 
-pub async fn vhost_connections(State(app): State<App>, caller: Caller, Path(vhost): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn vhost_connections(
+    State(app): State<App>,
+    caller: Caller,
+    Path(vhost): Path<String>,
+) -> ApiResult<Json<Value>> {
     caller.vhost(&app.broker, &vhost)?;
     Ok(Json(Value::Array(
         visible_connections(&app, &caller)
@@ -1125,14 +1336,22 @@ pub async fn vhost_connections(State(app): State<App>, caller: Caller, Path(vhos
     )))
 }
 
-fn find_connection(app: &App, caller: &Caller, name: &str) -> ApiResult<(ConnInfo, Arc<ConnShared>)> {
+fn find_connection(
+    app: &App,
+    caller: &Caller,
+    name: &str,
+) -> ApiResult<(ConnInfo, Arc<ConnShared>)> {
     visible_connections(app, caller)
         .into_iter()
         .find(|(i, _)| i.name == name)
         .ok_or_else(ApiError::not_found)
 }
 
-pub async fn get_connection(State(app): State<App>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn get_connection(
+    State(app): State<App>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
     let (i, c) = find_connection(&app, &caller, &name)?;
     Ok(Json(connection_json(&i, &c)))
 }
@@ -1175,7 +1394,12 @@ fn channel_json(i: &ConnInfo, ch: &ChannelShared) -> Value {
 }
 
 fn channels_of(i: &ConnInfo, c: &ConnShared) -> Vec<Value> {
-    let mut chs: Vec<_> = c.channels.lock().iter().filter_map(|w| w.upgrade()).collect();
+    let mut chs: Vec<_> = c
+        .channels
+        .lock()
+        .iter()
+        .filter_map(|w| w.upgrade())
+        .collect();
     chs.sort_by_key(|ch| ch.id);
     chs.iter().map(|ch| channel_json(i, ch)).collect()
 }
@@ -1188,7 +1412,11 @@ pub async fn list_channels(State(app): State<App>, caller: Caller) -> Json<Value
     Json(Value::Array(out))
 }
 
-pub async fn vhost_channels(State(app): State<App>, caller: Caller, Path(vhost): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn vhost_channels(
+    State(app): State<App>,
+    caller: Caller,
+    Path(vhost): Path<String>,
+) -> ApiResult<Json<Value>> {
     caller.vhost(&app.broker, &vhost)?;
     let mut out = vec![];
     for (i, c) in visible_connections(&app, &caller) {
@@ -1199,12 +1427,20 @@ pub async fn vhost_channels(State(app): State<App>, caller: Caller, Path(vhost):
     Ok(Json(Value::Array(out)))
 }
 
-pub async fn connection_channels(State(app): State<App>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn connection_channels(
+    State(app): State<App>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
     let (i, c) = find_connection(&app, &caller, &name)?;
     Ok(Json(Value::Array(channels_of(&i, &c))))
 }
 
-pub async fn get_channel(State(app): State<App>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn get_channel(
+    State(app): State<App>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
     for (i, c) in visible_connections(&app, &caller) {
         for ch in channels_of(&i, &c) {
             if ch["name"] == name.as_str() {
@@ -1242,7 +1478,13 @@ fn consumer_json(c: &Consumer, conns: &HashMap<u64, ConnInfo>) -> Value {
 }
 
 fn consumers_in(app: &App, vhosts: &[Arc<VHost>]) -> Json<Value> {
-    let conns: HashMap<u64, ConnInfo> = app.broker.connections.lock().values().map(|(i, _)| (i.id, i.clone())).collect();
+    let conns: HashMap<u64, ConnInfo> = app
+        .broker
+        .connections
+        .lock()
+        .values()
+        .map(|(i, _)| (i.id, i.clone()))
+        .collect();
     let mut out = vec![];
     for v in vhosts {
         for q in sorted_queues(v) {
@@ -1258,7 +1500,11 @@ pub async fn list_consumers(State(app): State<App>, caller: Caller) -> Json<Valu
     consumers_in(&app, &visible_vhosts(&app, &caller))
 }
 
-pub async fn list_consumers_vhost(State(app): State<App>, caller: Caller, Path(vhost): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn list_consumers_vhost(
+    State(app): State<App>,
+    caller: Caller,
+    Path(vhost): Path<String>,
+) -> ApiResult<Json<Value>> {
     let v = caller.vhost(&app.broker, &vhost)?;
     Ok(consumers_in(&app, &[v]))
 }

@@ -52,7 +52,10 @@ fn objects(broker: &Broker, vhost: &str, scoped: bool) -> (Vec<Value>, Vec<Value
     };
     let mut queues: Vec<_> = v.queues.read().values().cloned().collect();
     queues.sort_by(|a, b| a.name.cmp(&b.name));
-    for q in queues.iter().filter(|q| q.durable && q.exclusive_owner.is_none()) {
+    for q in queues
+        .iter()
+        .filter(|q| q.durable && q.exclusive_owner.is_none())
+    {
         qs.push(with_vhost(json!({
             "name": q.name,
             "durable": true,
@@ -62,7 +65,10 @@ fn objects(broker: &Broker, vhost: &str, scoped: bool) -> (Vec<Value>, Vec<Value
     }
     let mut exchanges: Vec<_> = v.exchanges.read().values().cloned().collect();
     exchanges.sort_by(|a, b| a.name.cmp(&b.name));
-    for e in exchanges.iter().filter(|e| e.durable && !e.name.is_empty() && !e.name.starts_with("amq.")) {
+    for e in exchanges
+        .iter()
+        .filter(|e| e.durable && !e.name.is_empty() && !e.name.starts_with("amq."))
+    {
         xs.push(with_vhost(json!({
             "name": e.name,
             "type": e.kind.as_str(),
@@ -90,7 +96,9 @@ fn objects(broker: &Broker, vhost: &str, scoped: bool) -> (Vec<Value>, Vec<Value
             }
         }
     }
-    binds.sort_by(|a, b| (&a.0, a.1, &a.2, &a.3, a.4.to_string()).cmp(&(&b.0, b.1, &b.2, &b.3, b.4.to_string())));
+    binds.sort_by(|a, b| {
+        (&a.0, a.1, &a.2, &a.3, a.4.to_string()).cmp(&(&b.0, b.1, &b.2, &b.3, b.4.to_string()))
+    });
     for (source, kind, dest, rk, args) in binds {
         bs.push(with_vhost(json!({
             "source": source,
@@ -173,7 +181,11 @@ pub async fn export_all(State(app): State<App>, caller: Caller) -> ApiResult<Jso
     Ok(Json(export(&app.broker)))
 }
 
-pub async fn export_vhost(State(app): State<App>, caller: Caller, Path(vhost): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn export_vhost(
+    State(app): State<App>,
+    caller: Caller,
+    Path(vhost): Path<String>,
+) -> ApiResult<Json<Value>> {
     caller.require_admin()?;
     caller.vhost(&app.broker, &vhost)?;
     let (qs, xs, bs) = objects(&app.broker, &vhost, true);
@@ -356,7 +368,8 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
             p.vhosts.push(v.name.clone());
         }
     }
-    let known_vhost = |p: &Plan, v: &str| broker.vhost(v).is_some() || p.vhosts.iter().any(|x| x == v);
+    let known_vhost =
+        |p: &Plan, v: &str| broker.vhost(v).is_some() || p.vhosts.iter().any(|x| x == v);
 
     let mut user_names: HashSet<String> = broker.users.read().keys().cloned().collect();
     for u in d.users {
@@ -367,7 +380,8 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
         let tags = parse_tags(&u.tags).map_err(|e| bad(&what, e.reason))?;
         let hash = match (u.password_hash, u.password) {
             (Some(h), _) => {
-                check_password_hash(&h, u.hashing_algorithm.as_deref()).map_err(|e| bad(&what, e))?;
+                check_password_hash(&h, u.hashing_algorithm.as_deref())
+                    .map_err(|e| bad(&what, e))?;
                 h
             }
             (None, Some(pw)) => crate::broker::hash_password(&pw),
@@ -390,7 +404,8 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
             return Err(bad(&what, "no such vhost"));
         }
         Permission::new(&perm.configure, &perm.write, &perm.read).map_err(|e| bad(&what, e))?;
-        p.perms.push((perm.user, vhost, perm.configure, perm.write, perm.read));
+        p.perms
+            .push((perm.user, vhost, perm.configure, perm.write, perm.read));
     }
 
     let mut planned_ex: HashMap<(String, String), ExPlan> = HashMap::new();
@@ -407,7 +422,8 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
             return Err(bad(&what, format!("unknown exchange type '{}'", e.kind)));
         };
         let arguments = json_to_table(&e.arguments).map_err(|x| bad(&what, x))?;
-        crate::args::validate_exchange_args(&arguments, &e.name, &vhost).map_err(|x| bad(&what, x.text))?;
+        crate::args::validate_exchange_args(&arguments, &e.name, &vhost)
+            .map_err(|x| bad(&what, x.text))?;
         let plan = ExPlan {
             vhost: vhost.clone(),
             name: e.name.clone(),
@@ -417,22 +433,35 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
             internal: e.internal,
             arguments,
         };
-        let existing = broker.vhost(&vhost).and_then(|v| v.exchange(&e.name)).map(|x| ExPlan {
-            vhost: vhost.clone(),
-            name: x.name.clone(),
-            kind: x.kind.as_str().into(),
-            durable: x.durable,
-            auto_delete: x.auto_delete,
-            internal: x.internal,
-            arguments: x.arguments.clone(),
-        });
+        let existing = broker
+            .vhost(&vhost)
+            .and_then(|v| v.exchange(&e.name))
+            .map(|x| ExPlan {
+                vhost: vhost.clone(),
+                name: x.name.clone(),
+                kind: x.kind.as_str().into(),
+                durable: x.durable,
+                auto_delete: x.auto_delete,
+                internal: x.internal,
+                arguments: x.arguments.clone(),
+            });
         let key = (vhost.clone(), e.name.clone());
         if let Some(cur) = planned_ex.get(&key).cloned().or(existing) {
-            if cur.kind != plan.kind || cur.durable != plan.durable || cur.auto_delete != plan.auto_delete || cur.internal != plan.internal {
+            if cur.kind != plan.kind
+                || cur.durable != plan.durable
+                || cur.auto_delete != plan.auto_delete
+                || cur.internal != plan.internal
+            {
                 return Err(bad(&what, "inequivalent to the existing exchange (type, durable, auto_delete or internal differ)"));
             }
-            crate::args::check_equivalent(&cur.arguments, &plan.arguments, "exchange", &e.name, &vhost)
-                .map_err(|x| bad(&what, x.text))?;
+            crate::args::check_equivalent(
+                &cur.arguments,
+                &plan.arguments,
+                "exchange",
+                &e.name,
+                &vhost,
+            )
+            .map_err(|x| bad(&what, x.text))?;
             continue;
         }
         if e.name.starts_with("amq.") {
@@ -457,7 +486,8 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
             return Err(bad(&what, "the 'amq.' prefix is reserved"));
         }
         let arguments = json_to_table(&q.arguments).map_err(|x| bad(&what, x))?;
-        crate::args::validate_queue_args(&arguments, &q.name, &vhost).map_err(|x| bad(&what, x.text))?;
+        crate::args::validate_queue_args(&arguments, &q.name, &vhost)
+            .map_err(|x| bad(&what, x.text))?;
         let plan = QPlan {
             vhost: vhost.clone(),
             name: q.name.clone(),
@@ -479,10 +509,19 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
         let key = (vhost.clone(), q.name.clone());
         if let Some(cur) = planned_q.get(&key).cloned().or(existing) {
             if cur.durable != plan.durable || cur.auto_delete != plan.auto_delete {
-                return Err(bad(&what, "inequivalent to the existing queue (durable or auto_delete differ)"));
+                return Err(bad(
+                    &what,
+                    "inequivalent to the existing queue (durable or auto_delete differ)",
+                ));
             }
-            crate::args::check_equivalent(&cur.arguments, &plan.arguments, "queue", &q.name, &vhost)
-                .map_err(|x| bad(&what, x.text))?;
+            crate::args::check_equivalent(
+                &cur.arguments,
+                &plan.arguments,
+                "queue",
+                &q.name,
+                &vhost,
+            )
+            .map_err(|x| bad(&what, x.text))?;
             continue;
         }
         planned_q.insert(key, plan.clone());
@@ -503,7 +542,8 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
         }
         let v = broker.vhost(&vhost);
         let ex_known = |name: &str| {
-            planned_ex.contains_key(&(vhost.clone(), name.to_owned())) || v.as_ref().is_some_and(|v| v.exchange(name).is_some())
+            planned_ex.contains_key(&(vhost.clone(), name.to_owned()))
+                || v.as_ref().is_some_and(|v| v.exchange(name).is_some())
         };
         if !ex_known(&b.source) {
             return Err(bad(&what, "no such source exchange"));
@@ -511,7 +551,8 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
         let queue = match b.destination_type.as_str() {
             "queue" => {
                 let known = planned_q.contains_key(&(vhost.clone(), b.destination.clone()))
-                    || v.as_ref().is_some_and(|v| v.queue(&b.destination).is_some());
+                    || v.as_ref()
+                        .is_some_and(|v| v.queue(&b.destination).is_some());
                 if !known {
                     return Err(bad(&what, "no such destination queue"));
                 }
@@ -523,7 +564,12 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
                 }
                 false
             }
-            other => return Err(bad(&what, format!("destination_type must be queue or exchange, not '{other}'"))),
+            other => {
+                return Err(bad(
+                    &what,
+                    format!("destination_type must be queue or exchange, not '{other}'"),
+                ))
+            }
         };
         let arguments = json_to_table(&b.arguments).map_err(|x| bad(&what, x))?;
         p.bindings.push(BPlan {
@@ -556,12 +602,30 @@ fn apply(broker: &Broker, p: Plan) -> ApiResult<Value> {
     counts.insert("exchanges", p.exchanges.len());
     for e in p.exchanges {
         let v = broker.vhost(&e.vhost).ok_or_else(ApiError::not_found)?;
-        broker.declare_exchange(&v, &e.name, &e.kind, false, e.durable, e.auto_delete, e.internal, e.arguments)?;
+        broker.declare_exchange(
+            &v,
+            &e.name,
+            &e.kind,
+            false,
+            e.durable,
+            e.auto_delete,
+            e.internal,
+            e.arguments,
+        )?;
     }
     counts.insert("queues", p.queues.len());
     for q in p.queues {
         let v = broker.vhost(&q.vhost).ok_or_else(ApiError::not_found)?;
-        broker.declare_queue(&v, &q.name, false, q.durable, false, q.auto_delete, q.arguments, 0)?;
+        broker.declare_queue(
+            &v,
+            &q.name,
+            false,
+            q.durable,
+            false,
+            q.auto_delete,
+            q.arguments,
+            0,
+        )?;
     }
     counts.insert("bindings", p.bindings.len());
     for b in p.bindings {
@@ -590,7 +654,8 @@ async fn import(app: App, body: Bytes, scope: Option<String>) -> ApiResult<Json<
     if !v.is_object() {
         return Err(ApiError::bad_request("definitions must be a JSON object"));
     }
-    let d: Defs = serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("invalid definitions: {e}")))?;
+    let d: Defs = serde_json::from_value(v)
+        .map_err(|e| ApiError::bad_request(format!("invalid definitions: {e}")))?;
     let broker = app.broker.clone();
     let answer = blocking(move || {
         let plan = validate(&broker, d, scope.as_deref())?;
@@ -603,7 +668,11 @@ async fn import(app: App, body: Bytes, scope: Option<String>) -> ApiResult<Json<
     Ok(Json(answer))
 }
 
-pub async fn import_all(State(app): State<App>, caller: Caller, body: Bytes) -> ApiResult<Json<Value>> {
+pub async fn import_all(
+    State(app): State<App>,
+    caller: Caller,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
     caller.require_admin()?;
     import(app, body, None).await
 }

@@ -55,9 +55,9 @@ pub fn json_to_value(v: &Value) -> Result<AMQPValue, String> {
             }
         }
         Value::String(s) => AMQPValue::LongString(LongString::from(s.as_bytes().to_vec())),
-        Value::Array(a) => {
-            AMQPValue::FieldArray(FieldArray::from(a.iter().map(json_to_value).collect::<Result<Vec<_>, _>>()?))
-        }
+        Value::Array(a) => AMQPValue::FieldArray(FieldArray::from(
+            a.iter().map(json_to_value).collect::<Result<Vec<_>, _>>()?,
+        )),
         Value::Object(_) => AMQPValue::FieldTable(json_to_table(v)?),
     })
 }
@@ -69,7 +69,8 @@ pub fn json_to_table(v: &Value) -> Result<FieldTable, String> {
         Value::Object(m) => {
             let mut t = FieldTable::default();
             for (k, v) in m {
-                let key = ShortString::try_new(k.clone()).map_err(|_| format!("key {k:?} is longer than 255 bytes"))?;
+                let key = ShortString::try_new(k.clone())
+                    .map_err(|_| format!("key {k:?} is longer than 255 bytes"))?;
                 t.insert(key, json_to_value(v)?);
             }
             Ok(t)
@@ -139,7 +140,10 @@ pub fn json_to_properties(v: &Value) -> Result<BasicProperties, String> {
             "reply_to" => p.with_reply_to(short(k, v)?),
             "expiration" => p.with_expiration(short(k, v)?),
             "message_id" => p.with_message_id(short(k, v)?),
-            "timestamp" => p.with_timestamp(v.as_u64().ok_or_else(|| format!("property timestamp: expected an integer, got {v}"))?),
+            "timestamp" => p.with_timestamp(
+                v.as_u64()
+                    .ok_or_else(|| format!("property timestamp: expected an integer, got {v}"))?,
+            ),
             "type" => p.with_type(short(k, v)?),
             "user_id" => p.with_user_id(short(k, v)?),
             "app_id" => p.with_app_id(short(k, v)?),
@@ -158,7 +162,10 @@ pub fn encode_payload(body: &[u8], encoding: &str) -> (Value, &'static str) {
             return (json!(s), "string");
         }
     }
-    (json!(base64::engine::general_purpose::STANDARD.encode(body)), "base64")
+    (
+        json!(base64::engine::general_purpose::STANDARD.encode(body)),
+        "base64",
+    )
 }
 
 #[cfg(test)]

@@ -59,7 +59,11 @@ pub async fn serve(
 ) {
     let stats = Arc::new(stats::Stats::default());
     stats.sample(&broker);
-    let sampler = tokio::spawn(stats::sample_loop(broker.clone(), stats.clone(), stop.clone()));
+    let sampler = tokio::spawn(stats::sample_loop(
+        broker.clone(),
+        stats.clone(),
+        stop.clone(),
+    ));
     let app = App {
         broker,
         stats,
@@ -67,11 +71,14 @@ pub async fn serve(
         mgmt_addr: listener.local_addr().ok(),
     };
     let mut stop2 = stop.clone();
-    let r = axum::serve(listener, router(app).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            let _ = stop2.wait_for(|s| *s).await;
-        })
-        .await;
+    let r = axum::serve(
+        listener,
+        router(app).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stop2.wait_for(|s| *s).await;
+    })
+    .await;
     if let Err(e) = r {
         tracing::error!(error = %e, "management API stopped");
     }
@@ -87,17 +94,25 @@ pub fn router(app: App) -> Router {
         .route("/api/health/checks/local-alarms", get(health_alarms))
         .route("/api/aliveness-test/{vhost}", get(aliveness))
         .route("/api/vhosts", get(list_vhosts))
-        .route("/api/vhosts/{vhost}", get(get_vhost).put(put_vhost).delete(delete_vhost))
+        .route(
+            "/api/vhosts/{vhost}",
+            get(get_vhost).put(put_vhost).delete(delete_vhost),
+        )
         .route("/api/vhosts/{vhost}/permissions", get(vhost_permissions))
         .route("/api/vhosts/{vhost}/connections", get(vhost_connections))
         .route("/api/vhosts/{vhost}/channels", get(vhost_channels))
         .route("/api/users", get(list_users))
-        .route("/api/users/{user}", get(get_user).put(put_user).delete(delete_user))
+        .route(
+            "/api/users/{user}",
+            get(get_user).put(put_user).delete(delete_user),
+        )
         .route("/api/users/{user}/permissions", get(user_permissions))
         .route("/api/permissions", get(list_permissions))
         .route(
             "/api/permissions/{vhost}/{user}",
-            get(get_permission).put(put_permission).delete(delete_permission),
+            get(get_permission)
+                .put(put_permission)
+                .delete(delete_permission),
         )
         .route("/api/exchanges", get(list_exchanges))
         .route("/api/exchanges/{vhost}", get(list_exchanges_vhost))
@@ -106,30 +121,51 @@ pub fn router(app: App) -> Router {
             get(get_exchange).put(put_exchange).delete(delete_exchange),
         )
         .route("/api/exchanges/{vhost}/{name}/publish", post(publish))
-        .route("/api/exchanges/{vhost}/{name}/bindings/source", get(exchange_bindings_source))
-        .route("/api/exchanges/{vhost}/{name}/bindings/destination", get(exchange_bindings_destination))
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/source",
+            get(exchange_bindings_source),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/destination",
+            get(exchange_bindings_destination),
+        )
         .route("/api/queues", get(list_queues))
         .route("/api/queues/{vhost}", get(list_queues_vhost))
-        .route("/api/queues/{vhost}/{name}", get(get_queue).put(put_queue).delete(delete_queue))
+        .route(
+            "/api/queues/{vhost}/{name}",
+            get(get_queue).put(put_queue).delete(delete_queue),
+        )
         .route("/api/queues/{vhost}/{name}/contents", delete(purge_queue))
         .route("/api/queues/{vhost}/{name}/get", post(get_messages))
         .route("/api/queues/{vhost}/{name}/bindings", get(queue_bindings))
         .route("/api/bindings", get(list_bindings))
         .route("/api/bindings/{vhost}", get(list_bindings_vhost))
-        .route("/api/bindings/{vhost}/e/{source}/{kind}/{dest}", get(bindings_between).post(create_binding))
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{dest}",
+            get(bindings_between).post(create_binding),
+        )
         .route(
             "/api/bindings/{vhost}/e/{source}/{kind}/{dest}/{props}",
             get(get_binding).delete(delete_binding),
         )
         .route("/api/connections", get(list_connections))
-        .route("/api/connections/{name}", get(get_connection).delete(close_connection))
+        .route(
+            "/api/connections/{name}",
+            get(get_connection).delete(close_connection),
+        )
         .route("/api/connections/{name}/channels", get(connection_channels))
         .route("/api/channels", get(list_channels))
         .route("/api/channels/{name}", get(get_channel))
         .route("/api/consumers", get(list_consumers))
         .route("/api/consumers/{vhost}", get(list_consumers_vhost))
-        .route("/api/definitions", get(definitions::export_all).post(definitions::import_all))
-        .route("/api/definitions/{vhost}", get(definitions::export_vhost).post(definitions::import_vhost))
+        .route(
+            "/api/definitions",
+            get(definitions::export_all).post(definitions::import_all),
+        )
+        .route(
+            "/api/definitions/{vhost}",
+            get(definitions::export_vhost).post(definitions::import_vhost),
+        )
         .route("/metrics", get(prometheus::metrics))
         .fallback(not_found)
         .with_state(app)
@@ -167,7 +203,11 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "not_authorised", reason)
     }
     pub fn internal(reason: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error", reason)
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_server_error",
+            reason,
+        )
     }
 }
 
@@ -177,7 +217,9 @@ impl From<AmqpError> for ApiError {
             ReplyCode::NotFound => StatusCode::NOT_FOUND,
             ReplyCode::AccessRefused => StatusCode::FORBIDDEN,
             ReplyCode::ResourceLocked => StatusCode::CONFLICT,
-            ReplyCode::InternalError | ReplyCode::ResourceError => StatusCode::INTERNAL_SERVER_ERROR,
+            ReplyCode::InternalError | ReplyCode::ResourceError => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             _ => StatusCode::BAD_REQUEST,
         };
         let error = match status {
@@ -193,7 +235,11 @@ impl From<AmqpError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut r = (self.status, axum::Json(json!({"error": self.error, "reason": self.reason}))).into_response();
+        let mut r = (
+            self.status,
+            axum::Json(json!({"error": self.error, "reason": self.reason})),
+        )
+            .into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -240,7 +286,14 @@ impl Caller {
     }
 
     /// AMQP permission check for an operation on an object; administrators pass.
-    pub fn check(&self, broker: &Broker, vhost: &str, access: Access, kind: &str, name: &str) -> ApiResult<()> {
+    pub fn check(
+        &self,
+        broker: &Broker,
+        vhost: &str,
+        access: Access,
+        kind: &str,
+        name: &str,
+    ) -> ApiResult<()> {
         if self.admin {
             return Ok(());
         }
@@ -278,7 +331,9 @@ impl FromRequestParts<App> for Caller {
                 .map(|c| c.0.ip().is_loopback())
                 .unwrap_or(true);
             if !local {
-                return Err(ApiError::not_authorised("User can only log in via localhost"));
+                return Err(ApiError::not_authorised(
+                    "User can only log in via localhost",
+                ));
             }
         }
         let u = broker.authenticate(user, password).ok_or_else(bad)?;

@@ -14,13 +14,18 @@ use std::fmt::Write;
 
 pub async fn metrics(State(app): State<App>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         render(&app),
     )
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 struct Out(String);
@@ -63,15 +68,32 @@ fn render(app: &App) -> String {
     }
 
     // Per queue.
-    let per_queue: Vec<(&str, &str, &str, fn(&Sample, u32) -> u64)> = vec![
-        ("lepus_queue_messages_ready", "gauge", "Messages ready for delivery in the queue.", |s, _| s.ready),
+    // (name, type, help, value from the queue's sample and consumer count)
+    type PerQueue = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&Sample, u32) -> u64,
+    );
+    let per_queue: Vec<PerQueue> = vec![
+        (
+            "lepus_queue_messages_ready",
+            "gauge",
+            "Messages ready for delivery in the queue.",
+            |s, _| s.ready,
+        ),
         (
             "lepus_queue_messages_unacked",
             "gauge",
             "Messages delivered from the queue and not yet acknowledged.",
             |s, _| s.unacked,
         ),
-        ("lepus_queue_consumers", "gauge", "Consumers of the queue.", |_, c| c as u64),
+        (
+            "lepus_queue_consumers",
+            "gauge",
+            "Consumers of the queue.",
+            |_, c| c as u64,
+        ),
         (
             "lepus_queue_messages_published_total",
             "counter",
@@ -97,7 +119,10 @@ fn render(app: &App) -> String {
             |s, _| s.redelivered,
         ),
     ];
-    let samples: Vec<_> = queues.iter().map(|q| (q, Sample::of(q), q.consumer_count())).collect();
+    let samples: Vec<_> = queues
+        .iter()
+        .map(|q| (q, Sample::of(q), q.consumer_count()))
+        .collect();
     for (name, kind, help, f) in &per_queue {
         o.family(name, kind, help);
         for (q, s, c) in &samples {
@@ -107,22 +132,55 @@ fn render(app: &App) -> String {
 
     // Broker-wide.
     let totals = app.stats.totals(&queues);
-    o.single("lepus_messages_ready", "gauge", "Messages ready for delivery, all queues.", totals.ready);
-    o.single("lepus_messages_unacked", "gauge", "Messages delivered and not yet acknowledged, all queues.", totals.unacked);
+    o.single(
+        "lepus_messages_ready",
+        "gauge",
+        "Messages ready for delivery, all queues.",
+        totals.ready,
+    );
+    o.single(
+        "lepus_messages_unacked",
+        "gauge",
+        "Messages delivered and not yet acknowledged, all queues.",
+        totals.unacked,
+    );
     o.single(
         "lepus_messages_published_total",
         "counter",
         "Messages taken by queues since the broker started (a message routed to two queues counts twice).",
         totals.published,
     );
-    o.single("lepus_messages_delivered_total", "counter", "Messages delivered since the broker started.", totals.delivered);
-    o.single("lepus_messages_acked_total", "counter", "Messages acknowledged since the broker started.", totals.acked);
-    o.single("lepus_messages_redelivered_total", "counter", "Messages redelivered since the broker started.", totals.redelivered);
+    o.single(
+        "lepus_messages_delivered_total",
+        "counter",
+        "Messages delivered since the broker started.",
+        totals.delivered,
+    );
+    o.single(
+        "lepus_messages_acked_total",
+        "counter",
+        "Messages acknowledged since the broker started.",
+        totals.acked,
+    );
+    o.single(
+        "lepus_messages_redelivered_total",
+        "counter",
+        "Messages redelivered since the broker started.",
+        totals.redelivered,
+    );
     let (conns, channels) = {
         let c = b.connections.lock();
-        (c.len(), c.values().map(|(i, _)| i.channels as u64).sum::<u64>())
+        (
+            c.len(),
+            c.values().map(|(i, _)| i.channels as u64).sum::<u64>(),
+        )
     };
-    o.single("lepus_connections", "gauge", "Open client connections.", conns);
+    o.single(
+        "lepus_connections",
+        "gauge",
+        "Open client connections.",
+        conns,
+    );
     o.single("lepus_channels", "gauge", "Open channels.", channels);
     o.single("lepus_queues", "gauge", "Queues.", queues.len());
     o.single(
@@ -141,12 +199,30 @@ fn render(app: &App) -> String {
         "Bytes of message segment files on disk (the active segment at its preallocated size).",
         st.disk_bytes(),
     );
-    o.single("lepus_store_used_bytes", "gauge", "Bytes of message records in live segments.", st.bytes_used());
-    o.single("lepus_store_segments", "gauge", "Message segment files.", st.segment_count());
+    o.single(
+        "lepus_store_used_bytes",
+        "gauge",
+        "Bytes of message records in live segments.",
+        st.bytes_used(),
+    );
+    o.single(
+        "lepus_store_segments",
+        "gauge",
+        "Message segment files.",
+        st.segment_count(),
+    );
     let (buckets, count, sum) = st.fsync_histogram.snapshot();
-    o.family("lepus_store_fsync_seconds", "histogram", "Latency of the store's group-commit fdatasync calls.");
+    o.family(
+        "lepus_store_fsync_seconds",
+        "histogram",
+        "Latency of the store's group-commit fdatasync calls.",
+    );
     for (le, c) in &buckets {
-        o.sample("lepus_store_fsync_seconds_bucket", &[("le", &le.to_string())], c);
+        o.sample(
+            "lepus_store_fsync_seconds_bucket",
+            &[("le", &le.to_string())],
+            c,
+        );
     }
     o.sample("lepus_store_fsync_seconds_bucket", &[("le", "+Inf")], count);
     o.sample("lepus_store_fsync_seconds_sum", &[], sum);
@@ -154,7 +230,11 @@ fn render(app: &App) -> String {
 
     // Alarms.
     let reasons = b.alarm_reasons.lock().clone();
-    o.family("lepus_alarm", "gauge", "1 while a resource alarm blocks publishers, by resource.");
+    o.family(
+        "lepus_alarm",
+        "gauge",
+        "1 while a resource alarm blocks publishers, by resource.",
+    );
     for resource in ["disk", "memory"] {
         let on = reasons.iter().any(|r| r.starts_with(resource));
         o.sample("lepus_alarm", &[("resource", resource)], on as u8);

@@ -65,7 +65,13 @@ pub struct Rates {
 
 impl Rates {
     fn between(old: &Sample, new: &Sample, secs: f64) -> Rates {
-        let d = |a: u64, b: u64| if secs > 0.0 { (b as f64 - a as f64) / secs } else { 0.0 };
+        let d = |a: u64, b: u64| {
+            if secs > 0.0 {
+                (b as f64 - a as f64) / secs
+            } else {
+                0.0
+            }
+        };
         Rates {
             publish: d(old.published, new.published).max(0.0),
             deliver: d(old.delivered, new.delivered).max(0.0),
@@ -108,7 +114,10 @@ impl Stats {
             }
         }
         let mut s = self.inner.lock();
-        let secs = s.last.map(|l| now.duration_since(l).as_secs_f64()).unwrap_or(0.0);
+        let secs = s
+            .last
+            .map(|l| now.duration_since(l).as_secs_f64())
+            .unwrap_or(0.0);
         let mut gone = s.gone;
         s.queues.retain(|id, (old, _)| {
             let keep = live.contains_key(id);
@@ -128,13 +137,22 @@ impl Stats {
             s.queues.insert(id, (new, rates));
         }
         let old_total = s.total;
-        s.total_rates = if s.last.is_some() { Rates::between(&old_total, &total, secs) } else { Rates::default() };
+        s.total_rates = if s.last.is_some() {
+            Rates::between(&old_total, &total, secs)
+        } else {
+            Rates::default()
+        };
         s.total = total;
         s.last = Some(now);
     }
 
     pub fn queue_rates(&self, id: u32) -> Rates {
-        self.inner.lock().queues.get(&id).map(|(_, r)| *r).unwrap_or_default()
+        self.inner
+            .lock()
+            .queues
+            .get(&id)
+            .map(|(_, r)| *r)
+            .unwrap_or_default()
     }
 
     pub fn total_rates(&self) -> Rates {

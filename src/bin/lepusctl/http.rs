@@ -18,13 +18,21 @@ pub fn seg(s: &str) -> String {
 
 /// The AMQP URL matching a management URL: same host, port 5672.
 pub fn amqp_url_from(mgmt_url: &str, user: &str, password: &str, vhost: &str) -> String {
-    let rest = mgmt_url.split_once("://").map(|(_, r)| r).unwrap_or(mgmt_url);
+    let rest = mgmt_url
+        .split_once("://")
+        .map(|(_, r)| r)
+        .unwrap_or(mgmt_url);
     let authority = rest.split('/').next().unwrap_or("127.0.0.1");
     let host = match authority.rsplit_once(':') {
         Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
         _ => authority,
     };
-    format!("amqp://{}:{}@{host}:5672/{}", seg(user), seg(password), seg(vhost))
+    format!(
+        "amqp://{}:{}@{host}:5672/{}",
+        seg(user),
+        seg(password),
+        seg(vhost)
+    )
 }
 
 pub struct Api {
@@ -58,10 +66,15 @@ impl Api {
         headers: &[(&str, &str)],
     ) -> Result<(u16, Value), String> {
         let url = format!("{}{path}", self.base);
-        let unreachable = |e: ureq::Error| format!("cannot reach the management API at {}: {e}", self.base);
+        let unreachable =
+            |e: ureq::Error| format!("cannot reach the management API at {}: {e}", self.base);
         let mut resp = match method {
             "GET" | "DELETE" => {
-                let mut r = if method == "GET" { self.agent.get(&url) } else { self.agent.delete(&url) };
+                let mut r = if method == "GET" {
+                    self.agent.get(&url)
+                } else {
+                    self.agent.delete(&url)
+                };
                 r = r.header("Authorization", &self.auth);
                 for (k, v) in headers {
                     r = r.header(*k, *v);
@@ -69,8 +82,14 @@ impl Api {
                 r.call().map_err(unreachable)?
             }
             _ => {
-                let mut r = if method == "PUT" { self.agent.put(&url) } else { self.agent.post(&url) };
-                r = r.header("Authorization", &self.auth).content_type("application/json");
+                let mut r = if method == "PUT" {
+                    self.agent.put(&url)
+                } else {
+                    self.agent.post(&url)
+                };
+                r = r
+                    .header("Authorization", &self.auth)
+                    .content_type("application/json");
                 for (k, v) in headers {
                     r = r.header(*k, *v);
                 }
@@ -94,13 +113,23 @@ impl Api {
     }
 
     /// A request that must succeed (2xx); the error says what the API said.
-    fn ok(&self, method: &str, path: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> Result<Value, String> {
+    fn ok(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<Value, String> {
         let (status, json) = self.request(method, path, body, headers)?;
         if (200..300).contains(&status) {
             return Ok(json);
         }
         let reason = match (&json.get("error"), &json.get("reason")) {
-            (Some(e), Some(r)) => format!("{}: {}", e.as_str().unwrap_or_default(), r.as_str().unwrap_or_default()),
+            (Some(e), Some(r)) => format!(
+                "{}: {}",
+                e.as_str().unwrap_or_default(),
+                r.as_str().unwrap_or_default()
+            ),
             _ => json.to_string(),
         };
         Err(format!("{method} {path}: HTTP {status}: {reason}"))

@@ -13,8 +13,8 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions,
 };
-use lapin::{Confirmation, PublisherConfirm};
 use lapin::types::FieldTable;
+use lapin::{Confirmation, PublisherConfirm};
 use lapin::{Connection, ConnectionProperties};
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -55,7 +55,10 @@ async fn run(o: MoveOpts) -> Result<u64, String> {
     .await
     .map_err(|_| "timed out connecting over AMQP".to_string())?
     .map_err(err("cannot connect over AMQP"))?;
-    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
     let check = conn.create_channel().await.map_err(err("channel"))?;
     let src = check
         .queue_declare(o.src.as_str().into(), passive, FieldTable::default())
@@ -75,10 +78,14 @@ async fn run(o: MoveOpts) -> Result<u64, String> {
     }
 
     let out = conn.create_channel().await.map_err(err("channel"))?;
-    out.confirm_select(ConfirmSelectOptions::default()).await.map_err(err("confirm.select"))?;
+    out.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(err("confirm.select"))?;
     let inp = conn.create_channel().await.map_err(err("channel"))?;
     let window = (o.prefetch as u64).min(target) as u16;
-    inp.basic_qos(window, BasicQosOptions::default()).await.map_err(err("basic.qos"))?;
+    inp.basic_qos(window, BasicQosOptions::default())
+        .await
+        .map_err(err("basic.qos"))?;
     let mut consumer = inp
         .basic_consume(
             o.src.as_str().into(),
@@ -92,8 +99,10 @@ async fn run(o: MoveOpts) -> Result<u64, String> {
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(target);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} messages  {per_sec}  eta {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} messages  {per_sec}  eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b
     } else {
@@ -139,7 +148,9 @@ async fn run(o: MoveOpts) -> Result<u64, String> {
                 }
                 Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => None,
             };
-            let Some((tag, mut confirm)) = next else { break };
+            let Some((tag, mut confirm)) = next else {
+                break;
+            };
             // Ack what is confirmed before blocking on a confirm that is not in yet.
             let confirmation = match futures_lite::future::poll_once(&mut confirm).await {
                 Some(c) => c,
@@ -156,11 +167,19 @@ async fn run(o: MoveOpts) -> Result<u64, String> {
                 }
                 Ok(Confirmation::Ack(Some(_))) => {
                     let _ = ack(&mut pending, &mut moved).await;
-                    return (moved, Some("a message was returned unroutable by the destination".to_string()));
+                    return (
+                        moved,
+                        Some("a message was returned unroutable by the destination".to_string()),
+                    );
                 }
                 Ok(Confirmation::Nack(_)) => {
                     let _ = ack(&mut pending, &mut moved).await;
-                    return (moved, Some("the broker refused (nacked) a message for the destination".to_string()));
+                    return (
+                        moved,
+                        Some(
+                            "the broker refused (nacked) a message for the destination".to_string(),
+                        ),
+                    );
                 }
                 Err(e) => {
                     let _ = ack(&mut pending, &mut moved).await;
@@ -193,7 +212,10 @@ async fn run(o: MoveOpts) -> Result<u64, String> {
             .basic_publish(
                 "".into(),
                 o.dst.as_str().into(),
-                BasicPublishOptions { mandatory: true, ..Default::default() },
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 &d.data,
                 d.properties,
             )
@@ -211,13 +233,18 @@ async fn run(o: MoveOpts) -> Result<u64, String> {
         }
     }
     drop(tx);
-    let _ = inp.basic_cancel("lepusctl-move".into(), BasicCancelOptions::default()).await;
+    let _ = inp
+        .basic_cancel("lepusctl-move".into(), BasicCancelOptions::default())
+        .await;
     let (moved, acker_failure) = acker.await.map_err(|e| e.to_string())?;
     bar.finish_and_clear();
     // Closing returns whatever we took beyond `target` (or failed on) to SRC.
     let _ = conn.close(200, "done".into()).await;
     match failure.or(acker_failure) {
-        Some(e) => Err(format!("{e} ({moved} messages moved before that; the rest stay in '{}')", o.src)),
+        Some(e) => Err(format!(
+            "{e} ({moved} messages moved before that; the rest stay in '{}')",
+            o.src
+        )),
         None => Ok(moved),
     }
 }
