@@ -16,6 +16,9 @@
 //! 5. Persistent messages in durable queues are confirmed once the store's
 //!    sync thread has fdatasync'ed them (group commit); acks are logged so a
 //!    restart brings back exactly the unacked messages.
+//!
+//! Beside the path: [`mgmt`] serves RabbitMQ's management HTTP API and
+//! Prometheus metrics on their own port; `lepusctl` (src/bin) uses them.
 
 pub mod args;
 pub mod broker;
