@@ -1630,7 +1630,7 @@ async fn invalid_definitions_change_nothing() {
         }),
         ("unknown exchange type", {
             let mut d = valid.clone();
-            d["exchanges"][0]["type"] = json!("x-consistent-hash");
+            d["exchanges"][0]["type"] = json!("x-no-such-type");
             d
         }),
         ("md5 password hash", {
