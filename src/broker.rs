@@ -109,6 +109,7 @@ pub struct Broker {
     /// true while a resource alarm (memory or disk) blocks publishers.
     pub alarm: watch::Sender<bool>,
     pub alarm_reasons: Mutex<Vec<String>>,
+    me: std::sync::OnceLock<std::sync::Weak<Broker>>,
 }
 
 impl Broker {
@@ -167,7 +168,9 @@ impl Broker {
             connections: Mutex::new(HashMap::new()),
             alarm,
             alarm_reasons: Mutex::new(vec![]),
+            me: std::sync::OnceLock::new(),
         });
+        let _ = broker.me.set(Arc::downgrade(&broker));
         // Build the live objects from the model.
         for u in model.users.values() {
             broker.users.write().insert(u.name.clone(), u.clone());
@@ -178,23 +181,27 @@ impl Broker {
             }
         }
         for v in &model.vhosts {
-            broker.vhosts.write().insert(v.clone(), Arc::new(VHost::new(v)));
+            let vh = VHost::new(v);
+            vh.set_broker(Arc::downgrade(&broker));
+            broker.vhosts.write().insert(v.clone(), vh);
         }
         let mut total = 0usize;
         for ((v, name), e) in &model.exchanges {
             if let Some(vh) = broker.vhost(v) {
                 let kind = ExchangeKind::parse(&e.kind).unwrap_or(ExchangeKind::Direct);
-                let ex = Exchange::new(name, kind, true, e.auto_delete, e.internal, e.arguments.clone());
+                let mut ex = Exchange::new(name, kind, true, e.auto_delete, e.internal, e.arguments.clone());
+                ex.dedup = crate::dedup::Dedup::from_args(&e.arguments, Some(exchange_dedup_path(&broker.config.data_dir, v, name)));
                 vh.exchanges.write().insert(name.clone(), Arc::new(ex));
             }
         }
         for ((v, name), q) in &model.queues {
             if let Some(vh) = broker.vhost(v) {
-                let queue = Arc::new(Queue::new(name, v, q.id, true, None, q.auto_delete, q.arguments.clone(), store.clone()));
+                let queue = Arc::new(Queue::new(name, &vh, q.id, true, None, q.auto_delete, q.arguments.clone(), store.clone()));
                 if let Some(msgs) = recovered.remove(&q.id) {
                     total += msgs.len();
                     queue.restore(msgs);
                 }
+                queue.start_timers();
                 vh.queues.write().insert(name.clone(), queue);
             }
         }
@@ -361,9 +368,6 @@ impl Broker {
         arguments: FieldTable,
     ) -> AmqpResult<Arc<Exchange>> {
         if name.is_empty() {
-            if passive {
-                return vhost.get_exchange(name);
-            }
             return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
         if passive {
@@ -412,7 +416,9 @@ impl Broker {
                 arguments: arguments.clone(),
             })?;
         }
-        let ex = Arc::new(Exchange::new(name, k, durable, auto_delete, internal, arguments));
+        let mut ex = Exchange::new(name, k, durable, auto_delete, internal, arguments);
+        ex.dedup = crate::dedup::Dedup::from_args(&ex.arguments, durable.then(|| exchange_dedup_path(&self.config.data_dir, &vhost.name, name)));
+        let ex = Arc::new(ex);
         vhost.exchanges.write().insert(name.to_owned(), ex.clone());
         Ok(ex)
     }
@@ -495,6 +501,12 @@ impl Broker {
         };
         crate::args::validate_queue_args(&arguments, &name, &vhost.name)?;
         if let Some(existing) = vhost.queue(&name) {
+            if existing.exclusive_owner.is_some() != exclusive {
+                return Err(AmqpError::resource_locked(format!(
+                    "cannot obtain exclusive access to locked queue '{name}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+                    vhost.name
+                )));
+            }
             check_exclusive(&existing, conn_id)?;
             let ineq = |arg: &str, got: bool, cur: bool| {
                 AmqpError::precondition(format!(
@@ -512,6 +524,7 @@ impl Broker {
                 return Err(ineq("auto_delete", auto_delete, existing.auto_delete));
             }
             crate::args::check_equivalent(&existing.arguments, &arguments, "queue", &name, &vhost.name)?;
+            existing.touch();
             return Ok(existing);
         }
         let id = self.next_queue_id.fetch_add(1, Ordering::Relaxed);
@@ -528,7 +541,7 @@ impl Broker {
         }
         let q = Arc::new(Queue::new(
             &name,
-            &vhost.name,
+            &vhost.arc(),
             id,
             durable,
             exclusive.then_some(conn_id),
@@ -537,6 +550,7 @@ impl Broker {
             self.store.clone(),
         ));
         vhost.queues.write().insert(name, q.clone());
+        q.start_timers();
         Ok(q)
     }
 
@@ -571,6 +585,9 @@ impl Broker {
         }
         let gone = vhost.unbind_everywhere(&Dest::Queue(q.clone()));
         let (n, consumers) = q.delete();
+        if let Some(d) = &q.dedup {
+            d.forget();
+        }
         for c in consumers {
             crate::channel::server_cancel(&c);
         }
@@ -588,6 +605,17 @@ impl Broker {
         if let Dest::Exchange(d) = &dest {
             if d.name.is_empty() {
                 return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+            }
+        }
+        if source.kind == ExchangeKind::Headers {
+            if let Some(v) = arguments.inner().get("x-match") {
+                let ok = crate::args::str_value(v).is_some_and(|m| matches!(m.as_str(), "all" | "any" | "all-with-x" | "any-with-x"));
+                if !ok {
+                    return Err(AmqpError::precondition(format!(
+                        "Invalid x-match field value {}; expected all, any, all-with-x, or any-with-x",
+                        crate::args::show(v)
+                    )));
+                }
             }
         }
         let durable = source.durable && dest.is_durable();
@@ -698,7 +726,10 @@ impl Broker {
             return Ok(v);
         }
         self.persist(DefOp::AddVhost { name: name.into() })?;
-        let v = Arc::new(VHost::new(name));
+        let v = VHost::new(name);
+        if let Some(me) = self.me.get() {
+            v.set_broker(me.clone());
+        }
         self.vhosts.write().insert(name.to_owned(), v.clone());
         Ok(v)
     }
@@ -742,10 +773,20 @@ pub fn check_exclusive(q: &Queue, conn_id: u64) -> AmqpResult<()> {
     match q.exclusive_owner {
         Some(owner) if owner != conn_id => Err(AmqpError::resource_locked(format!(
             "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
-            q.name, q.vhost
+            q.name, q.vhost_name
         ))),
         _ => Ok(()),
     }
+}
+
+fn exchange_dedup_path(data_dir: &std::path::Path, vhost: &str, name: &str) -> std::path::PathBuf {
+    let mut h = Sha256::new();
+    h.update(vhost.as_bytes());
+    h.update([0]);
+    h.update(name.as_bytes());
+    let d = h.finalize();
+    let hex: String = d[..8].iter().map(|b| format!("{b:02x}")).collect();
+    data_dir.join("dedup").join(format!("x{hex}.log"))
 }
 
 fn server_queue_name() -> String {

@@ -212,7 +212,8 @@ async fn handshake(
             return Ok(None);
         }
     }
-    if &buf[..8] != PROTOCOL_HEADER {
+    // RabbitMQ also takes the AMQP 0-9 header ("AMQP" 1 1 0 9) as 0-9-1.
+    if &buf[..8] != PROTOCOL_HEADER && &buf[..8] != b"AMQP\x01\x01\x00\x09" {
         // Wrong protocol or version: answer with ours and close (spec 4.2.2).
         let _ = parse_frame(&buf[..8]);
         wr.write_all(PROTOCOL_HEADER).await?;
@@ -540,7 +541,7 @@ impl Conn {
         match f.kind {
             FRAME_HEARTBEAT => {
                 if f.channel != 0 {
-                    return Err(AmqpError::frame_error("heartbeat frame on a non-zero channel").hard());
+                    return Err(AmqpError::unexpected_frame("heartbeat frame on a non-zero channel").hard());
                 }
                 Ok(())
             }
@@ -551,7 +552,11 @@ impl Conn {
                     return Err(AmqpError::command_invalid("content frame on channel 0"));
                 }
                 let Some(ch) = self.channels.get_mut(&f.channel) else {
-                    return Err(AmqpError::channel_error(format!("expected 'channel.open' for channel {}", f.channel)));
+                    return Err(AmqpError::unexpected_frame(format!(
+                        "content frame on channel {} that is not open",
+                        f.channel
+                    ))
+                    .hard());
                 };
                 if ch.closing {
                     return Ok(());
@@ -746,11 +751,16 @@ impl Conn {
 fn decode_method(payload: &[u8]) -> AmqpResult<AMQPClass> {
     match parse_class(payload) {
         Ok((rest, m)) if rest.is_empty() => Ok(m),
-        Ok(_) => Err(AmqpError::new(ReplyCode::SyntaxError, "trailing bytes after method arguments").hard()),
+        Ok(_) => {
+            let (c, m) = fast::method_ids(payload).unwrap_or((0, 0));
+            Err(AmqpError::frame_error(format!("cannot decode method {c}/{m}: trailing bytes"))
+                .with_method(c, m)
+                .hard())
+        }
         Err(_) => {
             let (c, m) = fast::method_ids(payload).unwrap_or((0, 0));
             if known_method(c, m) {
-                Err(AmqpError::new(ReplyCode::SyntaxError, format!("malformed arguments for method {c}/{m}"))
+                Err(AmqpError::frame_error(format!("cannot decode arguments of method {c}/{m}"))
                     .with_method(c, m)
                     .hard())
             } else {

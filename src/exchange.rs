@@ -107,6 +107,8 @@ pub struct Exchange {
     pub alternate: Option<String>,
     pub bindings: RwLock<Bindings>,
     pub deleted: AtomicBool,
+    /// x-message-deduplication on the exchange: duplicates are not routed.
+    pub dedup: Option<crate::dedup::Dedup>,
 }
 
 impl Exchange {
@@ -133,6 +135,7 @@ impl Exchange {
             alternate,
             bindings: RwLock::new(Bindings::default()),
             deleted: AtomicBool::new(false),
+            dedup: None,
         }
     }
 
@@ -209,8 +212,16 @@ impl Exchange {
 /// AMQP topic matching as RabbitMQ does it: words separated by '.', '*'
 /// matches exactly one word, '#' zero or more words.
 pub fn topic_matches(pattern: &str, key: &str) -> bool {
-    let p: Vec<&str> = pattern.split('.').collect();
-    let k: Vec<&str> = key.split('.').collect();
+    // An empty routing key or pattern has zero words (RabbitMQ: `*` does not match "").
+    fn words(s: &str) -> Vec<&str> {
+        if s.is_empty() {
+            vec![]
+        } else {
+            s.split('.').collect()
+        }
+    }
+    let p: Vec<&str> = words(pattern);
+    let k: Vec<&str> = words(key);
     fn go(p: &[&str], k: &[&str]) -> bool {
         match p.first() {
             None => k.is_empty(),

@@ -22,6 +22,8 @@ pub mod broker;
 pub mod channel;
 pub mod config;
 pub mod connection;
+pub mod dead_letter;
+pub mod dedup;
 pub mod delivery;
 pub mod error;
 pub mod exchange;

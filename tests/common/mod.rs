@@ -114,3 +114,237 @@ pub async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
 pub async fn within<T>(secs: u64, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(secs), f).await.expect("timed out")
 }
+
+static PANICS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+static PANIC_HOOK: std::sync::Once = std::sync::Once::new();
+
+/// Start recording panics that happen anywhere in this test process outside
+/// the test files themselves (the broker's tasks and threads, its
+/// dependencies). A broker task that panics is swallowed by tokio, so a test
+/// that wants to prove "no panic" calls this first and checks
+/// [`panics_outside_tests`] at the end.
+pub fn watch_panics() {
+    PANIC_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let in_tests = info
+                .location()
+                .map(|l| l.file().starts_with("tests/") || l.file().contains("/tests/"))
+                .unwrap_or(false);
+            if !in_tests {
+                let thread = std::thread::current().name().unwrap_or("?").to_string();
+                PANICS
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(format!("thread '{thread}': {info}"));
+            }
+            previous(info);
+        }));
+    });
+}
+
+/// Panics recorded since [`watch_panics`] was first called.
+pub fn panics_outside_tests() -> Vec<String> {
+    PANICS.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+// ----- helpers added for the exchange, queue, consuming and confirm/tx suites -----
+
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Confirmation};
+
+/// The connection's events, to see the reply code of a channel or connection
+/// close that no pending call reports (after a publish or an ack, which have
+/// no reply). Create it before the failing operation.
+pub struct Closes {
+    events: std::pin::Pin<Box<dyn futures_lite::Stream<Item = lapin::Event> + Send>>,
+}
+
+pub fn watch_closes(c: &Connection) -> Closes {
+    Closes {
+        events: Box::pin(c.events_listener()),
+    }
+}
+
+impl Closes {
+    /// The reply code of the next channel.close or connection.close the client
+    /// got (waits at most 5 s).
+    pub async fn next_code(&mut self) -> u16 {
+        let wait = async {
+            loop {
+                match self.events.next().await {
+                    Some(lapin::Event::Error(e)) => {
+                        if let Some(code) = reply_code(&e) {
+                            return code;
+                        }
+                    }
+                    Some(_) => {}
+                    None => panic!("connection events ended without a close"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .expect("expected the broker to close the channel or connection within 5 s; it did not")
+    }
+}
+
+/// A table of string values.
+pub fn table(pairs: &[(&str, &str)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert((*k).into(), AMQPValue::LongString((*v).into()));
+    }
+    t
+}
+
+/// Declare a plain (transient, non-exclusive) queue.
+pub async fn declare_queue(ch: &Channel, name: &str) {
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("declare queue {name}: {e}"));
+}
+
+/// (ready message count, consumer count) from a passive declare.
+pub async fn queue_counts(ch: &Channel, name: &str) -> (u32, u32) {
+    let q = within(
+        5,
+        ch.queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("passive declare {name}: {e}"));
+    (q.message_count(), q.consumer_count())
+}
+
+/// Publish without waiting for anything but the write.
+pub async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
+    publish_with(ch, exchange, key, body, BasicProperties::default()).await;
+}
+
+pub async fn publish_with(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) {
+    within(
+        5,
+        ch.basic_publish(
+            exchange.into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        ),
+    )
+    .await
+    .expect("basic.publish");
+}
+
+/// Publish on a channel in confirm mode and wait for the broker's confirm.
+pub async fn publish_confirmed(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> Confirmation {
+    let pc = within(
+        5,
+        ch.basic_publish(
+            exchange.into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        ),
+    )
+    .await
+    .expect("basic.publish");
+    within(5, pc).await.expect("publisher confirm")
+}
+
+/// A channel in confirm mode on a new connection.
+pub async fn confirm_channel(b: &TestBroker) -> (Connection, Channel) {
+    let (c, ch) = b.channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    (c, ch)
+}
+
+/// basic.get with no-ack until the queue is empty; the bodies as strings.
+pub async fn drain(ch: &Channel, queue: &str) -> Vec<String> {
+    let mut out = vec![];
+    loop {
+        let m = within(
+            5,
+            ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("basic.get {queue}: {e}"));
+        match m {
+            Some(m) => out.push(String::from_utf8_lossy(&m.delivery.data).into_owned()),
+            None => return out,
+        }
+    }
+}
+
+/// basic.get with acks required: (delivery tag, body, redelivered).
+pub async fn get_one(ch: &Channel, queue: &str) -> Option<(u64, String, bool)> {
+    within(
+        5,
+        ch.basic_get(queue.into(), BasicGetOptions { no_ack: false }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("basic.get {queue}: {e}"))
+    .map(|m| {
+        (
+            m.delivery.delivery_tag,
+            String::from_utf8_lossy(&m.delivery.data).into_owned(),
+            m.delivery.redelivered,
+        )
+    })
+}
+
+/// Whether the consumer stays silent for `ms` milliseconds.
+pub async fn silent_for(consumer: &mut lapin::Consumer, ms: u64) -> bool {
+    tokio::time::timeout(Duration::from_millis(ms), consumer.next())
+        .await
+        .is_err()
+}
+
+/// The next delivery of a consumer, failing the test after 5 s or if the
+/// consumer ended.
+pub async fn next_delivery(consumer: &mut lapin::Consumer) -> lapin::message::Delivery {
+    within(5, consumer.next())
+        .await
+        .expect("consumer ended")
+        .expect("delivery error")
+}
+
+/// The reply code of a failed call, failing the test if it succeeded or if
+/// the failure carries no reply code.
+#[track_caller]
+pub fn expect_code<T>(r: Result<T, lapin::Error>) -> u16 {
+    match r {
+        Ok(_) => panic!("expected the broker to refuse, but it succeeded"),
+        Err(e) => reply_code(&e).unwrap_or_else(|| panic!("error without a reply code: {e:?}")),
+    }
+}
