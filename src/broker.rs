@@ -144,7 +144,14 @@ impl Broker {
                 model.apply(op);
             }
         }
-        let live: HashSet<u32> = model.queues.values().map(|q| q.id).collect();
+        let mut max_id = model.queues.values().map(|q| q.id).chain(model.exchanges.values().map(|e| e.id)).max().unwrap_or(0);
+        for e in model.exchanges.values_mut() {
+            if e.id == 0 && is_delayed(&e.kind, &e.arguments) {
+                max_id += 1;
+                e.id = max_id;
+            }
+        }
+        let live: HashSet<u32> = model.queues.values().map(|q| q.id).chain(model.exchanges.values().map(|e| e.id).filter(|i| *i != 0)).collect();
         let (store, mut recovered) = Store::open(
             &config.data_dir,
             io,
@@ -154,7 +161,6 @@ impl Broker {
         )?;
         let compacted = model.to_ops();
         let defs = DefinitionsLog::rewrite(&config.data_dir, &compacted)?;
-        let max_id = live.iter().copied().max().unwrap_or(0);
         let (alarm, _) = watch::channel(false);
         let broker = Arc::new(Broker {
             config,
@@ -188,10 +194,16 @@ impl Broker {
         let mut total = 0usize;
         for ((v, name), e) in &model.exchanges {
             if let Some(vh) = broker.vhost(v) {
-                let kind = ExchangeKind::parse(&e.kind).unwrap_or(ExchangeKind::Direct);
-                let mut ex = Exchange::new(name, kind, true, e.auto_delete, e.internal, e.arguments.clone());
-                ex.dedup = crate::dedup::Dedup::from_args(&e.arguments, Some(exchange_dedup_path(&broker.config.data_dir, v, name)));
-                vh.exchanges.write().insert(name.clone(), Arc::new(ex));
+                match broker.make_exchange(&vh, name, &e.kind, true, e.auto_delete, e.internal, e.arguments.clone(), e.id) {
+                    Ok(ex) => {
+                        if let (Some(d), Some(msgs)) = (&ex.delayed, recovered.remove(&e.id)) {
+                            tracing::info!(exchange = %name, pending = msgs.len(), "delayed messages recovered");
+                            d.restore(msgs);
+                        }
+                        vh.exchanges.write().insert(name.clone(), ex);
+                    }
+                    Err(err) => tracing::error!(exchange = %name, error = %err, "cannot restore exchange"),
+                }
             }
         }
         for ((v, name), q) in &model.queues {
@@ -274,10 +286,11 @@ impl Broker {
                     ops.push(DefOp::DeclareExchange {
                         vhost: v.name.clone(),
                         name: e.name.clone(),
-                        kind: e.kind.as_str().into(),
+                        kind: e.type_name.clone(),
                         auto_delete: e.auto_delete,
                         internal: e.internal,
                         arguments: e.arguments.clone(),
+                        id: e.delayed.as_ref().map(|d| d.id).unwrap_or(0),
                     });
                 }
             }
@@ -378,11 +391,7 @@ impl Broker {
                 "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
-        let Some(k) = ExchangeKind::parse(kind) else {
-            return Err(AmqpError::command_invalid(format!(
-                "unknown exchange type '{kind}'"
-            )));
-        };
+        let (k, _) = exchange_kind(kind, &arguments)?;
         crate::args::validate_exchange_args(&arguments, name, &vhost.name)?;
         if let Some(existing) = vhost.exchange(name) {
             let ineq = |arg: &str, got: String, cur: String| {
@@ -391,8 +400,8 @@ impl Broker {
                     vhost.name
                 ))
             };
-            if existing.kind != k {
-                return Err(ineq("type", kind.into(), existing.kind.as_str().into()));
+            if existing.type_name != kind || existing.kind != k {
+                return Err(ineq("type", kind.into(), existing.type_name.clone()));
             }
             if existing.durable != durable {
                 return Err(ineq("durable", durable.to_string(), existing.durable.to_string()));
@@ -406,6 +415,11 @@ impl Broker {
             crate::args::check_equivalent(&existing.arguments, &arguments, "exchange", name, &vhost.name)?;
             return Ok(existing);
         }
+        let id = if is_delayed(kind, &arguments) && durable {
+            self.next_queue_id.fetch_add(1, Ordering::Relaxed)
+        } else {
+            0
+        };
         if durable {
             self.persist(DefOp::DeclareExchange {
                 vhost: vhost.name.clone(),
@@ -414,12 +428,42 @@ impl Broker {
                 auto_delete,
                 internal,
                 arguments: arguments.clone(),
+                id,
             })?;
         }
-        let mut ex = Exchange::new(name, k, durable, auto_delete, internal, arguments);
-        ex.dedup = crate::dedup::Dedup::from_args(&ex.arguments, durable.then(|| exchange_dedup_path(&self.config.data_dir, &vhost.name, name)));
-        let ex = Arc::new(ex);
+        let ex = self.make_exchange(&vhost.arc(), name, kind, durable, auto_delete, internal, arguments, id)?;
         vhost.exchanges.write().insert(name.to_owned(), ex.clone());
+        Ok(ex)
+    }
+
+    /// Build an exchange object (after validation), with its delayed side.
+    #[allow(clippy::too_many_arguments)]
+    fn make_exchange(
+        &self,
+        vhost: &Arc<VHost>,
+        name: &str,
+        kind: &str,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+        id: u32,
+    ) -> AmqpResult<Arc<Exchange>> {
+        let (k, delayed) = exchange_kind(kind, &arguments)?;
+        let mut ex = Exchange::new(name, k, durable, auto_delete, internal, arguments);
+        ex.type_name = kind.to_owned();
+        ex.dedup = crate::dedup::Dedup::from_args(&ex.arguments, durable.then(|| exchange_dedup_path(&self.config.data_dir, &vhost.name, name)));
+        if delayed {
+            let dir = self.config.data_dir.join("delayed").join(format!(
+                "{}",
+                if id != 0 { format!("x{id}") } else { format!("t{}", rand::random::<u64>()) }
+            ));
+            ex.delayed = Some(crate::delayed::Delayed::new(id, durable, self.store.clone(), dir));
+        }
+        let ex = Arc::new(ex);
+        if let Some(d) = &ex.delayed {
+            d.start(&ex, vhost);
+        }
         Ok(ex)
     }
 
@@ -449,6 +493,12 @@ impl Broker {
         }
         ex.deleted.store(true, Ordering::Release);
         vhost.exchanges.write().remove(name);
+        if let Some(d) = &ex.delayed {
+            d.purge();
+        }
+        if let Some(d) = &ex.dedup {
+            d.forget();
+        }
         ex.bindings.write().all.clear();
         let gone = vhost.unbind_everywhere(&Dest::Exchange(ex.clone()));
         let sources: Vec<_> = gone.into_iter().map(|(s, _)| s).collect();
@@ -779,6 +829,28 @@ pub fn check_exclusive(q: &Queue, conn_id: u64) -> AmqpResult<()> {
     }
 }
 
+/// Whether an exchange of this type and arguments delays messages.
+pub fn is_delayed(kind: &str, args: &FieldTable) -> bool {
+    kind == "x-delayed-message" || crate::args::get_bool(args, "x-delayed-exchange") == Some(true)
+}
+
+/// The routing kind of a declared type, and whether it is delayed.
+fn exchange_kind(kind: &str, args: &FieldTable) -> AmqpResult<(ExchangeKind, bool)> {
+    if kind == "x-delayed-message" {
+        let dt = crate::args::get_str(args, "x-delayed-type");
+        return match dt.as_deref().and_then(ExchangeKind::parse) {
+            Some(k) => Ok((k, true)),
+            None => Err(AmqpError::precondition(
+                "Invalid argument, 'x-delayed-type' must be an existing exchange type",
+            )),
+        };
+    }
+    match ExchangeKind::parse(kind) {
+        Some(k) => Ok((k, is_delayed(kind, args))),
+        None => Err(AmqpError::command_invalid(format!("unknown exchange type '{kind}'"))),
+    }
+}
+
 fn exchange_dedup_path(data_dir: &std::path::Path, vhost: &str, name: &str) -> std::path::PathBuf {
     let mut h = Sha256::new();
     h.update(vhost.as_bytes());
@@ -809,6 +881,7 @@ struct Model {
 }
 
 struct ExModel {
+    id: u32,
     kind: String,
     auto_delete: bool,
     internal: bool,
@@ -857,8 +930,8 @@ impl Model {
             DefOp::ClearPermissions { user, vhost } => {
                 self.perms.remove(&(user, vhost));
             }
-            DefOp::DeclareExchange { vhost, name, kind, auto_delete, internal, arguments } => {
-                self.exchanges.insert((vhost, name), ExModel { kind, auto_delete, internal, arguments });
+            DefOp::DeclareExchange { vhost, name, kind, auto_delete, internal, arguments, id } => {
+                self.exchanges.insert((vhost, name), ExModel { id, kind, auto_delete, internal, arguments });
             }
             DefOp::DeleteExchange { vhost, name } => {
                 self.exchanges.remove(&(vhost.clone(), name.clone()));
@@ -899,7 +972,7 @@ impl Model {
             ops.push(DefOp::SetPermissions { user: u.clone(), vhost: v.clone(), configure: c.clone(), write: w.clone(), read: r.clone() });
         }
         for ((v, n), e) in &self.exchanges {
-            ops.push(DefOp::DeclareExchange { vhost: v.clone(), name: n.clone(), kind: e.kind.clone(), auto_delete: e.auto_delete, internal: e.internal, arguments: e.arguments.clone() });
+            ops.push(DefOp::DeclareExchange { vhost: v.clone(), name: n.clone(), kind: e.kind.clone(), auto_delete: e.auto_delete, internal: e.internal, arguments: e.arguments.clone(), id: e.id });
         }
         for ((v, n), q) in &self.queues {
             ops.push(DefOp::DeclareQueue { vhost: v.clone(), name: n.clone(), id: q.id, auto_delete: q.auto_delete, arguments: q.arguments.clone() });

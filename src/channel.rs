@@ -337,7 +337,13 @@ impl Channel {
         keys.extend(cc_holder.iter().map(|s| s.as_str()));
         let mut queues = std::mem::take(&mut self.route_buf);
         queues.clear();
-        ctx.vhost.route(&ex, &keys, headers.as_ref(), &mut queues);
+        ctx.vhost.route(&ex, &keys, headers.as_ref(), &msg.header, &mut queues);
+        if let Some(d) = &ex.delayed {
+            if let Some(delay) = crate::delayed::x_delay(headers.as_ref()) {
+                self.route_buf = queues;
+                return self.publish_delayed(ctx, &ex, d, msg, delay, peek.persistent());
+            }
+        }
         if queues.is_empty() {
             if msg.mandatory {
                 let id = self.id();
@@ -418,6 +424,45 @@ impl Channel {
             Some(s) => ConfirmState::Wait(s),
             None => ConfirmState::Ready(true),
         })
+    }
+
+    /// Store a message for an x-delayed-message exchange and schedule it.
+    /// mandatory is judged against the bindings now.
+    fn publish_delayed(
+        &mut self,
+        ctx: &ConnCtx,
+        ex: &Arc<Exchange>,
+        d: &crate::delayed::Delayed,
+        msg: &Message,
+        delay: u64,
+        persistent: bool,
+    ) -> AmqpResult<ConfirmState> {
+        if msg.mandatory && self.route_buf.is_empty() {
+            let id = self.id();
+            let fm = ctx.conn.frame_max();
+            ctx.conn.send(|out| {
+                fast::put_return(out, id, 312, "NO_ROUTE", &msg.exchange, &msg.routing_key);
+                fast::put_content(out, id, &msg.header, &msg.body, fm);
+            });
+            return Ok(ConfirmState::Ready(true));
+        }
+        let logged = d.logs(persistent);
+        let ids: &[u32] = if logged { std::slice::from_ref(&d.id) } else { &[] };
+        let now = now_ms();
+        store::encode_prefix(&mut self.prefix_buf, persistent, now, ids, &ex.name, &msg.routing_key, &msg.header);
+        match ctx.broker.store.append(&self.prefix_buf, &msg.body, 1, logged) {
+            Ok((pos, seq)) => {
+                d.schedule(now.saturating_add(delay), pos.with_logged(logged));
+                Ok(match seq {
+                    Some(s) => ConfirmState::Wait(s),
+                    None => ConfirmState::Ready(true),
+                })
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "delayed publish not stored");
+                Ok(ConfirmState::Ready(false))
+            }
+        }
     }
 
     /// Send the confirms (and a deferred tx.commit-ok) that are decided.

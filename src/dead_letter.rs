@@ -202,7 +202,7 @@ fn republish(queue: &Arc<Queue>, store: &Arc<store::Store>, vh: &Arc<crate::vhos
     };
     let keys: Vec<&str> = route_keys.iter().map(|s| s.as_str()).collect();
     let mut targets = vec![];
-    vh.route(ex, &keys, Some(&headers), &mut targets);
+    vh.route(ex, &keys, Some(&headers), &header, &mut targets);
     targets.retain(|t| !is_cycle(&headers, &t.name));
     if targets.is_empty() {
         return;

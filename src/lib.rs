@@ -24,6 +24,7 @@ pub mod config;
 pub mod connection;
 pub mod dead_letter;
 pub mod dedup;
+pub mod delayed;
 pub mod delivery;
 pub mod error;
 pub mod exchange;

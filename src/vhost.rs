@@ -93,6 +93,7 @@ impl VHost {
         exchange: &Arc<Exchange>,
         routing_keys: &[&str],
         headers: Option<&FieldTable>,
+        raw_header: &[u8],
         out: &mut Vec<Arc<Queue>>,
     ) {
         // The default exchange routes by queue name, implicitly bound to all.
@@ -117,7 +118,7 @@ impl VHost {
             visited.push(Arc::as_ptr(&ex));
             dests.clear();
             for rk in routing_keys {
-                ex.matches(rk, headers, &mut dests);
+                ex.matches(rk, headers, raw_header, &mut dests);
             }
             if dests.is_empty() {
                 if let Some(alt) = ex.alternate.as_deref().and_then(|a| self.exchange(a)) {

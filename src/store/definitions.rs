@@ -47,6 +47,9 @@ pub enum DefOp {
         auto_delete: bool,
         internal: bool,
         arguments: FieldTable,
+        /// Store id of a delayed exchange (its pending messages name it).
+        #[serde(default)]
+        id: u32,
     },
     DeleteExchange {
         vhost: String,
