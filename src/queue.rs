@@ -883,6 +883,53 @@ impl Queue {
         self.store.release(pos, self.id);
     }
 
+    /// Compaction: move this queue's ready messages out of segment `seg` into
+    /// fresh records, in place (order kept). Returns the old positions, to be
+    /// released once the copies are synced.
+    pub fn relocate(&self, seg: u32) -> Vec<MsgPos> {
+        let mut q = self.inner.lock();
+        let mut old = vec![];
+        let ids = [self.id];
+        let mut moved: HashMap<MsgPos, MsgPos> = HashMap::new();
+        let mut relocate_one = |pos: &mut MsgPos, deliveries: u32| {
+            if *pos == GONE || pos.segment() != seg {
+                return;
+            }
+            let logged = pos.logged();
+            let Some(new) = self.store.copy(*pos, if logged { &ids } else { &[] }) else { return };
+            let new = new.with_logged(logged);
+            if logged && deliveries > 0 {
+                self.store.mark_delivered(new, self.id);
+            }
+            moved.insert(*pos, new);
+            old.push(*pos);
+            *pos = new;
+        };
+        for lv in q.levels.iter_mut() {
+            for pos in lv.ready.iter_mut() {
+                relocate_one(pos, 0);
+            }
+        }
+        for r in q.requeued.values_mut() {
+            relocate_one(&mut r.pos, r.deliveries);
+        }
+        if !moved.is_empty() && !q.expiry.is_empty() {
+            let heap = std::mem::take(&mut q.expiry);
+            q.expiry = heap
+                .into_iter()
+                .map(|Reverse((d, k, p))| Reverse((d, k, moved.get(&p).copied().unwrap_or(p))))
+                .collect();
+        }
+        old
+    }
+
+    /// Release positions handed out by [`Self::relocate`].
+    pub fn release_relocated(&self, old: Vec<MsgPos>) {
+        for p in old {
+            self.store.release(p, self.id);
+        }
+    }
+
     // ----- the timer: message expiry and queue expiry -----
 
     /// Make sure the timer task runs and looks at the deadlines again.

@@ -47,17 +47,24 @@ pub async fn run(listener: TcpListener, broker: Arc<Broker>, shutdown: impl Futu
     broker.store.shutdown();
 }
 
-/// Once a second: resource alarms, and trimming mapped segment pages from RSS.
+/// Once a second: resource alarms, and trimming mapped segment pages from
+/// RSS; every tenth time, compaction of sparse segments.
 async fn housekeeping(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
     let every = Duration::from_millis(broker.config.limits.check_interval_ms.max(50));
     let mut tick = tokio::time::interval(every);
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
+        ticks += 1;
+        let compact = ticks % 10 == 0;
         let b = broker.clone();
         let _ = tokio::task::spawn_blocking(move || {
+            if compact {
+                b.compact();
+            }
             b.store.trim_rss();
             b.store.flush_acks();
             let mut reasons = vec![];
