@@ -359,10 +359,7 @@ impl Broker {
                 "access to {kind} '{name}' in vhost '{vhost}' refused for user '{user}'"
             ))
             .with_method(0, 0))
-            .map_err(|e| {
-                tracing::debug!(what, "access refused");
-                e
-            })
+            .inspect_err(|_| tracing::debug!(what, "access refused"))
         }
     }
 
@@ -454,10 +451,8 @@ impl Broker {
         ex.type_name = kind.to_owned();
         ex.dedup = crate::dedup::Dedup::from_args(&ex.arguments, durable.then(|| exchange_dedup_path(&self.config.data_dir, &vhost.name, name)));
         if delayed {
-            let dir = self.config.data_dir.join("delayed").join(format!(
-                "{}",
-                if id != 0 { format!("x{id}") } else { format!("t{}", rand::random::<u64>()) }
-            ));
+            let sub = if id != 0 { format!("x{id}") } else { format!("t{}", rand::random::<u64>()) };
+            let dir = self.config.data_dir.join("delayed").join(sub);
             ex.delayed = Some(crate::delayed::Delayed::new(id, durable, self.store.clone(), dir));
         }
         let ex = Arc::new(ex);

@@ -582,16 +582,16 @@ impl Channel {
     /// Fast path for basic.ack decoded by hand.
     pub fn on_ack(&mut self, tag: u64, multiple: bool) -> AmqpResult<()> {
         if self.tx.is_some() {
-            let entries = self.take_unacked(tag, multiple).map_err(|e| e.with_method(60, 80))?;
-            self.tx.as_mut().unwrap().push(TxOp::Settle(entries, Settle::Ack));
-            return Ok(());
+            return self.tx_settle(tag, multiple, Settle::Ack).map_err(|e| e.with_method(60, 80));
         }
         self.do_ack(tag, multiple).map_err(|e| e.with_method(60, 80))
     }
 
     fn tx_settle(&mut self, tag: u64, multiple: bool, how: Settle) -> AmqpResult<()> {
         let entries = self.take_unacked(tag, multiple)?;
-        self.tx.as_mut().unwrap().push(TxOp::Settle(entries, how));
+        if let Some(ops) = self.tx.as_mut() {
+            ops.push(TxOp::Settle(entries, how));
+        }
         Ok(())
     }
 

@@ -257,7 +257,7 @@ async fn handshake(
     let creds = sasl_credentials(&mechanism, so.response.as_bytes());
     let user = match creds {
         Some((u, p)) => {
-            let loopback_only = cfg.loopback_users.iter().any(|x| *x == u);
+            let loopback_only = cfg.loopback_users.contains(&u);
             if loopback_only && !peer.ip().is_loopback() {
                 tracing::warn!(%peer, user = %u, "user may only connect via localhost");
                 None
@@ -750,7 +750,7 @@ impl Conn {
 /// arguments 502, as RabbitMQ answers them.
 fn decode_method(payload: &[u8]) -> AmqpResult<AMQPClass> {
     match parse_class(payload) {
-        Ok((rest, m)) if rest.is_empty() => Ok(m),
+        Ok((&[], m)) => Ok(m),
         Ok(_) => {
             let (c, m) = fast::method_ids(payload).unwrap_or((0, 0));
             Err(AmqpError::frame_error(format!("cannot decode method {c}/{m}: trailing bytes"))

@@ -59,7 +59,7 @@ async fn housekeeping(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
         }
         ticks += 1;
-        let compact = ticks % 10 == 0;
+        let compact = ticks.is_multiple_of(10);
         let b = broker.clone();
         let _ = tokio::task::spawn_blocking(move || {
             if compact {

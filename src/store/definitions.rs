@@ -103,7 +103,7 @@ impl DefinitionsLog {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
             Err(e) => return Err(e),
         };
-        if bytes.len() < MAGIC.len() || &bytes[..8] != &MAGIC[..8] {
+        if bytes.len() < MAGIC.len() || bytes[..8] != MAGIC[..8] {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("{} is not a lepus definitions log", path.display()),

@@ -201,6 +201,9 @@ pub struct Recovered {
     pub order: u64,
 }
 
+/// Recovered messages per durable queue (or delayed exchange) id, in order.
+pub type RecoveredQueues = HashMap<u32, Vec<Recovered>>;
+
 pub struct Store {
     dir: PathBuf,
     io: Arc<dyn StoreIo>,
@@ -225,7 +228,7 @@ impl Store {
         segment_size: u32,
         sync_delay_us: u64,
         live_queues: &HashSet<u32>,
-    ) -> std::io::Result<(Arc<Store>, HashMap<u32, Vec<Recovered>>)> {
+    ) -> std::io::Result<(Arc<Store>, RecoveredQueues)> {
         let dir = dir.join("msgs");
         std::fs::create_dir_all(&dir)?;
         let mut ids = vec![];

@@ -14,9 +14,11 @@ pub struct TestBroker {
 }
 
 pub fn test_config(dir: &std::path::Path) -> Config {
-    let mut c = Config::default();
-    c.port = 0;
-    c.data_dir = dir.to_path_buf();
+    let mut c = Config {
+        port: 0,
+        data_dir: dir.to_path_buf(),
+        ..Default::default()
+    };
     c.limits.disk_free_limit = 0;
     c.limits.memory_high_watermark = 0.0;
     c.store.segment_size = 4 * 1024 * 1024;
@@ -346,5 +348,139 @@ pub fn expect_code<T>(r: Result<T, lapin::Error>) -> u16 {
     match r {
         Ok(_) => panic!("expected the broker to refuse, but it succeeded"),
         Err(e) => reply_code(&e).unwrap_or_else(|| panic!("error without a reply code: {e:?}")),
+    }
+}
+
+// ----- helpers added for the queue-feature suites (TTL, dead-lettering,
+// limits, priorities, deduplication) -----
+
+impl Closes {
+    /// The (reply code, reply text) of the next channel.close or
+    /// connection.close the client got (waits at most 5 s).
+    pub async fn next_close(&mut self) -> (u16, String) {
+        let wait = async {
+            loop {
+                match self.events.next().await {
+                    Some(lapin::Event::Error(e)) => {
+                        if let Some(code) = reply_code(&e) {
+                            return (code, reply_text(&e));
+                        }
+                    }
+                    Some(_) => {}
+                    None => panic!("connection events ended without a close"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .expect("expected the broker to close the channel or connection within 5 s; it did not")
+    }
+}
+
+/// A table from (key, value) pairs.
+pub fn arg_table(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
+
+/// A longstr value.
+pub fn lstr(s: &str) -> AMQPValue {
+    AMQPValue::LongString(s.into())
+}
+
+/// A signedint (32-bit) value, as most clients send integer arguments.
+pub fn int(i: i32) -> AMQPValue {
+    AMQPValue::LongInt(i)
+}
+
+/// An array of longstr values.
+pub fn str_array(items: &[&str]) -> AMQPValue {
+    AMQPValue::FieldArray(lapin::types::FieldArray::from(
+        items.iter().map(|s| lstr(s)).collect::<Vec<_>>(),
+    ))
+}
+
+/// Declare a queue with options and arguments, failing the test on an error.
+pub async fn declare_queue_with(
+    ch: &Channel,
+    name: &str,
+    options: QueueDeclareOptions,
+    arguments: FieldTable,
+) {
+    within(5, ch.queue_declare(name.into(), options, arguments))
+        .await
+        .unwrap_or_else(|e| panic!("declare queue {name}: {e}"));
+}
+
+/// Declare an exchange with arguments, failing the test on an error.
+pub async fn declare_exchange_with(
+    ch: &Channel,
+    name: &str,
+    kind: lapin::ExchangeKind,
+    options: lapin::options::ExchangeDeclareOptions,
+    arguments: FieldTable,
+) {
+    within(5, ch.exchange_declare(name.into(), kind, options, arguments))
+        .await
+        .unwrap_or_else(|e| panic!("declare exchange {name}: {e}"));
+}
+
+/// Bind a queue to an exchange with a routing key.
+pub async fn bind_queue(ch: &Channel, queue: &str, exchange: &str, key: &str) {
+    within(
+        5,
+        ch.queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("bind {queue} to {exchange} with {key:?}: {e}"));
+}
+
+/// basic.get (acks required) returning the whole message.
+pub async fn get_message(ch: &Channel, queue: &str) -> Option<lapin::message::BasicGetMessage> {
+    within(
+        5,
+        ch.basic_get(queue.into(), BasicGetOptions { no_ack: false }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("basic.get {queue}: {e}"))
+}
+
+/// A string header or table field (longstr or shortstr).
+pub fn field_str(t: &FieldTable, key: &str) -> Option<String> {
+    match t.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// The headers of a message (empty when it has none).
+pub fn headers_of(p: &BasicProperties) -> FieldTable {
+    p.headers().clone().unwrap_or_default()
+}
+
+/// The entries of the x-death header, in order; each must be a table.
+pub fn x_deaths(p: &BasicProperties) -> Vec<FieldTable> {
+    let h = headers_of(p);
+    match h.inner().get("x-death") {
+        None => vec![],
+        Some(AMQPValue::FieldArray(a)) => a
+            .as_slice()
+            .iter()
+            .map(|v| match v {
+                AMQPValue::FieldTable(t) => t.clone(),
+                other => panic!("x-death entry is not a table: {other:?}"),
+            })
+            .collect(),
+        Some(other) => panic!("x-death is not an array: {other:?}"),
     }
 }
