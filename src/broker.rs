@@ -532,6 +532,8 @@ impl Broker {
         if passive {
             let q = vhost.get_queue(name)?;
             check_exclusive(&q, conn_id)?;
+            // RabbitMQ: a passive declare counts as use (x-expires starts over).
+            q.touch();
             return Ok(q);
         }
         let name = if name.is_empty() {

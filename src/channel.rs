@@ -311,8 +311,8 @@ impl Channel {
             None => None,
         };
         let expiration = match peek.expiration {
-            Some(e) => Some(e.parse::<u64>().map_err(|_| {
-                AmqpError::precondition(format!("invalid expiration '{e}': {{error,no_integer}}")).with_method(60, 40)
+            Some(e) => Some(parse_expiration(e).map_err(|why| {
+                AmqpError::precondition(format!("invalid expiration '{e}': {why}")).with_method(60, 40)
             })?),
             None => None,
         };
@@ -993,6 +993,26 @@ pub fn server_cancel(c: &Arc<Consumer>) {
             )
         });
     }
+}
+
+/// The expiration property, with RabbitMQ's reasons for refusing it.
+fn parse_expiration(e: &str) -> Result<u64, String> {
+    let (neg, digits) = match e.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, e.strip_prefix('+').unwrap_or(e)),
+    };
+    let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+    if end == 0 {
+        return Err("no_integer".into());
+    }
+    if end < digits.len() {
+        return Err(format!("{{leftover_string,\"{}\"}}", &digits[end..]));
+    }
+    let v: u64 = digits.parse().map_err(|_| "no_integer".to_string())?;
+    if neg && v > 0 {
+        return Err(format!("{{value_negative,-{v}}}"));
+    }
+    Ok(v)
 }
 
 pub fn now_ms() -> u64 {

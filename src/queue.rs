@@ -183,6 +183,8 @@ pub struct Queue {
     throttling: AtomicBool,
     timer: Arc<tokio::sync::Notify>,
     timer_started: AtomicBool,
+    /// Some message of this queue ever had a deadline.
+    expiring: AtomicBool,
     /// Earliest deadline the timer task is sleeping towards (ms), or u64::MAX.
     timer_deadline: AtomicU64,
 }
@@ -210,6 +212,7 @@ impl Queue {
         store: Arc<Store>,
     ) -> Self {
         let args = QueueArgs::parse(&arguments);
+        let args_ttl = args.message_ttl.is_some();
         let inner = QueueInner {
             levels: (0..=args.max_priority).map(|_| Level::default()).collect(),
             last_used_ms: now_ms(),
@@ -236,6 +239,7 @@ impl Queue {
             throttling: AtomicBool::new(false),
             timer: Arc::new(tokio::sync::Notify::new()),
             timer_started: AtomicBool::new(false),
+            expiring: AtomicBool::new(args_ttl),
             timer_deadline: AtomicU64::new(u64::MAX),
         }
     }
@@ -268,6 +272,17 @@ impl Queue {
             (a, b) => a.or(b),
         }?;
         Some(arrival_ms.saturating_add(ttl))
+    }
+
+    /// The deadline of a stored message in this queue, from its arrival time
+    /// and expiration property.
+    fn deadline_of(&self, pos: MsgPos) -> Option<u64> {
+        self.store
+            .with_message(pos, |m| {
+                let exp = props::peek(m.header).and_then(|p| p.expiration).and_then(|e| e.parse::<u64>().ok());
+                self.deadline(m.timestamp_ms, exp)
+            })
+            .flatten()
     }
 
     /// Fill a recovered durable queue with its messages, in order. Those that
@@ -312,6 +327,7 @@ impl Queue {
                 }
                 if let Some(d) = deadline {
                     q.expiry.push(Reverse((d, k, r.pos)));
+                    self.expiring.store(true, Ordering::Relaxed);
                     want_timer = true;
                 }
             }
@@ -364,6 +380,7 @@ impl Queue {
         };
         let mut kick = false;
         if let Some(d) = deadline {
+            self.expiring.store(true, Ordering::Relaxed);
             q.expiry.push(Reverse((d, k, pos)));
             kick = d < self.timer_deadline.load(Ordering::Acquire);
         }
@@ -526,8 +543,10 @@ impl Queue {
     }
 
     fn dispatch_locked(self: &Arc<Self>, q: &mut QueueInner) {
+        // Strictly past deadlines only: a TTL-0 message (deadline = now) gets
+        // its chance at a consumer first; enqueue expires it right after.
         if !q.expiry.is_empty() {
-            self.expire_due(q, now_ms());
+            self.expire_due(q, now_ms().saturating_sub(1));
         }
         while q.ready_count > 0 {
             let Some((idx, c)) = self.pick_consumer(q) else { break };
@@ -727,9 +746,23 @@ impl Queue {
                     self.store.release(e.pos, self.id);
                     continue;
                 }
-                if self.args.delivery_limit.is_some_and(|l| e.deliveries >= l.max(1)) {
+                // As RabbitMQ's quorum queues: dead-lettered once delivered more than the limit.
+                if self.args.delivery_limit.is_some_and(|l| e.deliveries > l) {
                     q.dead.push(Dead { pos: e.pos, reason: Reason::DeliveryLimit });
                     continue;
+                }
+                // A message keeps its deadline while delivered; past it, it expires now.
+                if self.expiring.load(Ordering::Relaxed) {
+                    if let Some(d) = self.deadline_of(e.pos) {
+                        if d <= now_ms() {
+                            q.dead.push(Dead { pos: e.pos, reason: Reason::Expired });
+                            continue;
+                        }
+                        q.expiry.push(Reverse((d, e.seq, e.pos)));
+                        if d < self.timer_deadline.load(Ordering::Acquire) {
+                            self.timer.notify_one();
+                        }
+                    }
                 }
                 q.requeued.insert(e.seq, Requeued { pos: e.pos, deliveries: e.deliveries });
                 q.ready_count += 1;

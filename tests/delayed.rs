@@ -245,7 +245,7 @@ async fn durable_delayed_messages_survive_restart_and_overdue_ones_are_delivered
         }
     })
     .await;
-    assert_eq!(m.delivery.data, b"overdue");
+    assert_eq!(String::from_utf8_lossy(&m.delivery.data), "overdue");
     let ex = b.broker().vhost("/").unwrap().exchange("px").unwrap();
     assert_eq!(ex.delayed.as_ref().unwrap().pending(), 1);
     tokio::time::sleep(Duration::from_millis(1500)).await;

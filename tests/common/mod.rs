@@ -423,9 +423,12 @@ pub async fn declare_exchange_with(
     options: lapin::options::ExchangeDeclareOptions,
     arguments: FieldTable,
 ) {
-    within(5, ch.exchange_declare(name.into(), kind, options, arguments))
-        .await
-        .unwrap_or_else(|e| panic!("declare exchange {name}: {e}"));
+    within(
+        5,
+        ch.exchange_declare(name.into(), kind, options, arguments),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("declare exchange {name}: {e}"));
 }
 
 /// Bind a queue to an exchange with a routing key.
