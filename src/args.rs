@@ -87,7 +87,8 @@ enum Rule {
     PosInt,
     Str,
     Bool,
-    OneOf(&'static [&'static str]),
+    /// One of these strings; the reason RabbitMQ gives otherwise.
+    OneOf(&'static [&'static str], &'static str),
     MaxPriority,
 }
 
@@ -99,9 +100,9 @@ const QUEUE_ARGS: &[(&str, Rule)] = &[
     ("x-max-length", Rule::NonNegInt),
     ("x-max-length-bytes", Rule::NonNegInt),
     ("x-max-priority", Rule::MaxPriority),
-    ("x-overflow", Rule::OneOf(&["drop-head", "reject-publish", "reject-publish-dlx"])),
-    ("x-queue-mode", Rule::OneOf(&["default", "lazy"])),
-    ("x-queue-type", Rule::OneOf(&["classic"])),
+    ("x-overflow", Rule::OneOf(&["drop-head", "reject-publish", "reject-publish-dlx"], "invalid_overflow")),
+    ("x-queue-mode", Rule::OneOf(&["default", "lazy"], "invalid_queue_mode")),
+    ("x-queue-type", Rule::OneOf(&["classic"], "invalid_queue_type")),
     ("x-single-active-consumer", Rule::Bool),
     ("x-delivery-limit", Rule::NonNegInt),
     ("x-message-deduplication", Rule::Bool),
@@ -123,7 +124,7 @@ fn check(rule: &Rule, v: &AMQPValue) -> Result<(), String> {
                 return Err(format!("{{value_zero,{i}}}"));
             }
             if matches!(rule, Rule::MaxPriority) && i > 255 {
-                return Err(format!("{{value_too_large,{i},255}}"));
+                return Err(format!("{{max_value_exceeded,{i}}}"));
             }
             Ok(())
         }
@@ -134,9 +135,9 @@ fn check(rule: &Rule, v: &AMQPValue) -> Result<(), String> {
             AMQPValue::Boolean(_) => Ok(()),
             _ => Err(format!("{{unacceptable_type,{}}}", type_name(v))),
         },
-        Rule::OneOf(allowed) => match str_value(v) {
+        Rule::OneOf(allowed, reason) => match str_value(v) {
             Some(s) if allowed.contains(&s.as_str()) => Ok(()),
-            Some(s) => Err(format!("{{unacceptable_value,<<\"{s}\">>}}")),
+            Some(_) => Err((*reason).to_string()),
             None => Err(format!("{{unacceptable_type,{}}}", type_name(v))),
         },
     }
@@ -154,7 +155,7 @@ pub fn validate_queue_args(args: &FieldTable, name: &str, vhost: &str) -> AmqpRe
     }
     if get(args, "x-dead-letter-routing-key").is_some() && get(args, "x-dead-letter-exchange").is_none() {
         return Err(AmqpError::precondition(format!(
-            "invalid arg 'x-dead-letter-routing-key' for queue '{name}' in vhost '{vhost}': {{missing_dead_letter_exchange}}"
+            "invalid arg 'x-dead-letter-routing-key' for queue '{name}' in vhost '{vhost}': routing_key_but_no_dlx_defined"
         )));
     }
     Ok(())
@@ -199,13 +200,13 @@ pub fn check_equivalent(current: &FieldTable, received: &FieldTable, kind: &str,
             _ => false,
         };
         if !same {
-            let recv = match r {
-                Some(v) => format!("the value '{}' of type '{}'", show(v), type_name(v)),
-                None => "none".to_string(),
-            };
-            let cur = match c {
-                Some(v) => format!("the value '{}' of type '{}'", show(v), type_name(v)),
-                None => "none".to_string(),
+            // RabbitMQ shows bare values when both sides are present.
+            let (recv, cur) = match (r, c) {
+                (Some(r), Some(c)) => (format!("'{}'", show(r)), format!("'{}'", show(c))),
+                _ => (
+                    r.map(|v| format!("the value '{}' of type '{}'", show(v), type_name(v))).unwrap_or_else(|| "none".into()),
+                    c.map(|v| format!("the value '{}' of type '{}'", show(v), type_name(v))).unwrap_or_else(|| "none".into()),
+                ),
             };
             return Err(AmqpError::precondition(format!(
                 "inequivalent arg '{key}' for {kind} '{name}' in vhost '{vhost}': received {recv} but current is {cur}"

@@ -109,6 +109,7 @@ pub struct Broker {
     /// true while a resource alarm (memory or disk) blocks publishers.
     pub alarm: watch::Sender<bool>,
     pub alarm_reasons: Mutex<Vec<String>>,
+    me: std::sync::OnceLock<std::sync::Weak<Broker>>,
 }
 
 impl Broker {
@@ -143,7 +144,14 @@ impl Broker {
                 model.apply(op);
             }
         }
-        let live: HashSet<u32> = model.queues.values().map(|q| q.id).collect();
+        let mut max_id = model.queues.values().map(|q| q.id).chain(model.exchanges.values().map(|e| e.id)).max().unwrap_or(0);
+        for e in model.exchanges.values_mut() {
+            if e.id == 0 && is_delayed(&e.kind, &e.arguments) {
+                max_id += 1;
+                e.id = max_id;
+            }
+        }
+        let live: HashSet<u32> = model.queues.values().map(|q| q.id).chain(model.exchanges.values().map(|e| e.id).filter(|i| *i != 0)).collect();
         let (store, mut recovered) = Store::open(
             &config.data_dir,
             io,
@@ -153,7 +161,6 @@ impl Broker {
         )?;
         let compacted = model.to_ops();
         let defs = DefinitionsLog::rewrite(&config.data_dir, &compacted)?;
-        let max_id = live.iter().copied().max().unwrap_or(0);
         let (alarm, _) = watch::channel(false);
         let broker = Arc::new(Broker {
             config,
@@ -167,7 +174,9 @@ impl Broker {
             connections: Mutex::new(HashMap::new()),
             alarm,
             alarm_reasons: Mutex::new(vec![]),
+            me: std::sync::OnceLock::new(),
         });
+        let _ = broker.me.set(Arc::downgrade(&broker));
         // Build the live objects from the model.
         for u in model.users.values() {
             broker.users.write().insert(u.name.clone(), u.clone());
@@ -178,23 +187,33 @@ impl Broker {
             }
         }
         for v in &model.vhosts {
-            broker.vhosts.write().insert(v.clone(), Arc::new(VHost::new(v)));
+            let vh = VHost::new(v);
+            vh.set_broker(Arc::downgrade(&broker));
+            broker.vhosts.write().insert(v.clone(), vh);
         }
         let mut total = 0usize;
         for ((v, name), e) in &model.exchanges {
             if let Some(vh) = broker.vhost(v) {
-                let kind = ExchangeKind::parse(&e.kind).unwrap_or(ExchangeKind::Direct);
-                let ex = Exchange::new(name, kind, true, e.auto_delete, e.internal, e.arguments.clone());
-                vh.exchanges.write().insert(name.clone(), Arc::new(ex));
+                match broker.make_exchange(&vh, name, &e.kind, true, e.auto_delete, e.internal, e.arguments.clone(), e.id) {
+                    Ok(ex) => {
+                        if let (Some(d), Some(msgs)) = (&ex.delayed, recovered.remove(&e.id)) {
+                            tracing::info!(exchange = %name, pending = msgs.len(), "delayed messages recovered");
+                            d.restore(msgs);
+                        }
+                        vh.exchanges.write().insert(name.clone(), ex);
+                    }
+                    Err(err) => tracing::error!(exchange = %name, error = %err, "cannot restore exchange"),
+                }
             }
         }
         for ((v, name), q) in &model.queues {
             if let Some(vh) = broker.vhost(v) {
-                let queue = Arc::new(Queue::new(name, v, q.id, true, None, q.auto_delete, q.arguments.clone(), store.clone()));
+                let queue = Arc::new(Queue::new(name, &vh, q.id, true, None, q.auto_delete, q.arguments.clone(), store.clone()));
                 if let Some(msgs) = recovered.remove(&q.id) {
                     total += msgs.len();
                     queue.restore(msgs);
                 }
+                queue.start_timers();
                 vh.queues.write().insert(name.clone(), queue);
             }
         }
@@ -267,10 +286,11 @@ impl Broker {
                     ops.push(DefOp::DeclareExchange {
                         vhost: v.name.clone(),
                         name: e.name.clone(),
-                        kind: e.kind.as_str().into(),
+                        kind: e.type_name.clone(),
                         auto_delete: e.auto_delete,
                         internal: e.internal,
                         arguments: e.arguments.clone(),
+                        id: e.delayed.as_ref().map(|d| d.id).unwrap_or(0),
                     });
                 }
             }
@@ -339,10 +359,7 @@ impl Broker {
                 "access to {kind} '{name}' in vhost '{vhost}' refused for user '{user}'"
             ))
             .with_method(0, 0))
-            .map_err(|e| {
-                tracing::debug!(what, "access refused");
-                e
-            })
+            .inspect_err(|_| tracing::debug!(what, "access refused"))
         }
     }
 
@@ -361,9 +378,6 @@ impl Broker {
         arguments: FieldTable,
     ) -> AmqpResult<Arc<Exchange>> {
         if name.is_empty() {
-            if passive {
-                return vhost.get_exchange(name);
-            }
             return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
         if passive {
@@ -374,11 +388,7 @@ impl Broker {
                 "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
-        let Some(k) = ExchangeKind::parse(kind) else {
-            return Err(AmqpError::command_invalid(format!(
-                "unknown exchange type '{kind}'"
-            )));
-        };
+        let (k, _) = exchange_kind(kind, &arguments)?;
         crate::args::validate_exchange_args(&arguments, name, &vhost.name)?;
         if let Some(existing) = vhost.exchange(name) {
             let ineq = |arg: &str, got: String, cur: String| {
@@ -387,8 +397,8 @@ impl Broker {
                     vhost.name
                 ))
             };
-            if existing.kind != k {
-                return Err(ineq("type", kind.into(), existing.kind.as_str().into()));
+            if existing.type_name != kind || existing.kind != k {
+                return Err(ineq("type", kind.into(), existing.type_name.clone()));
             }
             if existing.durable != durable {
                 return Err(ineq("durable", durable.to_string(), existing.durable.to_string()));
@@ -402,6 +412,11 @@ impl Broker {
             crate::args::check_equivalent(&existing.arguments, &arguments, "exchange", name, &vhost.name)?;
             return Ok(existing);
         }
+        let id = if is_delayed(kind, &arguments) && durable {
+            self.next_queue_id.fetch_add(1, Ordering::Relaxed)
+        } else {
+            0
+        };
         if durable {
             self.persist(DefOp::DeclareExchange {
                 vhost: vhost.name.clone(),
@@ -410,10 +425,40 @@ impl Broker {
                 auto_delete,
                 internal,
                 arguments: arguments.clone(),
+                id,
             })?;
         }
-        let ex = Arc::new(Exchange::new(name, k, durable, auto_delete, internal, arguments));
+        let ex = self.make_exchange(&vhost.arc(), name, kind, durable, auto_delete, internal, arguments, id)?;
         vhost.exchanges.write().insert(name.to_owned(), ex.clone());
+        Ok(ex)
+    }
+
+    /// Build an exchange object (after validation), with its delayed side.
+    #[allow(clippy::too_many_arguments)]
+    fn make_exchange(
+        &self,
+        vhost: &Arc<VHost>,
+        name: &str,
+        kind: &str,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+        id: u32,
+    ) -> AmqpResult<Arc<Exchange>> {
+        let (k, delayed) = exchange_kind(kind, &arguments)?;
+        let mut ex = Exchange::new(name, k, durable, auto_delete, internal, arguments);
+        ex.type_name = kind.to_owned();
+        ex.dedup = crate::dedup::Dedup::from_args(&ex.arguments, durable.then(|| exchange_dedup_path(&self.config.data_dir, &vhost.name, name)));
+        if delayed {
+            let sub = if id != 0 { format!("x{id}") } else { format!("t{}", rand::random::<u64>()) };
+            let dir = self.config.data_dir.join("delayed").join(sub);
+            ex.delayed = Some(crate::delayed::Delayed::new(id, durable, self.store.clone(), dir));
+        }
+        let ex = Arc::new(ex);
+        if let Some(d) = &ex.delayed {
+            d.start(&ex, vhost);
+        }
         Ok(ex)
     }
 
@@ -443,6 +488,12 @@ impl Broker {
         }
         ex.deleted.store(true, Ordering::Release);
         vhost.exchanges.write().remove(name);
+        if let Some(d) = &ex.delayed {
+            d.purge();
+        }
+        if let Some(d) = &ex.dedup {
+            d.forget();
+        }
         ex.bindings.write().all.clear();
         let gone = vhost.unbind_everywhere(&Dest::Exchange(ex.clone()));
         let sources: Vec<_> = gone.into_iter().map(|(s, _)| s).collect();
@@ -481,6 +532,8 @@ impl Broker {
         if passive {
             let q = vhost.get_queue(name)?;
             check_exclusive(&q, conn_id)?;
+            // RabbitMQ: a passive declare counts as use (x-expires starts over).
+            q.touch();
             return Ok(q);
         }
         let name = if name.is_empty() {
@@ -495,6 +548,12 @@ impl Broker {
         };
         crate::args::validate_queue_args(&arguments, &name, &vhost.name)?;
         if let Some(existing) = vhost.queue(&name) {
+            if existing.exclusive_owner.is_some() != exclusive {
+                return Err(AmqpError::resource_locked(format!(
+                    "cannot obtain exclusive access to locked queue '{name}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+                    vhost.name
+                )));
+            }
             check_exclusive(&existing, conn_id)?;
             let ineq = |arg: &str, got: bool, cur: bool| {
                 AmqpError::precondition(format!(
@@ -512,6 +571,7 @@ impl Broker {
                 return Err(ineq("auto_delete", auto_delete, existing.auto_delete));
             }
             crate::args::check_equivalent(&existing.arguments, &arguments, "queue", &name, &vhost.name)?;
+            existing.touch();
             return Ok(existing);
         }
         let id = self.next_queue_id.fetch_add(1, Ordering::Relaxed);
@@ -528,7 +588,7 @@ impl Broker {
         }
         let q = Arc::new(Queue::new(
             &name,
-            &vhost.name,
+            &vhost.arc(),
             id,
             durable,
             exclusive.then_some(conn_id),
@@ -537,6 +597,7 @@ impl Broker {
             self.store.clone(),
         ));
         vhost.queues.write().insert(name, q.clone());
+        q.start_timers();
         Ok(q)
     }
 
@@ -571,6 +632,9 @@ impl Broker {
         }
         let gone = vhost.unbind_everywhere(&Dest::Queue(q.clone()));
         let (n, consumers) = q.delete();
+        if let Some(d) = &q.dedup {
+            d.forget();
+        }
         for c in consumers {
             crate::channel::server_cancel(&c);
         }
@@ -588,6 +652,17 @@ impl Broker {
         if let Dest::Exchange(d) = &dest {
             if d.name.is_empty() {
                 return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+            }
+        }
+        if source.kind == ExchangeKind::Headers {
+            if let Some(v) = arguments.inner().get("x-match") {
+                let ok = crate::args::str_value(v).is_some_and(|m| matches!(m.as_str(), "all" | "any" | "all-with-x" | "any-with-x"));
+                if !ok {
+                    return Err(AmqpError::precondition(format!(
+                        "Invalid x-match field value {}; expected all, any, all-with-x, or any-with-x",
+                        crate::args::show(v)
+                    )));
+                }
             }
         }
         let durable = source.durable && dest.is_durable();
@@ -698,7 +773,10 @@ impl Broker {
             return Ok(v);
         }
         self.persist(DefOp::AddVhost { name: name.into() })?;
-        let v = Arc::new(VHost::new(name));
+        let v = VHost::new(name);
+        if let Some(me) = self.me.get() {
+            v.set_broker(me.clone());
+        }
         self.vhosts.write().insert(name.to_owned(), v.clone());
         Ok(v)
     }
@@ -727,6 +805,47 @@ impl Broker {
         Ok(true)
     }
 
+    /// Compact sparse segments: every queue moves its ready messages out of
+    /// them, the copies are synced, then the originals are released (which
+    /// deletes the segment once nothing else holds it). Returns the number of
+    /// messages moved.
+    pub fn compact(&self) -> usize {
+        let sparse = self.store.sparse_segments();
+        if sparse.is_empty() {
+            return 0;
+        }
+        let queues: Vec<Arc<Queue>> = self
+            .vhosts
+            .read()
+            .values()
+            .flat_map(|v| v.queues.read().values().cloned().collect::<Vec<_>>())
+            .collect();
+        let mut pending: Vec<(Arc<Queue>, Vec<crate::store::MsgPos>)> = vec![];
+        for seg in &sparse {
+            for q in &queues {
+                let old = q.relocate(*seg);
+                if !old.is_empty() {
+                    pending.push((q.clone(), old));
+                }
+            }
+        }
+        if let Err(e) = self.store.sync_now() {
+            // Keep both copies: a duplicate after a crash beats a loss.
+            tracing::error!(error = %e, "compaction: sync failed; originals kept");
+            return 0;
+        }
+        let mut n = 0;
+        for (q, old) in pending {
+            n += old.len();
+            q.release_relocated(old);
+        }
+        self.store.flush_acks();
+        if n > 0 {
+            tracing::info!(segments = sparse.len(), messages = n, "compacted sparse segments");
+        }
+        n
+    }
+
     pub fn set_alarm(&self, reasons: Vec<String>) {
         let on = !reasons.is_empty();
         *self.alarm_reasons.lock() = reasons;
@@ -742,10 +861,42 @@ pub fn check_exclusive(q: &Queue, conn_id: u64) -> AmqpResult<()> {
     match q.exclusive_owner {
         Some(owner) if owner != conn_id => Err(AmqpError::resource_locked(format!(
             "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
-            q.name, q.vhost
+            q.name, q.vhost_name
         ))),
         _ => Ok(()),
     }
+}
+
+/// Whether an exchange of this type and arguments delays messages.
+pub fn is_delayed(kind: &str, args: &FieldTable) -> bool {
+    kind == "x-delayed-message" || crate::args::get_bool(args, "x-delayed-exchange") == Some(true)
+}
+
+/// The routing kind of a declared type, and whether it is delayed.
+fn exchange_kind(kind: &str, args: &FieldTable) -> AmqpResult<(ExchangeKind, bool)> {
+    if kind == "x-delayed-message" {
+        let dt = crate::args::get_str(args, "x-delayed-type");
+        return match dt.as_deref().and_then(ExchangeKind::parse) {
+            Some(k) => Ok((k, true)),
+            None => Err(AmqpError::precondition(
+                "Invalid argument, 'x-delayed-type' must be an existing exchange type",
+            )),
+        };
+    }
+    match ExchangeKind::parse(kind) {
+        Some(k) => Ok((k, is_delayed(kind, args))),
+        None => Err(AmqpError::command_invalid(format!("unknown exchange type '{kind}'"))),
+    }
+}
+
+fn exchange_dedup_path(data_dir: &std::path::Path, vhost: &str, name: &str) -> std::path::PathBuf {
+    let mut h = Sha256::new();
+    h.update(vhost.as_bytes());
+    h.update([0]);
+    h.update(name.as_bytes());
+    let d = h.finalize();
+    let hex: String = d[..8].iter().map(|b| format!("{b:02x}")).collect();
+    data_dir.join("dedup").join(format!("x{hex}.log"))
 }
 
 fn server_queue_name() -> String {
@@ -768,6 +919,7 @@ struct Model {
 }
 
 struct ExModel {
+    id: u32,
     kind: String,
     auto_delete: bool,
     internal: bool,
@@ -816,8 +968,8 @@ impl Model {
             DefOp::ClearPermissions { user, vhost } => {
                 self.perms.remove(&(user, vhost));
             }
-            DefOp::DeclareExchange { vhost, name, kind, auto_delete, internal, arguments } => {
-                self.exchanges.insert((vhost, name), ExModel { kind, auto_delete, internal, arguments });
+            DefOp::DeclareExchange { vhost, name, kind, auto_delete, internal, arguments, id } => {
+                self.exchanges.insert((vhost, name), ExModel { id, kind, auto_delete, internal, arguments });
             }
             DefOp::DeleteExchange { vhost, name } => {
                 self.exchanges.remove(&(vhost.clone(), name.clone()));
@@ -858,7 +1010,7 @@ impl Model {
             ops.push(DefOp::SetPermissions { user: u.clone(), vhost: v.clone(), configure: c.clone(), write: w.clone(), read: r.clone() });
         }
         for ((v, n), e) in &self.exchanges {
-            ops.push(DefOp::DeclareExchange { vhost: v.clone(), name: n.clone(), kind: e.kind.clone(), auto_delete: e.auto_delete, internal: e.internal, arguments: e.arguments.clone() });
+            ops.push(DefOp::DeclareExchange { vhost: v.clone(), name: n.clone(), kind: e.kind.clone(), auto_delete: e.auto_delete, internal: e.internal, arguments: e.arguments.clone(), id: e.id });
         }
         for ((v, n), q) in &self.queues {
             ops.push(DefOp::DeclareQueue { vhost: v.clone(), name: n.clone(), id: q.id, auto_delete: q.auto_delete, arguments: q.arguments.clone() });

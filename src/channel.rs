@@ -11,7 +11,7 @@ use crate::delivery::{ChannelShared, ConnShared, Consumer, Unacked};
 use crate::error::{AmqpError, AmqpResult, ReplyCode};
 use crate::exchange::{Dest, Exchange};
 use crate::protocol::{fast, props, put_method};
-use crate::queue::Queue;
+use crate::queue::{EnqueueInfo, Enqueued, Queue};
 use crate::store::{self, SyncSeq};
 use crate::vhost::VHost;
 use amq_protocol::protocol::{basic, channel as chm, confirm, exchange as exm, queue as qm, tx, AMQPClass};
@@ -85,11 +85,12 @@ enum ConfirmState {
     Wait(SyncSeq),
 }
 
+/// What a transaction holds until commit. Acks take their messages out of
+/// the unacked list at once (so a bad tag fails at once, as in RabbitMQ);
+/// rollback puts them back.
 enum TxOp {
     Publish(Message),
-    Ack(u64, bool),
-    Nack(u64, bool, bool),
-    Reject(u64, bool),
+    Settle(Vec<Unacked>, Settle),
 }
 
 pub struct Channel {
@@ -110,6 +111,8 @@ pub struct Channel {
     route_buf: Vec<Arc<Queue>>,
     prefix_buf: Vec<u8>,
     durable_ids: Vec<u32>,
+    /// The last queue declared on this channel: an empty queue name means it.
+    last_queue: Option<String>,
     /// The connection saw a publish: resource alarms block it.
     pub published: bool,
     /// Queues this channel pushed past their flow-control mark.
@@ -138,6 +141,7 @@ impl Channel {
             prefix_buf: vec![],
             durable_ids: vec![],
             published: false,
+            last_queue: None,
             pressure: vec![],
         }
     }
@@ -301,9 +305,22 @@ impl Channel {
             }
         }
         let headers = match peek.headers {
-            Some(_) => full_headers(&msg.header),
+            Some(_) => Some(full_headers(&msg.header).ok_or_else(|| {
+                AmqpError::frame_error("cannot decode the message properties (headers table)").with_method(60, 40)
+            })?),
             None => None,
         };
+        let expiration = match peek.expiration {
+            Some(e) => Some(parse_expiration(e).map_err(|why| {
+                AmqpError::precondition(format!("invalid expiration '{e}': {why}")).with_method(60, 40)
+            })?),
+            None => None,
+        };
+        if let Some(d) = &ex.dedup {
+            if d.is_duplicate(&msg.header) {
+                return Ok(ConfirmState::Ready(true));
+            }
+        }
         let mut keys: Vec<&str> = vec![&msg.routing_key];
         let mut cc_holder = vec![];
         if let Some(h) = &headers {
@@ -320,7 +337,13 @@ impl Channel {
         keys.extend(cc_holder.iter().map(|s| s.as_str()));
         let mut queues = std::mem::take(&mut self.route_buf);
         queues.clear();
-        ctx.vhost.route(&ex, &keys, headers.as_ref(), &mut queues);
+        ctx.vhost.route(&ex, &keys, headers.as_ref(), &msg.header, &mut queues);
+        if let Some(d) = &ex.delayed {
+            if let Some(delay) = crate::delayed::x_delay(headers.as_ref()) {
+                self.route_buf = queues;
+                return self.publish_delayed(ctx, &ex, d, msg, delay, peek.persistent());
+            }
+        }
         if queues.is_empty() {
             if msg.mandatory {
                 let id = self.id();
@@ -330,6 +353,11 @@ impl Channel {
                     fast::put_content(out, id, &msg.header, &msg.body, fm);
                 });
             }
+            self.route_buf = queues;
+            return Ok(ConfirmState::Ready(true));
+        }
+        queues.retain(|q| !q.dedup.as_ref().is_some_and(|d| d.is_duplicate(&msg.header)));
+        if queues.is_empty() {
             self.route_buf = queues;
             return Ok(ConfirmState::Ready(true));
         }
@@ -371,17 +399,70 @@ impl Channel {
                 return Ok(ConfirmState::Ready(false));
             }
         };
+        let info = EnqueueInfo {
+            expiration,
+            priority: peek.priority.unwrap_or(0),
+            body_len: msg.body.len() as u64,
+            arrival_ms: now_ms(),
+        };
+        let mut rejected = false;
         for q in queues.drain(..) {
             let logged = q.logs(persistent);
-            if q.enqueue(pos.with_logged(logged)) && !self.pressure.iter().any(|p| Arc::ptr_eq(p, &q)) {
-                self.pressure.push(q);
+            match q.enqueue_with(pos.with_logged(logged), &info) {
+                Enqueued::Accepted { pressure: true } => {
+                    if !self.pressure.iter().any(|p| Arc::ptr_eq(p, &q)) {
+                        self.pressure.push(q);
+                    }
+                }
+                Enqueued::Accepted { pressure: false } => {}
+                Enqueued::Rejected => rejected = true,
             }
         }
         self.route_buf = queues;
         Ok(match seq {
+            _ if rejected => ConfirmState::Ready(false),
             Some(s) => ConfirmState::Wait(s),
             None => ConfirmState::Ready(true),
         })
+    }
+
+    /// Store a message for an x-delayed-message exchange and schedule it.
+    /// mandatory is judged against the bindings now.
+    fn publish_delayed(
+        &mut self,
+        ctx: &ConnCtx,
+        ex: &Arc<Exchange>,
+        d: &crate::delayed::Delayed,
+        msg: &Message,
+        delay: u64,
+        persistent: bool,
+    ) -> AmqpResult<ConfirmState> {
+        if msg.mandatory && self.route_buf.is_empty() {
+            let id = self.id();
+            let fm = ctx.conn.frame_max();
+            ctx.conn.send(|out| {
+                fast::put_return(out, id, 312, "NO_ROUTE", &msg.exchange, &msg.routing_key);
+                fast::put_content(out, id, &msg.header, &msg.body, fm);
+            });
+            return Ok(ConfirmState::Ready(true));
+        }
+        let logged = d.logs(persistent);
+        let ids: &[u32] = if logged { std::slice::from_ref(&d.id) } else { &[] };
+        let now = now_ms();
+        store::encode_prefix(&mut self.prefix_buf, persistent, now, ids, &ex.name, &msg.routing_key, &msg.header);
+        match ctx.broker.store.append(&self.prefix_buf, &msg.body, 1, logged) {
+            Ok((pos, seq)) => {
+                d.schedule(now.saturating_add(delay), pos.with_logged(logged));
+                Ok(match seq {
+                    Some(s) => ConfirmState::Wait(s),
+                    None => ConfirmState::Ready(true),
+                })
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "delayed publish not stored");
+                Ok(ConfirmState::Ready(false))
+            }
+        }
     }
 
     /// Send the confirms (and a deferred tx.commit-ok) that are decided.
@@ -442,14 +523,15 @@ impl Channel {
     fn take_unacked(&self, tag: u64, multiple: bool) -> AmqpResult<Vec<Unacked>> {
         let mut st = self.shared.state.lock();
         let taken: Vec<Unacked> = if multiple {
+            // RabbitMQ: with multiple, the named tag itself must be outstanding.
             let n = if tag == 0 {
                 st.unacked.len()
             } else {
-                st.unacked.partition_point(|u| u.tag <= tag)
+                match st.unacked.binary_search_by_key(&tag, |u| u.tag) {
+                    Ok(i) => i + 1,
+                    Err(_) => return Err(AmqpError::precondition(format!("unknown delivery tag {tag}"))),
+                }
             };
-            if n == 0 && tag != 0 {
-                return Err(AmqpError::precondition(format!("unknown delivery tag {tag}")));
-            }
             st.unacked.drain(..n).collect()
         } else {
             match st.unacked.binary_search_by_key(&tag, |u| u.tag) {
@@ -499,11 +581,36 @@ impl Channel {
 
     /// Fast path for basic.ack decoded by hand.
     pub fn on_ack(&mut self, tag: u64, multiple: bool) -> AmqpResult<()> {
-        if let Some(ops) = self.tx.as_mut() {
-            ops.push(TxOp::Ack(tag, multiple));
-            return Ok(());
+        if self.tx.is_some() {
+            return self.tx_settle(tag, multiple, Settle::Ack).map_err(|e| e.with_method(60, 80));
         }
         self.do_ack(tag, multiple).map_err(|e| e.with_method(60, 80))
+    }
+
+    fn tx_settle(&mut self, tag: u64, multiple: bool, how: Settle) -> AmqpResult<()> {
+        let entries = self.take_unacked(tag, multiple)?;
+        if let Some(ops) = self.tx.as_mut() {
+            ops.push(TxOp::Settle(entries, how));
+        }
+        Ok(())
+    }
+
+    /// tx.rollback: settlements never happened; their messages are unacked again.
+    fn tx_rollback(&mut self, ops: Vec<TxOp>) {
+        let mut back: Vec<Unacked> = ops
+            .into_iter()
+            .flat_map(|op| match op {
+                TxOp::Settle(es, _) => es,
+                TxOp::Publish(_) => vec![],
+            })
+            .collect();
+        if back.is_empty() {
+            return;
+        }
+        let mut st = self.shared.state.lock();
+        back.extend(st.unacked.drain(..));
+        back.sort_by_key(|u| u.tag);
+        st.unacked = back.into();
     }
 
     // ----- methods -----
@@ -577,6 +684,7 @@ impl Channel {
                     b.check_access(&ctx.user, &vh.name, Access::Configure, "queue", d.queue.as_str())?;
                 }
                 let q = b.declare_queue(vh, d.queue.as_str(), d.passive, d.durable, d.exclusive, d.auto_delete, d.arguments, ctx.conn_id)?;
+                self.last_queue = Some(q.name.clone());
                 if !d.nowait {
                     self.reply(
                         ctx,
@@ -593,7 +701,13 @@ impl Channel {
                 let ex = vh.get_exchange(d.exchange.as_str())?;
                 b.check_access(&ctx.user, &vh.name, Access::Write, "queue", &q.name)?;
                 b.check_access(&ctx.user, &vh.name, Access::Read, "exchange", &ex.name)?;
-                b.bind(vh, &ex, Dest::Queue(q), d.routing_key.as_str(), d.arguments)?;
+                // Empty queue name and routing key: the routing key is the queue's name.
+                let rk = if d.queue.as_str().is_empty() && d.routing_key.as_str().is_empty() {
+                    q.name.clone()
+                } else {
+                    d.routing_key.as_str().to_owned()
+                };
+                b.bind(vh, &ex, Dest::Queue(q), &rk, d.arguments)?;
                 if !d.nowait {
                     self.reply(ctx, AMQPClass::Queue(qm::AMQPMethod::BindOk(qm::BindOk {})));
                 }
@@ -615,7 +729,7 @@ impl Channel {
                 }
             }
             AMQPClass::Queue(qm::AMQPMethod::Delete(d)) => {
-                let n = match vh.queue(d.queue.as_str()) {
+                let n = match vh.queue(self.queue_name(d.queue.as_str())?) {
                     Some(q) => {
                         crate::broker::check_exclusive(&q, ctx.conn_id)?;
                         b.check_access(&ctx.user, &vh.name, Access::Configure, "queue", &q.name)?;
@@ -658,22 +772,28 @@ impl Channel {
             }
             AMQPClass::Basic(basic::AMQPMethod::Ack(a)) => self.on_ack(a.delivery_tag, a.multiple)?,
             AMQPClass::Basic(basic::AMQPMethod::Nack(n)) => {
-                if let Some(ops) = self.tx.as_mut() {
-                    ops.push(TxOp::Nack(n.delivery_tag, n.multiple, n.requeue));
+                if self.tx.is_some() {
+                    let how = if n.requeue { Settle::Requeue } else { Settle::Reject };
+                    self.tx_settle(n.delivery_tag, n.multiple, how)?;
                 } else {
                     self.do_nack(n.delivery_tag, n.multiple, n.requeue)?;
                 }
             }
             AMQPClass::Basic(basic::AMQPMethod::Reject(r)) => {
-                if let Some(ops) = self.tx.as_mut() {
-                    ops.push(TxOp::Reject(r.delivery_tag, r.requeue));
+                if self.tx.is_some() {
+                    let how = if r.requeue { Settle::Requeue } else { Settle::Reject };
+                    self.tx_settle(r.delivery_tag, false, how)?;
                 } else {
                     self.do_nack(r.delivery_tag, false, r.requeue)?;
                 }
             }
             AMQPClass::Basic(basic::AMQPMethod::Recover(r)) => {
-                self.recover(r.requeue)?;
+                if !r.requeue {
+                    return Err(AmqpError::new(ReplyCode::NotImplemented, "requeue=false"));
+                }
+                // recover-ok precedes the redeliveries, as in RabbitMQ.
                 self.reply(ctx, AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})));
+                self.recover(r.requeue)?;
             }
             AMQPClass::Basic(basic::AMQPMethod::RecoverAsync(r)) => self.recover(r.requeue)?,
             // ----- confirm and tx -----
@@ -707,9 +827,7 @@ impl Channel {
                                 wait = Some(s);
                             }
                         }
-                        TxOp::Ack(t, m) => self.do_ack(t, m)?,
-                        TxOp::Nack(t, m, r) => self.do_nack(t, m, r)?,
-                        TxOp::Reject(t, r) => self.do_nack(t, false, r)?,
+                        TxOp::Settle(entries, how) => self.settle(entries, how),
                     }
                 }
                 match wait {
@@ -718,9 +836,10 @@ impl Channel {
                 }
             }
             AMQPClass::Tx(tx::AMQPMethod::Rollback(_)) => {
-                if self.tx.replace(vec![]).is_none() {
+                let Some(ops) = self.tx.replace(vec![]) else {
                     return Err(AmqpError::precondition("channel is not transactional"));
-                }
+                };
+                self.tx_rollback(ops);
                 self.reply(ctx, AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})));
             }
             other => {
@@ -733,7 +852,18 @@ impl Channel {
         Ok(())
     }
 
+    /// RabbitMQ: an empty queue name means the last queue declared on the channel.
+    fn queue_name<'a>(&'a self, name: &'a str) -> AmqpResult<&'a str> {
+        if !name.is_empty() {
+            return Ok(name);
+        }
+        self.last_queue
+            .as_deref()
+            .ok_or_else(|| AmqpError::new(ReplyCode::NotFound, "no previously declared queue"))
+    }
+
     fn queue_for(&self, ctx: &ConnCtx, name: &str) -> AmqpResult<Arc<Queue>> {
+        let name = self.queue_name(name)?;
         let q = ctx.vhost.get_queue(name)?;
         crate::broker::check_exclusive(&q, ctx.conn_id)?;
         Ok(q)
@@ -754,7 +884,7 @@ impl Channel {
         if q.consumer_conflict(c.exclusive) {
             return Err(AmqpError::access_refused(format!(
                 "queue '{}' in vhost '{}' in exclusive use",
-                q.name, q.vhost
+                q.name, q.vhost_name
             )));
         }
         let tag = if c.consumer_tag.as_str().is_empty() {
@@ -813,6 +943,10 @@ impl Channel {
 
     /// Tear down: cancel consumers, requeue unacked messages.
     pub fn close(&mut self, ctx: &ConnCtx) {
+        // Settlements of an uncommitted transaction never happened.
+        if let Some(ops) = self.tx.take() {
+            self.tx_rollback(ops);
+        }
         let (consumers, unacked) = {
             let mut st = self.shared.state.lock();
             st.closed = true;
@@ -859,6 +993,26 @@ pub fn server_cancel(c: &Arc<Consumer>) {
             )
         });
     }
+}
+
+/// The expiration property, with RabbitMQ's reasons for refusing it.
+fn parse_expiration(e: &str) -> Result<u64, String> {
+    let (neg, digits) = match e.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, e.strip_prefix('+').unwrap_or(e)),
+    };
+    let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+    if end == 0 {
+        return Err("no_integer".into());
+    }
+    if end < digits.len() {
+        return Err(format!("{{leftover_string,\"{}\"}}", &digits[end..]));
+    }
+    let v: u64 = digits.parse().map_err(|_| "no_integer".to_string())?;
+    if neg && v > 0 {
+        return Err(format!("{{value_negative,-{v}}}"));
+    }
+    Ok(v)
 }
 
 pub fn now_ms() -> u64 {

@@ -26,12 +26,18 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read buffer: starts at READ_MIN; a read that fills it doubles the next
+/// reservation up to READ_MAX, so a busy publisher gets large reads (one
+/// syscall per batch of messages) and an idle connection keeps 4 KiB.
+const READ_MIN: usize = 4096;
+const READ_MAX: usize = 256 * 1024;
 
 pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
     let _ = socket.set_nodelay(true);
     let conn_id = broker.next_connection_id();
     let (mut rd, mut wr) = socket.into_split();
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    // Buffers start small (idle connections cost little) and grow with traffic.
+    let mut buf = BytesMut::with_capacity(READ_MIN);
     let hs = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&broker, &mut rd, &mut wr, &mut buf, peer, conn_id)).await;
     let hs = match hs {
         Ok(Ok(Some(h))) => h,
@@ -212,7 +218,8 @@ async fn handshake(
             return Ok(None);
         }
     }
-    if &buf[..8] != PROTOCOL_HEADER {
+    // RabbitMQ also takes the AMQP 0-9 header ("AMQP" 1 1 0 9) as 0-9-1.
+    if &buf[..8] != PROTOCOL_HEADER && &buf[..8] != b"AMQP\x01\x01\x00\x09" {
         // Wrong protocol or version: answer with ours and close (spec 4.2.2).
         let _ = parse_frame(&buf[..8]);
         wr.write_all(PROTOCOL_HEADER).await?;
@@ -256,7 +263,7 @@ async fn handshake(
     let creds = sasl_credentials(&mechanism, so.response.as_bytes());
     let user = match creds {
         Some((u, p)) => {
-            let loopback_only = cfg.loopback_users.iter().any(|x| *x == u);
+            let loopback_only = cfg.loopback_users.contains(&u);
             if loopback_only && !peer.ip().is_loopback() {
                 tracing::warn!(%peer, user = %u, "user may only connect via localhost");
                 None
@@ -350,7 +357,7 @@ async fn handshake(
 }
 
 async fn write_loop(conn: Arc<ConnShared>, mut wr: OwnedWriteHalf, store: Arc<crate::store::Store>) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut buf = BytesMut::new();
     loop {
         conn.notify.notified().await;
         loop {
@@ -370,7 +377,7 @@ async fn write_loop(conn: Arc<ConnShared>, mut wr: OwnedWriteHalf, store: Arc<cr
             conn.bytes_out.fetch_add(buf.len() as u64, Ordering::Relaxed);
             // Give back memory after a burst of large messages.
             if buf.capacity() > 8 << 20 {
-                buf = BytesMut::with_capacity(64 * 1024);
+                buf = BytesMut::new();
             } else {
                 buf.clear();
             }
@@ -407,6 +414,7 @@ impl Conn {
         let mut last_bytes_out = 0u64;
         let mut blocked_sent = false;
         let mut close_deadline: Option<Instant> = None;
+        let mut want = READ_MIN;
         while !self.done {
             let wait_sync = self.channels.values().any(|c| c.waits_for_sync());
             let blocked = *alarm.borrow() && self.channels.values().any(|c| c.published) && !self.closing;
@@ -422,8 +430,15 @@ impl Conn {
                     self.send0(AMQPClass::Connection(cm::AMQPMethod::Unblocked(cm::Unblocked {})));
                 }
             }
+            if buf.capacity() - buf.len() < want / 2 {
+                buf.reserve(want);
+            }
+            let spare = buf.capacity() - buf.len();
             tokio::select! {
                 r = rd.read_buf(buf), if !blocked => {
+                    if let Ok(n) = r {
+                        want = if n >= spare { (want * 2).min(READ_MAX) } else { (want / 2).max(READ_MIN) };
+                    }
                     match r {
                         Ok(0) | Err(_) => {
                             if !buf.is_empty() && !self.closing {
@@ -443,8 +458,8 @@ impl Conn {
                             if self.ctx.broker.store.has_pending_acks() {
                                 self.ctx.conn.flush_store.store(true, Ordering::Relaxed);
                             }
-                            if buf.capacity() > 1 << 20 && buf.is_empty() {
-                                *buf = BytesMut::with_capacity(64 * 1024);
+                            if buf.is_empty() && buf.capacity() > 4 * want {
+                                *buf = BytesMut::with_capacity(want);
                             }
                             // Flow control: let slow consumers catch up before reading more.
                             let pressured: Vec<_> = self.channels.values_mut().flat_map(|c| c.pressure.drain(..)).collect();
@@ -544,7 +559,7 @@ impl Conn {
         match f.kind {
             FRAME_HEARTBEAT => {
                 if f.channel != 0 {
-                    return Err(AmqpError::frame_error("heartbeat frame on a non-zero channel").hard());
+                    return Err(AmqpError::unexpected_frame("heartbeat frame on a non-zero channel").hard());
                 }
                 Ok(())
             }
@@ -555,7 +570,11 @@ impl Conn {
                     return Err(AmqpError::command_invalid("content frame on channel 0"));
                 }
                 let Some(ch) = self.channels.get_mut(&f.channel) else {
-                    return Err(AmqpError::channel_error(format!("expected 'channel.open' for channel {}", f.channel)));
+                    return Err(AmqpError::unexpected_frame(format!(
+                        "content frame on channel {} that is not open",
+                        f.channel
+                    ))
+                    .hard());
                 };
                 if ch.closing {
                     return Ok(());
@@ -750,12 +769,17 @@ impl Conn {
 /// arguments 502, as RabbitMQ answers them.
 fn decode_method(payload: &[u8]) -> AmqpResult<AMQPClass> {
     match parse_class(payload) {
-        Ok((rest, m)) if rest.is_empty() => Ok(m),
-        Ok(_) => Err(AmqpError::new(ReplyCode::SyntaxError, "trailing bytes after method arguments").hard()),
+        Ok((&[], m)) => Ok(m),
+        Ok(_) => {
+            let (c, m) = fast::method_ids(payload).unwrap_or((0, 0));
+            Err(AmqpError::frame_error(format!("cannot decode method {c}/{m}: trailing bytes"))
+                .with_method(c, m)
+                .hard())
+        }
         Err(_) => {
             let (c, m) = fast::method_ids(payload).unwrap_or((0, 0));
             if known_method(c, m) {
-                Err(AmqpError::new(ReplyCode::SyntaxError, format!("malformed arguments for method {c}/{m}"))
+                Err(AmqpError::frame_error(format!("cannot decode arguments of method {c}/{m}"))
                     .with_method(c, m)
                     .hard())
             } else {

@@ -46,7 +46,7 @@ impl ConnShared {
     pub fn new(id: u64) -> Self {
         ConnShared {
             id,
-            out: Mutex::new(BytesMut::with_capacity(64 * 1024)),
+            out: Mutex::new(BytesMut::new()),
             notify: Notify::new(),
             frame_max: AtomicU32::new(131072),
             closed: AtomicBool::new(false),

@@ -18,6 +18,9 @@ pub enum ExchangeKind {
     Fanout,
     Topic,
     Headers,
+    /// RabbitMQ's x-consistent-hash: one destination per message, chosen on a
+    /// hash ring where each binding's key is its weight.
+    ConsistentHash,
 }
 
 impl ExchangeKind {
@@ -27,6 +30,7 @@ impl ExchangeKind {
             "fanout" => ExchangeKind::Fanout,
             "topic" => ExchangeKind::Topic,
             "headers" => ExchangeKind::Headers,
+            "x-consistent-hash" => ExchangeKind::ConsistentHash,
             _ => return None,
         })
     }
@@ -36,6 +40,7 @@ impl ExchangeKind {
             ExchangeKind::Fanout => "fanout",
             ExchangeKind::Topic => "topic",
             ExchangeKind::Headers => "headers",
+            ExchangeKind::ConsistentHash => "x-consistent-hash",
         }
     }
 }
@@ -86,20 +91,57 @@ pub struct Bindings {
     pub all: Vec<Binding>,
     /// direct: routing key -> indexes into `all`
     direct: HashMap<String, Vec<usize>>,
+    /// x-consistent-hash: buckets (indexes into `all`), `weight` buckets per
+    /// binding; a message picks a bucket by jump consistent hash, as RabbitMQ's
+    /// plugin does since 3.8, so shares follow the weights closely.
+    buckets: Vec<usize>,
 }
 
 impl Bindings {
     fn reindex(&mut self) {
         self.direct.clear();
+        self.buckets.clear();
         for (i, b) in self.all.iter().enumerate() {
             self.direct.entry(b.routing_key.clone()).or_default().push(i);
+            let weight: u32 = b.routing_key.trim().parse().unwrap_or(0);
+            self.buckets.extend(std::iter::repeat_n(i, weight as usize));
         }
     }
 }
 
+/// Jump consistent hash (Lamping and Veach): a bucket in `0..n` for `key`;
+/// adding a bucket moves only 1/n of the keys.
+pub fn jump_hash(mut key: u64, n: usize) -> usize {
+    let (mut b, mut j) = (-1i64, 0i64);
+    while j < n as i64 {
+        b = j;
+        key = key.wrapping_mul(2862933555777941757).wrapping_add(1);
+        j = ((b + 1) as f64 * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
+    }
+    b.max(0) as usize
+}
+
+/// A stable 64-bit hash (FNV-1a with a final mix), the same on every build,
+/// so a key maps to the same queue across restarts.
+pub fn hash64(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in data {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51afd7ed558ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ceb9fe1a85ec53);
+    h ^ (h >> 33)
+}
+
 pub struct Exchange {
     pub name: String,
+    /// How bindings are matched (for a delayed exchange: its x-delayed-type).
     pub kind: ExchangeKind,
+    /// The declared type ("x-delayed-message" for a delayed exchange).
+    pub type_name: String,
     pub durable: bool,
     pub auto_delete: bool,
     pub internal: bool,
@@ -107,6 +149,14 @@ pub struct Exchange {
     pub alternate: Option<String>,
     pub bindings: RwLock<Bindings>,
     pub deleted: AtomicBool,
+    /// x-message-deduplication on the exchange: duplicates are not routed.
+    pub dedup: Option<crate::dedup::Dedup>,
+    /// Delayed delivery (x-delayed-message, or x-delayed-exchange=true).
+    pub delayed: Option<crate::delayed::Delayed>,
+    /// x-consistent-hash: hash this header instead of the routing key...
+    pub hash_header: Option<String>,
+    /// ...or this property (message_id, correlation_id, timestamp, ...).
+    pub hash_property: Option<String>,
 }
 
 impl Exchange {
@@ -123,8 +173,11 @@ impl Exchange {
             Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
             _ => None,
         };
+        let hash_header = crate::args::get_str(&arguments, "hash-header");
+        let hash_property = crate::args::get_str(&arguments, "hash-property");
         Exchange {
             name: name.to_owned(),
+            type_name: kind.as_str().to_owned(),
             kind,
             durable,
             auto_delete,
@@ -133,6 +186,10 @@ impl Exchange {
             alternate,
             bindings: RwLock::new(Bindings::default()),
             deleted: AtomicBool::new(false),
+            dedup: None,
+            delayed: None,
+            hash_header,
+            hash_property,
         }
     }
 
@@ -181,9 +238,17 @@ impl Exchange {
     }
 
     /// The destinations directly bound for this message (one hop).
-    pub fn matches(&self, routing_key: &str, headers: Option<&FieldTable>, out: &mut Vec<Dest>) {
+    pub fn matches(&self, routing_key: &str, headers: Option<&FieldTable>, raw_header: &[u8], out: &mut Vec<Dest>) {
         let b = self.bindings.read();
         match self.kind {
+            ExchangeKind::ConsistentHash => {
+                if b.buckets.is_empty() {
+                    return;
+                }
+                let Some(key) = self.hash_key(routing_key, headers, raw_header) else { return };
+                let i = b.buckets[jump_hash(hash64(&key), b.buckets.len())];
+                out.push(b.all[i].dest.clone());
+            }
             ExchangeKind::Direct => {
                 if let Some(ix) = b.direct.get(routing_key) {
                     out.extend(ix.iter().map(|&i| b.all[i].dest.clone()));
@@ -206,11 +271,45 @@ impl Exchange {
     }
 }
 
+impl Exchange {
+    /// What x-consistent-hash hashes for this message.
+    fn hash_key(&self, routing_key: &str, headers: Option<&FieldTable>, raw_header: &[u8]) -> Option<Vec<u8>> {
+        if let Some(h) = &self.hash_header {
+            let v = headers?.inner().get(h.as_str())?;
+            return Some(crate::args::show(v).into_bytes());
+        }
+        if let Some(p) = &self.hash_property {
+            let props = crate::channel::full_properties(raw_header)?;
+            let v = match p.as_str() {
+                "message_id" => props.message_id().as_ref().map(|s| s.as_str().to_owned()),
+                "correlation_id" => props.correlation_id().as_ref().map(|s| s.as_str().to_owned()),
+                "timestamp" => props.timestamp().map(|t| t.to_string()),
+                "app_id" => props.app_id().as_ref().map(|s| s.as_str().to_owned()),
+                "type" => props.kind().as_ref().map(|s| s.as_str().to_owned()),
+                "user_id" => props.user_id().as_ref().map(|s| s.as_str().to_owned()),
+                "reply_to" => props.reply_to().as_ref().map(|s| s.as_str().to_owned()),
+                "content_type" => props.content_type().as_ref().map(|s| s.as_str().to_owned()),
+                _ => None,
+            }?;
+            return Some(v.into_bytes());
+        }
+        Some(routing_key.as_bytes().to_vec())
+    }
+}
+
 /// AMQP topic matching as RabbitMQ does it: words separated by '.', '*'
 /// matches exactly one word, '#' zero or more words.
 pub fn topic_matches(pattern: &str, key: &str) -> bool {
-    let p: Vec<&str> = pattern.split('.').collect();
-    let k: Vec<&str> = key.split('.').collect();
+    // An empty routing key or pattern has zero words (RabbitMQ: `*` does not match "").
+    fn words(s: &str) -> Vec<&str> {
+        if s.is_empty() {
+            vec![]
+        } else {
+            s.split('.').collect()
+        }
+    }
+    let p: Vec<&str> = words(pattern);
+    let k: Vec<&str> = words(key);
     fn go(p: &[&str], k: &[&str]) -> bool {
         match p.first() {
             None => k.is_empty(),

@@ -34,7 +34,14 @@ pub async fn run_with_mgmt(
     let (stop_tx, stop_rx) = watch::channel(false);
     let housekeeping = tokio::spawn(housekeeping(broker.clone(), stop_rx.clone()));
     let amqp_addr = listener.local_addr().ok();
-    let mgmt = mgmt.map(|l| tokio::spawn(crate::mgmt::serve(l, amqp_addr, broker.clone(), stop_rx.clone())));
+    let mgmt = mgmt.map(|l| {
+        tokio::spawn(crate::mgmt::serve(
+            l,
+            amqp_addr,
+            broker.clone(),
+            stop_rx.clone(),
+        ))
+    });
     let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -67,17 +74,24 @@ pub async fn run_with_mgmt(
     broker.store.shutdown();
 }
 
-/// Once a second: resource alarms, and trimming mapped segment pages from RSS.
+/// Once a second: resource alarms, and trimming mapped segment pages from
+/// RSS; every tenth time, compaction of sparse segments.
 async fn housekeeping(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
     let every = Duration::from_millis(broker.config.limits.check_interval_ms.max(50));
     let mut tick = tokio::time::interval(every);
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
+        ticks += 1;
+        let compact = ticks.is_multiple_of(10);
         let b = broker.clone();
         let _ = tokio::task::spawn_blocking(move || {
+            if compact {
+                b.compact();
+            }
             b.store.trim_rss();
             b.store.flush_acks();
             let mut reasons = vec![];

@@ -10,12 +10,14 @@ use amq_protocol::types::FieldTable;
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 pub struct VHost {
     pub name: String,
     pub exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
     pub queues: RwLock<HashMap<String, Arc<Queue>>>,
+    me: Weak<VHost>,
+    broker: OnceLock<Weak<crate::broker::Broker>>,
 }
 
 /// The exchanges every vhost has, as in RabbitMQ.
@@ -28,12 +30,14 @@ pub const DEFAULT_EXCHANGES: &[(&str, ExchangeKind)] = &[
 ];
 
 impl VHost {
-    pub fn new(name: &str) -> Self {
-        let v = VHost {
+    pub fn new(name: &str) -> Arc<Self> {
+        let v = Arc::new_cyclic(|me| VHost {
             name: name.to_owned(),
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
-        };
+            me: me.clone(),
+            broker: OnceLock::new(),
+        });
         {
             let mut ex = v.exchanges.write();
             ex.insert(
@@ -48,6 +52,19 @@ impl VHost {
             }
         }
         v
+    }
+
+    /// This vhost as an `Arc` (it always lives in one).
+    pub fn arc(&self) -> Arc<VHost> {
+        self.me.upgrade().expect("vhost is alive while borrowed")
+    }
+
+    pub fn set_broker(&self, b: Weak<crate::broker::Broker>) {
+        let _ = self.broker.set(b);
+    }
+
+    pub fn broker(&self) -> Option<Arc<crate::broker::Broker>> {
+        self.broker.get().and_then(|w| w.upgrade())
     }
 
     pub fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {
@@ -76,6 +93,7 @@ impl VHost {
         exchange: &Arc<Exchange>,
         routing_keys: &[&str],
         headers: Option<&FieldTable>,
+        raw_header: &[u8],
         out: &mut Vec<Arc<Queue>>,
     ) {
         // The default exchange routes by queue name, implicitly bound to all.
@@ -100,7 +118,7 @@ impl VHost {
             visited.push(Arc::as_ptr(&ex));
             dests.clear();
             for rk in routing_keys {
-                ex.matches(rk, headers, &mut dests);
+                ex.matches(rk, headers, raw_header, &mut dests);
             }
             if dests.is_empty() {
                 if let Some(alt) = ex.alternate.as_deref().and_then(|a| self.exchange(a)) {

@@ -1735,6 +1735,13 @@ async fn invalid_definitions_change_nothing() {
     b.stop().await;
 }
 
+fn q_ready(s: &std::collections::HashMap<String, f64>, queue: &str) -> Option<f64> {
+    s.get(&format!(
+        "lepus_queue_messages_ready{{vhost=\"/\",queue=\"{queue}\"}}"
+    ))
+    .copied()
+}
+
 /// Parse the text exposition format strictly enough to catch mistakes:
 /// HELP and TYPE once per family, before its samples; samples well formed.
 fn check_exposition(text: &str) -> std::collections::HashMap<String, f64> {
@@ -1871,6 +1878,38 @@ async fn prometheus_metrics() {
     assert_eq!(s["lepus_alarm{resource=\"memory\"}"], 1.0);
     assert_eq!(s["lepus_alarm_active"], 1.0);
     b.broker().set_alarm(vec![]);
+    // pending delayed messages, per delayed-message exchange
+    assert_eq!(
+        a.put(
+            "/api/exchanges/%2F/later",
+            json!({"type": "x-delayed-message", "arguments": {"x-delayed-type": "direct"}})
+        )
+        .await
+        .status,
+        201
+    );
+    assert_eq!(
+        a.post(
+            "/api/bindings/%2F/e/later/q/m1",
+            json!({"routing_key": "k"})
+        )
+        .await
+        .status,
+        201
+    );
+    let r = a
+        .post(
+            "/api/exchanges/%2F/later/publish",
+            json!({"properties": {"headers": {"x-delay": 600000}}, "routing_key": "k", "payload": "x"}),
+        )
+        .await;
+    assert_eq!(r.body, json!({"routed": true}));
+    let s = check_exposition(&a.anonymous().get("/metrics").await.text);
+    assert_eq!(
+        s["lepus_delayed_messages{vhost=\"/\",exchange=\"later\"}"],
+        1.0
+    );
+    assert_eq!(q_ready(&s, "m1"), Some(4.0), "not delivered yet");
     // counters do not go back when a queue is deleted
     ch.queue_delete("m1".into(), QueueDeleteOptions::default())
         .await

@@ -675,8 +675,9 @@ pub async fn delete_exchange(
 
 // ----- publish and get -----
 
-/// Route and store a message as a basic.publish would. Returns whether it
-/// was routed, and the sync its durability waits for.
+/// Route and store a message as a basic.publish would (deduplication,
+/// delayed exchanges, per-message TTL and priority included). Returns
+/// whether it was routed, and the sync its durability waits for.
 pub fn publish_message(
     broker: &Broker,
     v: &VHost,
@@ -685,19 +686,57 @@ pub fn publish_message(
     props: &BasicProperties,
     body: &[u8],
 ) -> ApiResult<(bool, Option<SyncSeq>)> {
+    let header = crate::channel::encode_header(body.len() as u64, props);
+    let headers = props.headers().clone();
+    let persistent = *props.delivery_mode() == Some(2);
+    if let Some(d) = &ex.dedup {
+        if d.is_duplicate(&header) {
+            return Ok((true, None));
+        }
+    }
     let mut queues = vec![];
-    v.route(ex, &[routing_key], props.headers().as_ref(), &mut queues);
+    v.route(ex, &[routing_key], headers.as_ref(), &header, &mut queues);
+    let mut prefix = vec![];
+    let not_stored =
+        |e: crate::store::AppendError| ApiError::internal(format!("message not stored: {e}"));
+    if let Some(d) = &ex.delayed {
+        if let Some(delay) = crate::delayed::x_delay(headers.as_ref()) {
+            let logged = d.logs(persistent);
+            let ids: &[u32] = if logged {
+                std::slice::from_ref(&d.id)
+            } else {
+                &[]
+            };
+            let now = crate::channel::now_ms();
+            store::encode_prefix(
+                &mut prefix,
+                persistent,
+                now,
+                ids,
+                &ex.name,
+                routing_key,
+                &header,
+            );
+            let (pos, seq) = broker
+                .store
+                .append(&prefix, body, 1, logged)
+                .map_err(not_stored)?;
+            d.schedule(now.saturating_add(delay), pos.with_logged(logged));
+            return Ok((!queues.is_empty(), seq));
+        }
+    }
     if queues.is_empty() {
         return Ok((false, None));
     }
-    let header = crate::channel::encode_header(body.len() as u64, props);
-    let persistent = *props.delivery_mode() == Some(2);
+    queues.retain(|q| !q.dedup.as_ref().is_some_and(|d| d.is_duplicate(&header)));
+    if queues.is_empty() {
+        return Ok((true, None));
+    }
     let durable_ids: Vec<u32> = queues
         .iter()
         .filter(|q| q.logs(persistent))
         .map(|q| q.id)
         .collect();
-    let mut prefix = vec![];
     store::encode_prefix(
         &mut prefix,
         persistent,
@@ -710,10 +749,15 @@ pub fn publish_message(
     let (pos, seq) = broker
         .store
         .append(&prefix, body, queues.len() as u64, !durable_ids.is_empty())
-        .map_err(|e| ApiError::internal(format!("message not stored: {e:?}")))?;
+        .map_err(not_stored)?;
+    let info = crate::queue::EnqueueInfo::from_header(
+        &header,
+        body.len() as u64,
+        props.priority().unwrap_or(0),
+    );
     for q in queues {
         let logged = q.logs(persistent);
-        q.enqueue(pos.with_logged(logged));
+        q.enqueue_with(pos.with_logged(logged), &info);
     }
     Ok((true, seq))
 }
@@ -767,6 +811,14 @@ pub async fn publish(
         ));
     }
     let props = json_to_properties(&req.properties).map_err(ApiError::bad_request)?;
+    if let Some(e) = props.expiration() {
+        if e.as_str().parse::<u64>().is_err() {
+            return Err(ApiError::bad_request(format!(
+                "invalid expiration '{}'",
+                e.as_str()
+            )));
+        }
+    }
     if let Some(uid) = props.user_id() {
         if uid.as_str() != caller.name {
             return Err(ApiError::bad_request(format!(
@@ -889,7 +941,7 @@ fn queue_json(app: &App, q: &Queue, owners: &HashMap<u64, String>) -> Value {
     let consumers = q.consumer_count();
     let mut j = json!({
         "name": q.name,
-        "vhost": q.vhost,
+        "vhost": q.vhost_name,
         "durable": q.durable,
         "auto_delete": q.auto_delete,
         "exclusive": q.exclusive_owner.is_some(),
@@ -1457,7 +1509,7 @@ fn consumer_json(c: &Consumer, conns: &HashMap<u64, ConnInfo>) -> Value {
     let conn_name = conn.map(|i| i.name.clone()).unwrap_or_default();
     json!({
         "consumer_tag": c.tag,
-        "queue": {"name": c.queue.name, "vhost": c.queue.vhost},
+        "queue": {"name": c.queue.name, "vhost": c.queue.vhost_name},
         "channel_details": {
             "name": format!("{conn_name} ({})", c.channel.id),
             "number": c.channel.id,

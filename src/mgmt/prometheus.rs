@@ -126,7 +126,11 @@ fn render(app: &App) -> String {
     for (name, kind, help, f) in &per_queue {
         o.family(name, kind, help);
         for (q, s, c) in &samples {
-            o.sample(name, &[("vhost", &q.vhost), ("queue", &q.name)], f(s, *c));
+            o.sample(
+                name,
+                &[("vhost", &q.vhost_name), ("queue", &q.name)],
+                f(s, *c),
+            );
         }
     }
 
@@ -250,6 +254,32 @@ fn render(app: &App) -> String {
     o.0
 }
 
-/// Pending delayed messages (the delayed-message exchange is another issue):
-/// when it lands, emit `lepus_delayed_messages{vhost,exchange}` (gauge) here.
-fn delayed(_broker: &Broker, _o: &mut Out) {}
+/// Messages waiting in delayed-message exchanges, per exchange.
+fn delayed(broker: &Broker, o: &mut Out) {
+    let mut vhosts: Vec<_> = broker.vhosts.read().values().cloned().collect();
+    vhosts.sort_by(|a, b| a.name.cmp(&b.name));
+    o.family(
+        "lepus_delayed_messages",
+        "gauge",
+        "Messages waiting in a delayed-message exchange for their x-delay to pass.",
+    );
+    for v in vhosts {
+        let mut xs: Vec<_> = v
+            .exchanges
+            .read()
+            .values()
+            .filter(|e| e.delayed.is_some())
+            .cloned()
+            .collect();
+        xs.sort_by(|a, b| a.name.cmp(&b.name));
+        for e in xs {
+            if let Some(d) = &e.delayed {
+                o.sample(
+                    "lepus_delayed_messages",
+                    &[("vhost", &v.name), ("exchange", &e.name)],
+                    d.pending(),
+                );
+            }
+        }
+    }
+}

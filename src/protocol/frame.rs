@@ -37,10 +37,11 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> AmqpResult<Option<Raw
         )));
     }
     let limit = if frame_max == 0 { 131072 } else { frame_max };
-    if size as u64 + FRAME_OVERHEAD as u64 > limit as u64 {
+    // Like RabbitMQ, allow a payload of up to frame_max bytes: clients
+    // disagree on whether frame_max includes the 8 bytes of framing.
+    if size as u64 > limit as u64 {
         return Err(AmqpError::frame_error(format!(
-            "type {kind}, channel {channel}: frame size {} larger than negotiated maximum {limit}",
-            size as u64 + FRAME_OVERHEAD as u64
+            "type {kind}, channel {channel}: frame size {size} larger than negotiated maximum {limit}"
         )));
     }
     let total = size as usize + FRAME_OVERHEAD;

@@ -47,6 +47,9 @@ pub enum DefOp {
         auto_delete: bool,
         internal: bool,
         arguments: FieldTable,
+        /// Store id of a delayed exchange (its pending messages name it).
+        #[serde(default)]
+        id: u32,
     },
     DeleteExchange {
         vhost: String,
@@ -100,7 +103,7 @@ impl DefinitionsLog {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
             Err(e) => return Err(e),
         };
-        if bytes.len() < MAGIC.len() || &bytes[..8] != &MAGIC[..8] {
+        if bytes.len() < MAGIC.len() || bytes[..8] != MAGIC[..8] {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("{} is not a lepus definitions log", path.display()),

@@ -59,6 +59,9 @@ impl MsgPos {
 pub struct MessageView<'a> {
     pub persistent: bool,
     pub timestamp_ms: u64,
+    /// For a record relocated by compaction: the original position, which
+    /// gives its place in queue order at recovery.
+    pub order: Option<u64>,
     pub queues: &'a [u8],
     pub exchange: &'a str,
     pub routing_key: &'a str,
@@ -74,8 +77,15 @@ impl<'a> MessageView<'a> {
         }
         let persistent = p[1] & 1 != 0;
         let timestamp_ms = u64::from_le_bytes(p[2..10].try_into().ok()?);
-        let nq = u16::from_le_bytes([p[10], p[11]]) as usize;
-        let mut at = 12;
+        let mut at = 10;
+        let order = if p[1] & 2 != 0 {
+            at += 8;
+            Some(u64::from_le_bytes(p.get(10..18)?.try_into().ok()?))
+        } else {
+            None
+        };
+        let nq = u16::from_le_bytes([*p.get(at)?, *p.get(at + 1)?]) as usize;
+        at += 2;
         let queues = p.get(at..at + nq * 4)?;
         at += nq * 4;
         let exl = *p.get(at)? as usize;
@@ -91,6 +101,7 @@ impl<'a> MessageView<'a> {
         Some(MessageView {
             persistent,
             timestamp_ms,
+            order,
             queues,
             exchange,
             routing_key,
@@ -116,10 +127,28 @@ pub fn encode_prefix(
     routing_key: &str,
     header: &[u8],
 ) {
+    encode_prefix_ordered(out, persistent, timestamp_ms, None, durable_queues, exchange, routing_key, header)
+}
+
+/// [`encode_prefix`] for a relocated record that keeps its original order key.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_prefix_ordered(
+    out: &mut Vec<u8>,
+    persistent: bool,
+    timestamp_ms: u64,
+    order: Option<u64>,
+    durable_queues: &[u32],
+    exchange: &str,
+    routing_key: &str,
+    header: &[u8],
+) {
     out.clear();
     out.push(1);
-    out.push(persistent as u8);
+    out.push(persistent as u8 | if order.is_some() { 2 } else { 0 });
     out.extend_from_slice(&timestamp_ms.to_le_bytes());
+    if let Some(o) = order {
+        out.extend_from_slice(&o.to_le_bytes());
+    }
     out.extend_from_slice(&(durable_queues.len() as u16).to_le_bytes());
     for q in durable_queues {
         out.extend_from_slice(&q.to_le_bytes());
@@ -167,7 +196,13 @@ impl std::fmt::Display for AppendError {
 pub struct Recovered {
     pub pos: MsgPos,
     pub delivered: bool,
+    /// Sort key for queue order: the original position of a relocated
+    /// (compacted) record, else its own.
+    pub order: u64,
 }
+
+/// Recovered messages per durable queue (or delayed exchange) id, in order.
+pub type RecoveredQueues = HashMap<u32, Vec<Recovered>>;
 
 pub struct Store {
     dir: PathBuf,
@@ -193,7 +228,7 @@ impl Store {
         segment_size: u32,
         sync_delay_us: u64,
         live_queues: &HashSet<u32>,
-    ) -> std::io::Result<(Arc<Store>, HashMap<u32, Vec<Recovered>>)> {
+    ) -> std::io::Result<(Arc<Store>, RecoveredQueues)> {
         let dir = dir.join("msgs");
         std::fs::create_dir_all(&dir)?;
         let mut ids = vec![];
@@ -219,8 +254,10 @@ impl Store {
             let acks = read_acks(&dir, id);
             let mut off = SEGMENT_HEADER;
             let mut refs = 0u64;
+            let mut total_records = 0u64;
             while let Some(p) = seg.record(off, true) {
                 let n = p.len();
+                total_records += 1;
                 if let Some(view) = MessageView::decode(p) {
                     if view.persistent {
                         for q in view.queue_ids() {
@@ -232,9 +269,11 @@ impl Store {
                                 continue;
                             }
                             refs += 1;
+                            let pos = MsgPos::new(id, off as u32, true);
                             recovered.entry(q).or_default().push(Recovered {
-                                pos: MsgPos::new(id, off as u32, true),
+                                pos,
                                 delivered: state & ACK_DELIVERED != 0,
+                                order: view.order.unwrap_or(pos.0 & !LOGGED_BIT),
                             });
                         }
                     }
@@ -250,7 +289,12 @@ impl Store {
                 continue;
             }
             seg.refs.store(refs, Ordering::Relaxed);
+            seg.total_refs.store(total_records.max(refs), Ordering::Relaxed);
             segments.insert(id, Arc::new(seg));
+        }
+        // Compaction moves records forward; their order keys put them back.
+        for msgs in recovered.values_mut() {
+            msgs.sort_by_key(|r| r.order);
         }
         let next_id = ids.last().map(|i| i + 1).unwrap_or(1);
         let active = Arc::new(Segment::create(io.as_ref(), &dir, next_id, segment_size as usize)?);
@@ -307,6 +351,7 @@ impl Store {
             }
         };
         w.active.refs.fetch_add(refs, Ordering::SeqCst);
+        w.active.total_refs.fetch_add(refs, Ordering::Relaxed);
         let seg = w.active.id;
         let seq = if persistent_sync {
             w.persist_seq += 1;
@@ -509,6 +554,54 @@ impl Store {
                 seg.trim_rss(seg.len());
             }
         }
+    }
+
+    /// Sealed segments worth compacting: still referenced, but by less than a
+    /// quarter of what they held.
+    pub fn sparse_segments(&self) -> Vec<u32> {
+        let active = self.writer.lock().active.id;
+        self.segments
+            .read()
+            .values()
+            .filter(|s| s.id != active && s.sealed.load(Ordering::Acquire))
+            .filter(|s| {
+                let live = s.refs.load(Ordering::Acquire);
+                live > 0 && live * 4 < s.total_refs.load(Ordering::Relaxed)
+            })
+            .map(|s| s.id)
+            .collect()
+    }
+
+    /// fdatasync every segment written since the last sync, now, on this
+    /// thread (compaction must know its copies are on disk before it logs the
+    /// originals as removed).
+    pub fn sync_now(&self) -> std::io::Result<()> {
+        let dirty: Vec<Arc<Segment>> = {
+            let w = self.writer.lock();
+            let mut d = w.dirty.clone();
+            if !d.iter().any(|x| Arc::ptr_eq(x, &w.active)) {
+                d.push(w.active.clone());
+            }
+            d
+        };
+        for s in dirty {
+            if !s.deleted.load(Ordering::Acquire) {
+                self.io.sync(s.file())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy a stored message into a new record (for compaction) naming
+    /// `queue_ids`; returns the new position (one reference taken).
+    pub fn copy(&self, pos: MsgPos, queue_ids: &[u32]) -> Option<MsgPos> {
+        let (prefix, body) = self.with_message(pos, |m| {
+            let mut prefix = Vec::with_capacity(64 + m.header.len());
+            let order = m.order.unwrap_or(pos.0 & !LOGGED_BIT);
+            encode_prefix_ordered(&mut prefix, m.persistent, m.timestamp_ms, Some(order), queue_ids, m.exchange, m.routing_key, m.header);
+            (prefix, m.body.to_vec())
+        })?;
+        self.append(&prefix, &body, 1, !queue_ids.is_empty()).ok().map(|(p, _)| p)
     }
 
     /// Bytes of segment files on disk (allocated size for the active one).

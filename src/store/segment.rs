@@ -31,6 +31,9 @@ pub struct Segment {
     len: AtomicUsize,
     /// Live references: one per queue that still holds a message of this segment.
     pub refs: AtomicU64,
+    /// References ever taken (refs at their peak, roughly): compaction picks
+    /// segments whose live references are a small part of this.
+    pub total_refs: AtomicU64,
     /// No more appends; deleted once `refs` reaches zero.
     pub sealed: AtomicBool,
     pub deleted: AtomicBool,
@@ -63,6 +66,7 @@ impl Segment {
             cap,
             len: AtomicUsize::new(0),
             refs: AtomicU64::new(0),
+            total_refs: AtomicU64::new(0),
             sealed: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
             acks: Mutex::new(None),
@@ -94,6 +98,7 @@ impl Segment {
             cap,
             len: AtomicUsize::new(cap),
             refs: AtomicU64::new(0),
+            total_refs: AtomicU64::new(0),
             sealed: AtomicBool::new(true),
             deleted: AtomicBool::new(false),
             acks: Mutex::new(None),

@@ -14,10 +14,12 @@ pub struct TestBroker {
 }
 
 pub fn test_config(dir: &std::path::Path) -> Config {
-    let mut c = Config::default();
-    c.port = 0;
-    c.mgmt_port = 0;
-    c.data_dir = dir.to_path_buf();
+    let mut c = Config {
+        port: 0,
+        mgmt_port: 0,
+        data_dir: dir.to_path_buf(),
+        ..Default::default()
+    };
     c.limits.disk_free_limit = 0;
     c.limits.memory_high_watermark = 0.0;
     c.store.segment_size = 4 * 1024 * 1024;
@@ -124,4 +126,375 @@ pub async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
 
 pub async fn within<T>(secs: u64, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(secs), f).await.expect("timed out")
+}
+
+static PANICS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+static PANIC_HOOK: std::sync::Once = std::sync::Once::new();
+
+/// Start recording panics that happen anywhere in this test process outside
+/// the test files themselves (the broker's tasks and threads, its
+/// dependencies). A broker task that panics is swallowed by tokio, so a test
+/// that wants to prove "no panic" calls this first and checks
+/// [`panics_outside_tests`] at the end.
+pub fn watch_panics() {
+    PANIC_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let in_tests = info
+                .location()
+                .map(|l| l.file().starts_with("tests/") || l.file().contains("/tests/"))
+                .unwrap_or(false);
+            if !in_tests {
+                let thread = std::thread::current().name().unwrap_or("?").to_string();
+                PANICS
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(format!("thread '{thread}': {info}"));
+            }
+            previous(info);
+        }));
+    });
+}
+
+/// Panics recorded since [`watch_panics`] was first called.
+pub fn panics_outside_tests() -> Vec<String> {
+    PANICS.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+// ----- helpers added for the exchange, queue, consuming and confirm/tx suites -----
+
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Confirmation};
+
+/// The connection's events, to see the reply code of a channel or connection
+/// close that no pending call reports (after a publish or an ack, which have
+/// no reply). Create it before the failing operation.
+pub struct Closes {
+    events: std::pin::Pin<Box<dyn futures_lite::Stream<Item = lapin::Event> + Send>>,
+}
+
+pub fn watch_closes(c: &Connection) -> Closes {
+    Closes {
+        events: Box::pin(c.events_listener()),
+    }
+}
+
+impl Closes {
+    /// The reply code of the next channel.close or connection.close the client
+    /// got (waits at most 5 s).
+    pub async fn next_code(&mut self) -> u16 {
+        let wait = async {
+            loop {
+                match self.events.next().await {
+                    Some(lapin::Event::Error(e)) => {
+                        if let Some(code) = reply_code(&e) {
+                            return code;
+                        }
+                    }
+                    Some(_) => {}
+                    None => panic!("connection events ended without a close"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .expect("expected the broker to close the channel or connection within 5 s; it did not")
+    }
+}
+
+/// A table of string values.
+pub fn table(pairs: &[(&str, &str)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert((*k).into(), AMQPValue::LongString((*v).into()));
+    }
+    t
+}
+
+/// Declare a plain (transient, non-exclusive) queue.
+pub async fn declare_queue(ch: &Channel, name: &str) {
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("declare queue {name}: {e}"));
+}
+
+/// (ready message count, consumer count) from a passive declare.
+pub async fn queue_counts(ch: &Channel, name: &str) -> (u32, u32) {
+    let q = within(
+        5,
+        ch.queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("passive declare {name}: {e}"));
+    (q.message_count(), q.consumer_count())
+}
+
+/// Publish without waiting for anything but the write.
+pub async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
+    publish_with(ch, exchange, key, body, BasicProperties::default()).await;
+}
+
+pub async fn publish_with(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) {
+    within(
+        5,
+        ch.basic_publish(
+            exchange.into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        ),
+    )
+    .await
+    .expect("basic.publish");
+}
+
+/// Publish on a channel in confirm mode and wait for the broker's confirm.
+pub async fn publish_confirmed(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> Confirmation {
+    let pc = within(
+        5,
+        ch.basic_publish(
+            exchange.into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        ),
+    )
+    .await
+    .expect("basic.publish");
+    within(5, pc).await.expect("publisher confirm")
+}
+
+/// A channel in confirm mode on a new connection.
+pub async fn confirm_channel(b: &TestBroker) -> (Connection, Channel) {
+    let (c, ch) = b.channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    (c, ch)
+}
+
+/// basic.get with no-ack until the queue is empty; the bodies as strings.
+pub async fn drain(ch: &Channel, queue: &str) -> Vec<String> {
+    let mut out = vec![];
+    loop {
+        let m = within(
+            5,
+            ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("basic.get {queue}: {e}"));
+        match m {
+            Some(m) => out.push(String::from_utf8_lossy(&m.delivery.data).into_owned()),
+            None => return out,
+        }
+    }
+}
+
+/// basic.get with acks required: (delivery tag, body, redelivered).
+pub async fn get_one(ch: &Channel, queue: &str) -> Option<(u64, String, bool)> {
+    within(
+        5,
+        ch.basic_get(queue.into(), BasicGetOptions { no_ack: false }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("basic.get {queue}: {e}"))
+    .map(|m| {
+        (
+            m.delivery.delivery_tag,
+            String::from_utf8_lossy(&m.delivery.data).into_owned(),
+            m.delivery.redelivered,
+        )
+    })
+}
+
+/// Whether the consumer stays silent for `ms` milliseconds.
+pub async fn silent_for(consumer: &mut lapin::Consumer, ms: u64) -> bool {
+    tokio::time::timeout(Duration::from_millis(ms), consumer.next())
+        .await
+        .is_err()
+}
+
+/// The next delivery of a consumer, failing the test after 5 s or if the
+/// consumer ended.
+pub async fn next_delivery(consumer: &mut lapin::Consumer) -> lapin::message::Delivery {
+    within(5, consumer.next())
+        .await
+        .expect("consumer ended")
+        .expect("delivery error")
+}
+
+/// The reply code of a failed call, failing the test if it succeeded or if
+/// the failure carries no reply code.
+#[track_caller]
+pub fn expect_code<T>(r: Result<T, lapin::Error>) -> u16 {
+    match r {
+        Ok(_) => panic!("expected the broker to refuse, but it succeeded"),
+        Err(e) => reply_code(&e).unwrap_or_else(|| panic!("error without a reply code: {e:?}")),
+    }
+}
+
+// ----- helpers added for the queue-feature suites (TTL, dead-lettering,
+// limits, priorities, deduplication) -----
+
+impl Closes {
+    /// The (reply code, reply text) of the next channel.close or
+    /// connection.close the client got (waits at most 5 s).
+    pub async fn next_close(&mut self) -> (u16, String) {
+        let wait = async {
+            loop {
+                match self.events.next().await {
+                    Some(lapin::Event::Error(e)) => {
+                        if let Some(code) = reply_code(&e) {
+                            return (code, reply_text(&e));
+                        }
+                    }
+                    Some(_) => {}
+                    None => panic!("connection events ended without a close"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .expect("expected the broker to close the channel or connection within 5 s; it did not")
+    }
+}
+
+/// A table from (key, value) pairs.
+pub fn arg_table(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
+
+/// A longstr value.
+pub fn lstr(s: &str) -> AMQPValue {
+    AMQPValue::LongString(s.into())
+}
+
+/// A signedint (32-bit) value, as most clients send integer arguments.
+pub fn int(i: i32) -> AMQPValue {
+    AMQPValue::LongInt(i)
+}
+
+/// An array of longstr values.
+pub fn str_array(items: &[&str]) -> AMQPValue {
+    AMQPValue::FieldArray(lapin::types::FieldArray::from(
+        items.iter().map(|s| lstr(s)).collect::<Vec<_>>(),
+    ))
+}
+
+/// Declare a queue with options and arguments, failing the test on an error.
+pub async fn declare_queue_with(
+    ch: &Channel,
+    name: &str,
+    options: QueueDeclareOptions,
+    arguments: FieldTable,
+) {
+    within(5, ch.queue_declare(name.into(), options, arguments))
+        .await
+        .unwrap_or_else(|e| panic!("declare queue {name}: {e}"));
+}
+
+/// Declare an exchange with arguments, failing the test on an error.
+pub async fn declare_exchange_with(
+    ch: &Channel,
+    name: &str,
+    kind: lapin::ExchangeKind,
+    options: lapin::options::ExchangeDeclareOptions,
+    arguments: FieldTable,
+) {
+    within(
+        5,
+        ch.exchange_declare(name.into(), kind, options, arguments),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("declare exchange {name}: {e}"));
+}
+
+/// Bind a queue to an exchange with a routing key.
+pub async fn bind_queue(ch: &Channel, queue: &str, exchange: &str, key: &str) {
+    within(
+        5,
+        ch.queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("bind {queue} to {exchange} with {key:?}: {e}"));
+}
+
+/// basic.get (acks required) returning the whole message.
+pub async fn get_message(ch: &Channel, queue: &str) -> Option<lapin::message::BasicGetMessage> {
+    within(
+        5,
+        ch.basic_get(queue.into(), BasicGetOptions { no_ack: false }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("basic.get {queue}: {e}"))
+}
+
+/// A string header or table field (longstr or shortstr).
+pub fn field_str(t: &FieldTable, key: &str) -> Option<String> {
+    match t.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// The headers of a message (empty when it has none).
+pub fn headers_of(p: &BasicProperties) -> FieldTable {
+    p.headers().clone().unwrap_or_default()
+}
+
+/// The entries of the x-death header, in order; each must be a table.
+pub fn x_deaths(p: &BasicProperties) -> Vec<FieldTable> {
+    let h = headers_of(p);
+    match h.inner().get("x-death") {
+        None => vec![],
+        Some(AMQPValue::FieldArray(a)) => a
+            .as_slice()
+            .iter()
+            .map(|v| match v {
+                AMQPValue::FieldTable(t) => t.clone(),
+                other => panic!("x-death entry is not a table: {other:?}"),
+            })
+            .collect(),
+        Some(other) => panic!("x-death is not an array: {other:?}"),
+    }
 }

@@ -1,0 +1,175 @@
+//! Message deduplication with LavinMQ's arguments: x-message-deduplication,
+//! x-cache-size, x-cache-ttl, x-deduplication-header (default: message-id).
+//!
+//! A bounded cache of recently seen ids. For durable queues and exchanges the
+//! accepted ids are appended to a small log (`data/dedup/*.log`) that is read
+//! back at start, so the cache survives a restart; the log is rewritten when
+//! it holds twice the cache size.
+
+use crate::protocol::props;
+use amq_protocol::types::{AMQPValue, FieldTable};
+use parking_lot::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Clone, Debug)]
+pub struct DedupConfig {
+    pub cache_size: usize,
+    pub ttl_ms: Option<u64>,
+    pub header: Option<String>,
+}
+
+struct Cache {
+    seen: HashMap<Vec<u8>, u64>,
+    order: VecDeque<(Vec<u8>, u64)>,
+    log: Option<std::fs::File>,
+    logged: usize,
+}
+
+pub struct Dedup {
+    pub config: DedupConfig,
+    cache: Mutex<Cache>,
+    path: Option<PathBuf>,
+}
+
+fn now_ms() -> u64 {
+    crate::channel::now_ms()
+}
+
+impl Dedup {
+    pub fn from_args(args: &FieldTable, log_path: Option<PathBuf>) -> Option<Dedup> {
+        if crate::args::get_bool(args, "x-message-deduplication") != Some(true) {
+            return None;
+        }
+        let config = DedupConfig {
+            cache_size: crate::args::get_int(args, "x-cache-size").filter(|n| *n > 0).map(|n| n as usize).unwrap_or(10_000),
+            ttl_ms: crate::args::get_int(args, "x-cache-ttl").filter(|n| *n > 0).map(|n| n as u64),
+            header: crate::args::get_str(args, "x-deduplication-header"),
+        };
+        let d = Dedup {
+            config,
+            cache: Mutex::new(Cache {
+                seen: HashMap::new(),
+                order: VecDeque::new(),
+                log: None,
+                logged: 0,
+            }),
+            path: log_path,
+        };
+        d.load();
+        Some(d)
+    }
+
+    /// The deduplication key of a message: the named header, else message-id.
+    pub fn key(&self, header: &[u8]) -> Option<Vec<u8>> {
+        let peek = props::peek(header)?;
+        match &self.config.header {
+            Some(h) => {
+                peek.headers?;
+                let headers = crate::channel::full_headers(header)?;
+                let v = headers.inner().get(h.as_str())?;
+                Some(match v {
+                    AMQPValue::LongString(s) => s.as_bytes().to_vec(),
+                    AMQPValue::ShortString(s) => s.as_str().as_bytes().to_vec(),
+                    other => crate::args::show(other).into_bytes(),
+                })
+            }
+            None => peek.message_id.map(|m| m.as_bytes().to_vec()),
+        }
+    }
+
+    /// True if the message was seen already (and is to be dropped); else
+    /// remembers it.
+    pub fn is_duplicate(&self, header: &[u8]) -> bool {
+        let Some(k) = self.key(header) else { return false };
+        let now = now_ms();
+        let mut c = self.cache.lock();
+        if let Some(&exp) = c.seen.get(&k) {
+            if exp > now {
+                return true;
+            }
+        }
+        let exp = self.config.ttl_ms.map(|t| now + t).unwrap_or(u64::MAX);
+        self.insert(&mut c, k.clone(), exp);
+        if self.path.is_some() {
+            self.append_log(&mut c, &k, exp);
+        }
+        false
+    }
+
+    fn insert(&self, c: &mut Cache, k: Vec<u8>, exp: u64) {
+        c.seen.insert(k.clone(), exp);
+        c.order.push_back((k, exp));
+        while c.order.len() > self.config.cache_size {
+            let (old, e) = c.order.pop_front().unwrap();
+            if c.seen.get(&old) == Some(&e) {
+                c.seen.remove(&old);
+            }
+        }
+    }
+
+    fn append_log(&self, c: &mut Cache, k: &[u8], exp: u64) {
+        let Some(path) = &self.path else { return };
+        if c.logged >= 2 * self.config.cache_size {
+            // Rewrite with what the cache holds now.
+            let mut buf = vec![];
+            for (k, e) in &c.order {
+                encode(&mut buf, k, *e);
+            }
+            let tmp = path.with_extension("tmp");
+            if std::fs::write(&tmp, &buf).and_then(|_| std::fs::rename(&tmp, path)).is_ok() {
+                c.log = None;
+                c.logged = c.order.len();
+                return;
+            }
+        }
+        if c.log.is_none() {
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            c.log = std::fs::OpenOptions::new().create(true).append(true).open(path).ok();
+        }
+        if let Some(f) = c.log.as_mut() {
+            let mut buf = vec![];
+            encode(&mut buf, k, exp);
+            if let Err(e) = f.write_all(&buf) {
+                tracing::warn!(error = %e, "cannot write deduplication log");
+            }
+            c.logged += 1;
+        }
+    }
+
+    fn load(&self) {
+        let Some(path) = &self.path else { return };
+        let Ok(bytes) = std::fs::read(path) else { return };
+        let now = now_ms();
+        let mut c = self.cache.lock();
+        let mut at = 0;
+        while at + 10 <= bytes.len() {
+            let n = u16::from_le_bytes([bytes[at], bytes[at + 1]]) as usize;
+            let Some(k) = bytes.get(at + 2..at + 2 + n) else { break };
+            let Some(e) = bytes.get(at + 2 + n..at + 10 + n) else { break };
+            let exp = u64::from_le_bytes(e.try_into().unwrap());
+            if exp > now {
+                self.insert(&mut c, k.to_vec(), exp);
+            }
+            at += 10 + n;
+            c.logged += 1;
+        }
+    }
+
+    /// Remove the log (the queue or exchange was deleted).
+    pub fn forget(&self) {
+        if let Some(p) = &self.path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn encode(buf: &mut Vec<u8>, k: &[u8], exp: u64) {
+    let k = &k[..k.len().min(u16::MAX as usize)];
+    buf.extend_from_slice(&(k.len() as u16).to_le_bytes());
+    buf.extend_from_slice(k);
+    buf.extend_from_slice(&exp.to_le_bytes());
+}

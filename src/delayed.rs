@@ -1,0 +1,563 @@
+//! Delayed delivery: the x-delayed-message exchange (and LavinMQ's
+//! x-delayed-exchange argument) with a time index that lives on disk.
+//!
+//! A delayed message is stored once in the message store, its record naming
+//! the exchange's id as if it were a durable queue (so persistence, recovery
+//! and space reclamation are the store's usual ones). What is not in memory is
+//! the time index: entries `(due ms, sequence, position)` collect in a small
+//! in-memory heap and, every [`SPILL`] entries, are sorted and written as a
+//! run file; the next due message is the smallest head of the heap and the
+//! runs (a k-way merge that reads each run sequentially). Memory therefore
+//! stays flat however many messages are pending: about 24 bytes per entry in
+//! the heap, plus a few KiB per run.
+//!
+//! The index is a cache: at start it is rebuilt from the store's recovered
+//! records (due = arrival time + x-delay), so run files never need fsync. A
+//! message released at its due time is routed through the exchange's
+//! bindings at that moment, copied into a record naming the durable queues
+//! that took it, and its delayed record released.
+
+use crate::channel::now_ms;
+use crate::exchange::Exchange;
+use crate::queue::EnqueueInfo;
+use crate::store::{self, MsgPos, Store};
+use crate::vhost::VHost;
+use amq_protocol::types::{AMQPValue, FieldTable};
+use parking_lot::Mutex;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet, VecDeque};
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+/// In-memory entries before they are sorted and written as a run.
+pub const SPILL: usize = 65_536;
+/// Runs are merged into one when there are more than this many.
+const MAX_RUNS: usize = 64;
+/// Entries read ahead per run.
+const READ_AHEAD: usize = 256;
+/// At most this many releases per batch; the release task yields between
+/// batches so a restart with a million overdue messages does not stall others.
+const RELEASE_BATCH: usize = 2_000;
+
+type Entry = (u64, u64, MsgPos);
+const ENTRY: usize = 24;
+
+struct Run {
+    path: PathBuf,
+    file: File,
+    /// Entries not yet read from the file.
+    unread: u64,
+    buf: VecDeque<Entry>,
+}
+
+impl Run {
+    fn head(&mut self) -> Option<Entry> {
+        if self.buf.is_empty() && self.unread > 0 {
+            let n = (self.unread as usize).min(READ_AHEAD);
+            let mut bytes = vec![0u8; n * ENTRY];
+            if self.file.read_exact(&mut bytes).is_err() {
+                tracing::error!(path = %self.path.display(), "delay index run unreadable; its entries are skipped until restart");
+                self.unread = 0;
+                return None;
+            }
+            self.unread -= n as u64;
+            for e in bytes.chunks_exact(ENTRY) {
+                self.buf.push_back(decode(e));
+            }
+        }
+        self.buf.front().copied()
+    }
+}
+
+fn encode(out: &mut Vec<u8>, e: &Entry) {
+    out.extend_from_slice(&e.0.to_le_bytes());
+    out.extend_from_slice(&e.1.to_le_bytes());
+    out.extend_from_slice(&e.2 .0.to_le_bytes());
+}
+
+fn decode(b: &[u8]) -> Entry {
+    (
+        u64::from_le_bytes(b[0..8].try_into().unwrap()),
+        u64::from_le_bytes(b[8..16].try_into().unwrap()),
+        MsgPos(u64::from_le_bytes(b[16..24].try_into().unwrap())),
+    )
+}
+
+/// The time index.
+pub struct DelayIndex {
+    dir: PathBuf,
+    heap: BinaryHeap<Reverse<Entry>>,
+    runs: Vec<Run>,
+    next_run: u64,
+    next_seq: u64,
+    pending: u64,
+}
+
+impl DelayIndex {
+    pub fn new(dir: PathBuf) -> Self {
+        // The index is rebuilt from the store at start: old runs are stale.
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::create_dir_all(&dir);
+        DelayIndex {
+            dir,
+            heap: BinaryHeap::new(),
+            runs: vec![],
+            next_run: 0,
+            next_seq: 0,
+            pending: 0,
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.pending
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending == 0
+    }
+
+    pub fn insert(&mut self, due: u64, pos: MsgPos) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.heap.push(Reverse((due, seq, pos)));
+        self.pending += 1;
+        if self.heap.len() >= SPILL {
+            self.spill();
+        }
+    }
+
+    fn spill(&mut self) {
+        let mut entries: Vec<Entry> = std::mem::take(&mut self.heap).into_iter().map(|Reverse(e)| e).collect();
+        entries.sort_unstable();
+        if let Err(e) = self.write_run(&entries) {
+            tracing::error!(error = %e, "cannot write delay index run; keeping entries in memory");
+            self.heap = entries.into_iter().map(Reverse).collect();
+            return;
+        }
+        if self.runs.len() > MAX_RUNS {
+            self.merge_runs();
+        }
+    }
+
+    fn write_run(&mut self, entries: &[Entry]) -> std::io::Result<()> {
+        let path = self.dir.join(format!("run-{:08}", self.next_run));
+        self.next_run += 1;
+        {
+            let mut w = BufWriter::with_capacity(1 << 20, File::create(&path)?);
+            let mut buf = Vec::with_capacity(ENTRY);
+            for e in entries {
+                buf.clear();
+                encode(&mut buf, e);
+                w.write_all(&buf)?;
+            }
+            w.flush()?;
+        }
+        let mut file = File::open(&path)?;
+        file.seek(SeekFrom::Start(0))?;
+        self.runs.push(Run {
+            path,
+            file,
+            unread: entries.len() as u64,
+            buf: VecDeque::new(),
+        });
+        Ok(())
+    }
+
+    /// Merge all runs into one (streaming), to bound their number.
+    fn merge_runs(&mut self) {
+        let mut runs = std::mem::take(&mut self.runs);
+        let path = self.dir.join(format!("run-{:08}", self.next_run));
+        self.next_run += 1;
+        let result = (|| -> std::io::Result<u64> {
+            let mut w = BufWriter::with_capacity(1 << 20, File::create(&path)?);
+            let mut n = 0u64;
+            let mut buf = Vec::with_capacity(ENTRY);
+            loop {
+                let mut best: Option<(usize, Entry)> = None;
+                for (i, r) in runs.iter_mut().enumerate() {
+                    if let Some(e) = r.head() {
+                        if best.is_none_or(|(_, b)| e < b) {
+                            best = Some((i, e));
+                        }
+                    }
+                }
+                let Some((i, e)) = best else { break };
+                runs[i].buf.pop_front();
+                buf.clear();
+                encode(&mut buf, &e);
+                w.write_all(&buf)?;
+                n += 1;
+            }
+            w.flush()?;
+            Ok(n)
+        })();
+        for r in &runs {
+            let _ = std::fs::remove_file(&r.path);
+        }
+        match result.and_then(|n| Ok((File::open(&path)?, n))) {
+            Ok((file, n)) => self.runs.push(Run {
+                path,
+                file,
+                unread: n,
+                buf: VecDeque::new(),
+            }),
+            Err(e) => tracing::error!(error = %e, "delay index merge failed; entries lost until restart rebuilds them"),
+        }
+    }
+
+    /// The smallest entry, without removing it.
+    pub fn peek(&mut self) -> Option<Entry> {
+        let mut best = self.heap.peek().map(|Reverse(e)| *e);
+        for r in self.runs.iter_mut() {
+            if let Some(e) = r.head() {
+                if best.is_none_or(|b| e < b) {
+                    best = Some(e);
+                }
+            }
+        }
+        best
+    }
+
+    pub fn pop(&mut self) -> Option<Entry> {
+        let best = self.peek()?;
+        if self.heap.peek().is_some_and(|Reverse(e)| *e == best) {
+            self.heap.pop();
+        } else if let Some(i) = self.runs.iter_mut().position(|r| r.buf.front() == Some(&best)) {
+            self.runs[i].buf.pop_front();
+            if self.runs[i].buf.is_empty() && self.runs[i].unread == 0 {
+                let r = self.runs.remove(i);
+                let _ = std::fs::remove_file(&r.path);
+            }
+        }
+        self.pending = self.pending.saturating_sub(1);
+        Some(best)
+    }
+
+    /// Every entry, in due order (for listing, cancelling and purging).
+    /// Reads the runs from disk without disturbing the index.
+    pub fn all(&self) -> Vec<Entry> {
+        let mut out: Vec<Entry> = self.heap.iter().map(|Reverse(e)| *e).collect();
+        for r in &self.runs {
+            out.extend(r.buf.iter().copied());
+            if r.unread > 0 {
+                if let Ok(mut f) = File::open(&r.path) {
+                    let total = f.metadata().map(|m| m.len()).unwrap_or(0);
+                    let start = total - r.unread * ENTRY as u64;
+                    let mut bytes = vec![];
+                    if f.seek(SeekFrom::Start(start)).is_ok() && f.read_to_end(&mut bytes).is_ok() {
+                        out.extend(bytes.chunks_exact(ENTRY).map(decode));
+                    }
+                }
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    pub fn clear(&mut self) {
+        self.heap.clear();
+        for r in self.runs.drain(..) {
+            let _ = std::fs::remove_file(&r.path);
+        }
+        self.pending = 0;
+    }
+}
+
+/// Read the x-delay header: an integer, or a string or float as the plugin
+/// accepts. `None` (or <= 0) means route at once.
+pub fn x_delay(headers: Option<&FieldTable>) -> Option<u64> {
+    let v = headers?.inner().get("x-delay")?;
+    let ms: f64 = match v {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.trim().parse().ok()?,
+        AMQPValue::ShortString(s) => s.as_str().trim().parse().ok()?,
+        AMQPValue::Float(f) => *f as f64,
+        AMQPValue::Double(d) => *d,
+        other => crate::args::int_value(other)? as f64,
+    };
+    (ms >= 1.0).then_some(ms as u64)
+}
+
+/// The delayed side of an exchange.
+pub struct Delayed {
+    /// The id the store's records name (0 for a transient exchange).
+    pub id: u32,
+    pub durable: bool,
+    store: Arc<Store>,
+    index: Mutex<DelayIndex>,
+    wake: Arc<tokio::sync::Notify>,
+    cancelled: Mutex<HashSet<MsgPos>>,
+    exchange: OnceLock<Weak<Exchange>>,
+    vhost: OnceLock<Weak<VHost>>,
+    started: AtomicBool,
+    /// Earliest due time the release task sleeps towards.
+    sleeping_until: AtomicU64,
+    pub released: AtomicU64,
+}
+
+impl Delayed {
+    pub fn new(id: u32, durable: bool, store: Arc<Store>, dir: PathBuf) -> Self {
+        Delayed {
+            id,
+            durable,
+            store,
+            index: Mutex::new(DelayIndex::new(dir)),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            cancelled: Mutex::new(HashSet::new()),
+            exchange: OnceLock::new(),
+            vhost: OnceLock::new(),
+            started: AtomicBool::new(false),
+            sleeping_until: AtomicU64::new(u64::MAX),
+            released: AtomicU64::new(0),
+        }
+    }
+
+    /// Attach to its exchange and vhost and start the release task.
+    pub fn start(&self, ex: &Arc<Exchange>, vhost: &Arc<VHost>) {
+        let _ = self.exchange.set(Arc::downgrade(ex));
+        let _ = self.vhost.set(Arc::downgrade(vhost));
+        if !self.started.swap(true, Ordering::AcqRel) {
+            if let Ok(h) = tokio::runtime::Handle::try_current() {
+                h.spawn(release_loop(Arc::downgrade(ex)));
+            } else {
+                self.started.store(false, Ordering::Release);
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    pub fn logs(&self, persistent: bool) -> bool {
+        self.durable && persistent && self.id != 0
+    }
+
+    /// Schedule a stored message (one store reference is ours now).
+    pub fn schedule(&self, due: u64, pos: MsgPos) {
+        self.index.lock().insert(due, pos);
+        if due < self.sleeping_until.load(Ordering::Acquire) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Rebuild from recovered records: due = arrival + x-delay.
+    pub fn restore(&self, recovered: Vec<crate::store::Recovered>) {
+        let mut idx = self.index.lock();
+        for r in recovered {
+            let due = self
+                .store
+                .with_message(r.pos, |m| {
+                    let h = crate::channel::full_headers(m.header);
+                    m.timestamp_ms + x_delay(h.as_ref()).unwrap_or(0)
+                })
+                .unwrap_or(0);
+            idx.insert(due, r.pos);
+        }
+    }
+
+    pub fn pending(&self) -> u64 {
+        self.index.lock().len()
+    }
+
+    pub fn next_due(&self) -> Option<u64> {
+        self.index.lock().peek().map(|e| e.0)
+    }
+
+    /// Pending messages in due order: (due ms, position).
+    pub fn list(&self, limit: usize) -> Vec<(u64, MsgPos)> {
+        let cancelled = self.cancelled.lock().clone();
+        self.index
+            .lock()
+            .all()
+            .into_iter()
+            .filter(|e| !cancelled.contains(&e.2))
+            .take(limit)
+            .map(|e| (e.0, e.2))
+            .collect()
+    }
+
+    /// Cancel the pending messages with this message-id; returns how many.
+    pub fn cancel(&self, message_id: &str) -> usize {
+        let all = self.list(usize::MAX);
+        let mut n = 0;
+        for (_, pos) in all {
+            let hit = self
+                .store
+                .with_message(pos, |m| crate::protocol::props::peek(m.header).and_then(|p| p.message_id) == Some(message_id))
+                .unwrap_or(false);
+            if hit && self.cancelled.lock().insert(pos) {
+                self.store.release(pos, self.id);
+                n += 1;
+            }
+        }
+        self.store.flush_acks();
+        n
+    }
+
+    /// Drop every pending message; returns how many.
+    pub fn purge(&self) -> usize {
+        let all = {
+            let mut idx = self.index.lock();
+            let all = idx.all();
+            idx.clear();
+            all
+        };
+        let mut cancelled = self.cancelled.lock();
+        let mut n = 0;
+        for (_, _, pos) in all {
+            if !cancelled.remove(&pos) {
+                self.store.release(pos, self.id);
+                n += 1;
+            }
+        }
+        self.store.flush_acks();
+        n
+    }
+
+    /// Release every message due by `now`, at most `max`; returns how many.
+    fn release_due(&self, ex: &Arc<Exchange>, vh: &Arc<VHost>, now: u64, max: usize) -> usize {
+        let mut n = 0;
+        while n < max {
+            let entry = {
+                let mut idx = self.index.lock();
+                match idx.peek() {
+                    Some(e) if e.0 <= now => idx.pop(),
+                    _ => None,
+                }
+            };
+            let Some((_, _, pos)) = entry else { break };
+            n += 1;
+            if self.cancelled.lock().remove(&pos) {
+                continue;
+            }
+            route_released(&self.store, vh, ex, pos);
+            self.store.release(pos, self.id);
+            self.released.fetch_add(1, Ordering::Relaxed);
+        }
+        if n > 0 {
+            self.store.flush_acks();
+        }
+        n
+    }
+}
+
+/// Route a due message through the exchange's bindings as they are now.
+fn route_released(store: &Arc<Store>, vh: &Arc<VHost>, ex: &Arc<Exchange>, pos: MsgPos) {
+    let copied = store.with_message(pos, |m| {
+        (m.header.to_vec(), m.body.to_vec(), m.routing_key.to_owned(), m.persistent)
+    });
+    let Some((header, body, rk, persistent)) = copied else {
+        tracing::error!(exchange = %ex.name, ?pos, "delayed message missing from the store");
+        return;
+    };
+    let headers = crate::channel::full_headers(&header);
+    let mut targets = vec![];
+    vh.route(ex, &[&rk], headers.as_ref(), &header, &mut targets);
+    if targets.is_empty() {
+        return;
+    }
+    let durable_ids: Vec<u32> = targets.iter().filter(|t| t.logs(persistent)).map(|t| t.id).collect();
+    let mut prefix = Vec::with_capacity(64 + header.len());
+    store::encode_prefix(&mut prefix, persistent, now_ms(), &durable_ids, &ex.name, &rk, &header);
+    let Ok((new_pos, _)) = store.append(&prefix, &body, targets.len() as u64, !durable_ids.is_empty()) else {
+        tracing::error!(exchange = %ex.name, "released delayed message not stored");
+        return;
+    };
+    let info = EnqueueInfo::from_header(&header, body.len() as u64, 0);
+    for t in targets {
+        let logged = t.logs(persistent);
+        t.enqueue_with(new_pos.with_logged(logged), &info);
+    }
+}
+
+async fn release_loop(ex: Weak<Exchange>) {
+    loop {
+        let Some(e) = ex.upgrade() else { return };
+        if e.is_deleted() {
+            return;
+        }
+        let Some(d) = e.delayed.as_ref() else { return };
+        let wake = d.wake.clone();
+        let notified = wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let next = d.next_due();
+        d.sleeping_until.store(next.unwrap_or(u64::MAX), Ordering::Release);
+        match next {
+            None => {
+                drop(e);
+                notified.await;
+                continue;
+            }
+            Some(due) => {
+                let now = now_ms();
+                if due > now {
+                    drop(e);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(due - now)) => {}
+                        _ = &mut notified => {}
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(vh) = d.vhost.get().and_then(|v| v.upgrade()) else { return };
+        let n = d.release_due(&e, &vh, now_ms(), RELEASE_BATCH);
+        drop(e);
+        if n >= RELEASE_BATCH {
+            // More are due: let other tasks run between batches.
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_orders_across_heap_and_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut idx = DelayIndex::new(dir.path().join("d"));
+        let n = SPILL * 3 + 123;
+        // Pseudo-random due times; positions carry the insertion number.
+        let mut x: u64 = 12345;
+        let mut expect = vec![];
+        for i in 0..n as u64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let due = (x >> 33) % 10_000;
+            idx.insert(due, MsgPos(i));
+            expect.push((due, i));
+        }
+        assert!(idx.runs.len() >= 3);
+        assert_eq!(idx.len(), n as u64);
+        expect.sort();
+        let all = idx.all();
+        assert_eq!(all.len(), n);
+        let mut got = vec![];
+        while let Some((due, _, pos)) = idx.pop() {
+            got.push((due, pos.0));
+        }
+        // Same due: insertion (publish) order.
+        assert_eq!(got, expect);
+        assert!(idx.is_empty());
+        assert_eq!(std::fs::read_dir(dir.path().join("d")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn x_delay_forms() {
+        let mut t = FieldTable::default();
+        t.insert("x-delay".into(), AMQPValue::LongInt(1500));
+        assert_eq!(x_delay(Some(&t)), Some(1500));
+        t.insert("x-delay".into(), AMQPValue::LongString("250".into()));
+        assert_eq!(x_delay(Some(&t)), Some(250));
+        t.insert("x-delay".into(), AMQPValue::Double(99.7));
+        assert_eq!(x_delay(Some(&t)), Some(99));
+        t.insert("x-delay".into(), AMQPValue::LongInt(-5));
+        assert_eq!(x_delay(Some(&t)), None);
+        t.insert("x-delay".into(), AMQPValue::LongLongInt(5_000_000_000_000));
+        assert_eq!(x_delay(Some(&t)), Some(5_000_000_000_000));
+        assert_eq!(x_delay(None), None);
+    }
+}

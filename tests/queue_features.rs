@@ -1,0 +1,534 @@
+//! Message deduplication (LavinMQ's arguments), validation of queue
+//! arguments with RabbitMQ 3.10's error texts, and queue features of durable
+//! queues across a restart, over a real socket with lapin.
+
+mod common;
+use common::*;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, ExchangeKind};
+use std::time::{Duration, Instant};
+
+fn plain() -> QueueDeclareOptions {
+    QueueDeclareOptions::default()
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+fn with_id(id: &str) -> BasicProperties {
+    BasicProperties::default().with_message_id(id.into())
+}
+
+fn strs(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+fn text(d: &lapin::message::Delivery) -> String {
+    String::from_utf8_lossy(&d.data).into_owned()
+}
+
+/// Publish each (body, properties) with confirms; whether each was acked.
+async fn publish_each(
+    ch: &lapin::Channel,
+    exchange: &str,
+    key: &str,
+    msgs: Vec<(&str, BasicProperties)>,
+) -> Vec<bool> {
+    let mut acks = vec![];
+    for (body, props) in msgs {
+        acks.push(
+            publish_confirmed(ch, exchange, key, body.as_bytes(), props)
+                .await
+                .is_ack(),
+        );
+    }
+    acks
+}
+
+fn dedup_args(more: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut pairs: Vec<(&str, AMQPValue)> =
+        vec![("x-message-deduplication", AMQPValue::Boolean(true))];
+    pairs.extend(more.iter().cloned());
+    arg_table(&pairs)
+}
+
+// ----- deduplication -----
+
+#[tokio::test]
+async fn a_dedup_queue_drops_duplicate_message_ids_but_confirms_them() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = confirm_channel(&b).await;
+    declare_queue_with(&ch, "dd", plain(), dedup_args(&[("x-cache-size", int(10))])).await;
+    let acks = publish_each(
+        &ch,
+        "",
+        "dd",
+        vec![
+            ("1", with_id("a")),
+            ("2", with_id("a")),
+            ("3", with_id("b")),
+            ("4", with_id("a")),
+            ("5", BasicProperties::default()),
+            ("6", BasicProperties::default()),
+        ],
+    )
+    .await;
+    assert_eq!(
+        acks,
+        vec![true; 6],
+        "duplicates are confirmed (acked), not nacked"
+    );
+    assert_eq!(
+        drain(&ch, "dd").await,
+        strs(&["1", "3", "5", "6"]),
+        "messages without an id are never duplicates"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn the_dedup_cache_forgets_after_x_cache_ttl() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = confirm_channel(&b).await;
+    declare_queue_with(
+        &ch,
+        "ddt",
+        plain(),
+        dedup_args(&[("x-cache-ttl", int(200))]),
+    )
+    .await;
+    publish_each(
+        &ch,
+        "",
+        "ddt",
+        vec![("1", with_id("a")), ("2", with_id("a"))],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    publish_each(
+        &ch,
+        "",
+        "ddt",
+        vec![("3", with_id("a")), ("4", with_id("a"))],
+    )
+    .await;
+    assert_eq!(drain(&ch, "ddt").await, strs(&["1", "3"]));
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn the_dedup_cache_holds_x_cache_size_ids() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = confirm_channel(&b).await;
+    declare_queue_with(&ch, "dds", plain(), dedup_args(&[("x-cache-size", int(2))])).await;
+    publish_each(
+        &ch,
+        "",
+        "dds",
+        vec![
+            ("1", with_id("a")),
+            ("2", with_id("b")),
+            ("3", with_id("b")),
+            ("4", with_id("c")),
+            ("5", with_id("a")),
+            ("6", with_id("c")),
+        ],
+    )
+    .await;
+    assert_eq!(
+        drain(&ch, "dds").await,
+        strs(&["1", "2", "4", "5"]),
+        "'a' fell out of a cache of 2 when 'c' came"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn x_deduplication_header_names_the_key() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = confirm_channel(&b).await;
+    declare_queue_with(
+        &ch,
+        "ddh",
+        plain(),
+        dedup_args(&[("x-deduplication-header", lstr("x-key"))]),
+    )
+    .await;
+    let keyed = |id: &str, key: &str| with_id(id).with_headers(table(&[("x-key", key)]));
+    publish_each(
+        &ch,
+        "",
+        "ddh",
+        vec![
+            ("1", keyed("same-id", "k1")),
+            ("2", keyed("same-id", "k2")),
+            ("3", keyed("other-id", "k1")),
+            ("4", with_id("same-id")),
+        ],
+    )
+    .await;
+    assert_eq!(
+        drain(&ch, "ddh").await,
+        strs(&["1", "2", "4"]),
+        "the header decides, not the message-id; no header: no key"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_dedup_exchange_does_not_route_duplicates() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = confirm_channel(&b).await;
+    declare_exchange_with(
+        &ch,
+        "dx",
+        ExchangeKind::Fanout,
+        Default::default(),
+        dedup_args(&[("x-cache-size", int(100))]),
+    )
+    .await;
+    for q in ["dx1", "dx2"] {
+        declare_queue(&ch, q).await;
+        bind_queue(&ch, q, "dx", "").await;
+    }
+    let acks = publish_each(
+        &ch,
+        "dx",
+        "",
+        vec![
+            ("1", with_id("a")),
+            ("2", with_id("a")),
+            ("3", with_id("b")),
+        ],
+    )
+    .await;
+    assert_eq!(acks, vec![true; 3]);
+    for q in ["dx1", "dx2"] {
+        assert_eq!(drain(&ch, q).await, strs(&["1", "3"]), "{q}");
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn dedup_state_of_durable_queues_and_exchanges_survives_a_restart() {
+    let mut b = TestBroker::start().await;
+    let persistent = |id: &str| with_id(id).with_delivery_mode(2);
+    {
+        let (_c, ch) = confirm_channel(&b).await;
+        declare_queue_with(&ch, "ddq", durable(), dedup_args(&[])).await;
+        declare_exchange_with(
+            &ch,
+            "ddx",
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            dedup_args(&[]),
+        )
+        .await;
+        declare_queue_with(&ch, "ddxq", durable(), FieldTable::default()).await;
+        bind_queue(&ch, "ddxq", "ddx", "").await;
+        publish_each(&ch, "", "ddq", vec![("1", persistent("a"))]).await;
+        publish_each(&ch, "ddx", "", vec![("x1", persistent("a"))]).await;
+    }
+    b.restart().await;
+    let (_c, ch) = confirm_channel(&b).await;
+    let acks = publish_each(
+        &ch,
+        "",
+        "ddq",
+        vec![("2", persistent("a")), ("3", persistent("b"))],
+    )
+    .await;
+    assert_eq!(acks, vec![true, true]);
+    assert_eq!(
+        drain(&ch, "ddq").await,
+        strs(&["1", "3"]),
+        "'a' is still known after the restart"
+    );
+    publish_each(&ch, "ddx", "", vec![("x2", persistent("a"))]).await;
+    assert_eq!(drain(&ch, "ddxq").await, strs(&["x1"]));
+    b.stop().await;
+}
+
+// ----- validation of queue arguments -----
+
+/// Declare `name` with `args` on a fresh channel and return the channel
+/// error (code, text); the connection must stay open.
+async fn declare_error(b: &TestBroker, name: &str, args: FieldTable) -> (u16, String) {
+    let c = b.connect().await;
+    let ch = c.create_channel().await.unwrap();
+    let e = match within(5, ch.queue_declare(name.into(), plain(), args)).await {
+        Ok(_) => panic!("declare of {name} was accepted"),
+        Err(e) => e,
+    };
+    assert!(
+        c.status().connected(),
+        "a channel error, not a connection error"
+    );
+    (
+        reply_code(&e).unwrap_or_else(|| panic!("no reply code: {e}")),
+        reply_text(&e),
+    )
+}
+
+async fn queue_missing(b: &TestBroker, name: &str) -> bool {
+    let (_c, ch) = b.channel().await;
+    let r = within(
+        5,
+        ch.queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    matches!(r, Err(ref e) if reply_code(e) == Some(404))
+}
+
+#[tokio::test]
+async fn a_negative_x_message_ttl_is_406_value_negative() {
+    let b = TestBroker::start().await;
+    let got = declare_error(&b, "q", arg_table(&[("x-message-ttl", int(-1))])).await;
+    assert_eq!(
+        got,
+        (
+            406,
+            "PRECONDITION_FAILED - invalid arg 'x-message-ttl' for queue 'q' in vhost '/': {value_negative,-1}"
+                .to_string()
+        )
+    );
+    assert!(queue_missing(&b, "q").await, "nothing was declared");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn x_expires_zero_is_406_value_zero() {
+    let b = TestBroker::start().await;
+    let got = declare_error(&b, "q", arg_table(&[("x-expires", int(0))])).await;
+    assert_eq!(
+        got,
+        (
+            406,
+            "PRECONDITION_FAILED - invalid arg 'x-expires' for queue 'q' in vhost '/': {value_zero,0}"
+                .to_string()
+        )
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_string_x_max_length_is_406_unacceptable_type() {
+    let b = TestBroker::start().await;
+    let got = declare_error(&b, "q", arg_table(&[("x-max-length", lstr("abc"))])).await;
+    assert_eq!(
+        got,
+        (
+            406,
+            "PRECONDITION_FAILED - invalid arg 'x-max-length' for queue 'q' in vhost '/': {unacceptable_type,longstr}"
+                .to_string()
+        )
+    );
+    b.stop().await;
+}
+
+/// rabbit_amqqueue:check_overflow/2 answers {error, invalid_overflow}.
+#[tokio::test]
+async fn an_unknown_x_overflow_is_406_invalid_overflow() {
+    let b = TestBroker::start().await;
+    let got = declare_error(&b, "q", arg_table(&[("x-overflow", lstr("foo"))])).await;
+    assert_eq!(
+        got,
+        (
+            406,
+            "PRECONDITION_FAILED - invalid arg 'x-overflow' for queue 'q' in vhost '/': invalid_overflow"
+                .to_string()
+        )
+    );
+    b.stop().await;
+}
+
+/// rabbit_amqqueue:check_max_priority_arg/2 answers
+/// {error, {max_value_exceeded, Val}} above 255.
+#[tokio::test]
+async fn x_max_priority_above_255_is_406_max_value_exceeded() {
+    let b = TestBroker::start().await;
+    let got = declare_error(&b, "q", arg_table(&[("x-max-priority", int(300))])).await;
+    assert_eq!(
+        got,
+        (
+            406,
+            "PRECONDITION_FAILED - invalid arg 'x-max-priority' for queue 'q' in vhost '/': {max_value_exceeded,300}"
+                .to_string()
+        )
+    );
+    b.stop().await;
+}
+
+/// rabbit_amqqueue:check_dlxrk_arg/2 answers
+/// {error, routing_key_but_no_dlx_defined}.
+#[tokio::test]
+async fn a_dead_letter_routing_key_without_exchange_is_406() {
+    let b = TestBroker::start().await;
+    let got = declare_error(
+        &b,
+        "q",
+        arg_table(&[("x-dead-letter-routing-key", lstr("k"))]),
+    )
+    .await;
+    assert_eq!(
+        got,
+        (
+            406,
+            "PRECONDITION_FAILED - invalid arg 'x-dead-letter-routing-key' for queue 'q' in vhost '/': routing_key_but_no_dlx_defined"
+                .to_string()
+        )
+    );
+    b.stop().await;
+}
+
+/// rabbit_misc:assert_args_equivalence1/4: two typed values of the same type
+/// class that differ are shown bare ("received '200' but current is '100'");
+/// a missing side is "none" against "the value '100' of type 'signedint'".
+#[tokio::test]
+async fn an_inequivalent_x_message_ttl_redeclare_is_406() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = b.channel().await;
+    declare_queue_with(&ch, "q", plain(), arg_table(&[("x-message-ttl", int(100))])).await;
+    let got = declare_error(&b, "q", arg_table(&[("x-message-ttl", int(200))])).await;
+    assert_eq!(
+        got,
+        (
+            406,
+            "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': received '200' but current is '100'"
+                .to_string()
+        )
+    );
+    let got = declare_error(&b, "q", FieldTable::default()).await;
+    assert_eq!(
+        got,
+        (
+            406,
+            "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': received none but current is the value '100' of type 'signedint'"
+                .to_string()
+        )
+    );
+    // The same number as another integer type is equivalent.
+    declare_queue_with(
+        &ch,
+        "q",
+        plain(),
+        arg_table(&[("x-message-ttl", AMQPValue::LongLongInt(100))]),
+    )
+    .await;
+    b.stop().await;
+}
+
+// ----- durability -----
+
+#[tokio::test]
+async fn a_durable_queue_with_ttl_dlx_and_max_length_keeps_working_across_a_restart() {
+    let mut b = TestBroker::start().await;
+    let persistent = || BasicProperties::default().with_delivery_mode(2);
+    let args = || {
+        arg_table(&[
+            ("x-message-ttl", int(60_000)),
+            ("x-dead-letter-exchange", lstr("dlx-d")),
+            ("x-dead-letter-routing-key", lstr("dead")),
+            ("x-max-length", int(3)),
+        ])
+    };
+    let t0;
+    {
+        let (_c, ch) = confirm_channel(&b).await;
+        declare_exchange_with(
+            &ch,
+            "dlx-d",
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+        declare_queue_with(&ch, "dq", durable(), args()).await;
+        declare_queue_with(&ch, "dq-dead", durable(), FieldTable::default()).await;
+        bind_queue(&ch, "dq-dead", "dlx-d", "dead").await;
+        t0 = Instant::now();
+        publish_confirmed(
+            &ch,
+            "",
+            "dq",
+            b"ttl",
+            persistent().with_expiration("1500".into()),
+        )
+        .await;
+        publish_confirmed(&ch, "", "dq", b"a", persistent()).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    b.restart().await;
+
+    let (_c, ch) = confirm_channel(&b).await;
+    // The arguments came back.
+    declare_queue_with(&ch, "dq", durable(), args()).await;
+    let (_c2, dch) = b.channel().await;
+    let mut dead = within(
+        5,
+        dch.basic_consume(
+            "dq-dead".into(),
+            "dead".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    let d = next_delivery(&mut dead).await;
+    let el = t0.elapsed();
+    assert_eq!(text(&d), "ttl");
+    assert!(
+        el >= Duration::from_millis(1490) && el < Duration::from_millis(2100),
+        "expired {el:?} after its publish; the 1500 ms count from the publish, not from the restart"
+    );
+    let x = x_deaths(&d.properties);
+    assert_eq!(field_str(&x[0], "reason").as_deref(), Some("expired"));
+    assert_eq!(field_str(&x[0], "queue").as_deref(), Some("dq"));
+    assert_eq!(
+        field_str(&x[0], "original-expiration").as_deref(),
+        Some("1500")
+    );
+    assert_eq!(queue_counts(&ch, "dq").await.0, 1, "'a' is still there");
+
+    // x-max-length 3 still holds, dead-lettering with reason maxlen.
+    for body in ["b", "c", "d"] {
+        publish_confirmed(&ch, "", "dq", body.as_bytes(), persistent()).await;
+    }
+    let d = next_delivery(&mut dead).await;
+    assert_eq!(text(&d), "a", "the oldest is dropped");
+    let x = x_deaths(&d.properties);
+    assert_eq!(field_str(&x[0], "reason").as_deref(), Some("maxlen"));
+    assert_eq!(drain(&ch, "dq").await, strs(&["b", "c", "d"]));
+
+    // And the arguments are compared on a redeclare.
+    let c3 = b.connect().await;
+    let ch3 = c3.create_channel().await.unwrap();
+    let r = ch3
+        .queue_declare(
+            "dq".into(),
+            durable(),
+            arg_table(&[("x-message-ttl", int(1))]),
+        )
+        .await;
+    assert_eq!(expect_code(r), 406);
+    b.stop().await;
+}
