@@ -1336,6 +1336,14 @@ async fn build_definitions(a: &Api) {
             json!({"type": "direct", "durable": false}),
         ),
         (
+            "/api/exchanges/dv/later",
+            json!({"type": "x-delayed-message", "durable": true, "arguments": {"x-delayed-type": "topic"}}),
+        ),
+        (
+            "/api/exchanges/dv/spread",
+            json!({"type": "x-consistent-hash", "durable": true}),
+        ),
+        (
             "/api/queues/dv/orders",
             json!({"durable": true, "arguments": {"x-message-ttl": 60000, "x-dead-letter-exchange": "events"}}),
         ),
@@ -1399,8 +1407,10 @@ async fn definitions_round_trip() {
     );
     assert_eq!(
         names(&first["exchanges"]),
-        vec!["events", "internal", "unrouted"]
+        vec!["events", "internal", "later", "spread", "unrouted"]
     );
+    assert_eq!(first["exchanges"][2]["type"], "x-delayed-message");
+    assert_eq!(first["exchanges"][3]["type"], "x-consistent-hash");
     assert_eq!(
         first["bindings"].as_array().unwrap().len(),
         5,
@@ -1431,6 +1441,11 @@ async fn definitions_round_trip() {
     assert_eq!(r.body["imported"]["queues"], 3);
     let second = a.get("/api/definitions").await.body;
     assert_eq!(first, second);
+    let dv = b.broker().vhost("dv").unwrap();
+    assert!(
+        dv.exchange("later").unwrap().delayed.is_some(),
+        "still a delayed exchange"
+    );
     // the password came back with its hash
     assert_eq!(
         a.as_user("alice", "alice-pw")
@@ -1631,6 +1646,11 @@ async fn invalid_definitions_change_nothing() {
         ("unknown exchange type", {
             let mut d = valid.clone();
             d["exchanges"][0]["type"] = json!("x-no-such-type");
+            d
+        }),
+        ("delayed exchange without x-delayed-type", {
+            let mut d = valid.clone();
+            d["exchanges"][0]["type"] = json!("x-delayed-message");
             d
         }),
         ("md5 password hash", {

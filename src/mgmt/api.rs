@@ -125,6 +125,8 @@ pub async fn overview(State(app): State<App>, caller: Caller) -> Json<Value> {
             {"name": "fanout", "description": "AMQP fanout exchange, as per the AMQP specification", "enabled": true},
             {"name": "headers", "description": "AMQP headers exchange, as per the AMQP specification", "enabled": true},
             {"name": "topic", "description": "AMQP topic exchange, as per the AMQP specification", "enabled": true},
+            {"name": "x-consistent-hash", "description": "Consistent Hashing Exchange", "enabled": true},
+            {"name": "x-delayed-message", "description": "Delayed Message Exchange", "enabled": true},
         ],
         "message_stats": {
             "publish": totals.published, "publish_details": rate(r.publish),
@@ -553,7 +555,7 @@ fn exchange_json(vhost: &str, e: &Exchange) -> Value {
     json!({
         "name": e.name,
         "vhost": vhost,
-        "type": e.kind.as_str(),
+        "type": e.type_name,
         "durable": e.durable,
         "auto_delete": e.auto_delete,
         "internal": e.internal,

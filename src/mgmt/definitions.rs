@@ -15,6 +15,26 @@ use super::json::{json_to_table, table_to_json};
 use super::{blocking, parse_body, ApiError, ApiResult, App, Caller};
 use crate::broker::{Broker, Permission};
 use crate::exchange::{Dest, ExchangeKind};
+
+/// The exchange types the broker declares: the four standard ones,
+/// x-consistent-hash, and x-delayed-message with a valid x-delayed-type.
+fn check_exchange_type(kind: &str, args: &FieldTable) -> Result<(), String> {
+    if kind == "x-delayed-message" {
+        return match crate::args::get_str(args, "x-delayed-type")
+            .as_deref()
+            .and_then(ExchangeKind::parse)
+        {
+            Some(_) => Ok(()),
+            None => Err(
+                "x-delayed-message needs an x-delayed-type argument naming an exchange type".into(),
+            ),
+        };
+    }
+    match ExchangeKind::parse(kind) {
+        Some(_) => Ok(()),
+        None => Err(format!("unknown exchange type '{kind}'")),
+    }
+}
 use amq_protocol::types::FieldTable;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -71,7 +91,7 @@ fn objects(broker: &Broker, vhost: &str, scoped: bool) -> (Vec<Value>, Vec<Value
     {
         xs.push(with_vhost(json!({
             "name": e.name,
-            "type": e.kind.as_str(),
+            "type": e.type_name,
             "durable": true,
             "auto_delete": e.auto_delete,
             "internal": e.internal,
@@ -418,10 +438,8 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
         if e.name.is_empty() {
             return Err(bad(&what, "the default exchange cannot be declared"));
         }
-        let Some(kind) = ExchangeKind::parse(&e.kind) else {
-            return Err(bad(&what, format!("unknown exchange type '{}'", e.kind)));
-        };
         let arguments = json_to_table(&e.arguments).map_err(|x| bad(&what, x))?;
+        check_exchange_type(&e.kind, &arguments).map_err(|x| bad(&what, x))?;
         crate::args::validate_exchange_args(&arguments, &e.name, &vhost)
             .map_err(|x| bad(&what, x.text))?;
         let plan = ExPlan {
@@ -439,7 +457,7 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
             .map(|x| ExPlan {
                 vhost: vhost.clone(),
                 name: x.name.clone(),
-                kind: x.kind.as_str().into(),
+                kind: x.type_name.clone(),
                 durable: x.durable,
                 auto_delete: x.auto_delete,
                 internal: x.internal,
@@ -467,7 +485,6 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
         if e.name.starts_with("amq.") {
             return Err(bad(&what, "the 'amq.' prefix is reserved"));
         }
-        let _ = kind;
         planned_ex.insert(key, plan.clone());
         p.exchanges.push(plan);
     }
