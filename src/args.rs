@@ -37,7 +37,9 @@ pub fn show(v: &AMQPValue) -> String {
         AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
         AMQPValue::ShortString(s) => s.as_str().to_owned(),
         AMQPValue::Boolean(b) => b.to_string(),
-        other => int_value(other).map(|i| i.to_string()).unwrap_or_else(|| format!("{other:?}")),
+        other => int_value(other)
+            .map(|i| i.to_string())
+            .unwrap_or_else(|| format!("{other:?}")),
     }
 }
 
@@ -100,9 +102,21 @@ const QUEUE_ARGS: &[(&str, Rule)] = &[
     ("x-max-length", Rule::NonNegInt),
     ("x-max-length-bytes", Rule::NonNegInt),
     ("x-max-priority", Rule::MaxPriority),
-    ("x-overflow", Rule::OneOf(&["drop-head", "reject-publish", "reject-publish-dlx"], "invalid_overflow")),
-    ("x-queue-mode", Rule::OneOf(&["default", "lazy"], "invalid_queue_mode")),
-    ("x-queue-type", Rule::OneOf(&["classic"], "invalid_queue_type")),
+    (
+        "x-overflow",
+        Rule::OneOf(
+            &["drop-head", "reject-publish", "reject-publish-dlx"],
+            "invalid_overflow",
+        ),
+    ),
+    (
+        "x-queue-mode",
+        Rule::OneOf(&["default", "lazy"], "invalid_queue_mode"),
+    ),
+    (
+        "x-queue-type",
+        Rule::OneOf(&["classic"], "invalid_queue_type"),
+    ),
     ("x-single-active-consumer", Rule::Bool),
     ("x-delivery-limit", Rule::NonNegInt),
     ("x-message-deduplication", Rule::Bool),
@@ -153,7 +167,9 @@ pub fn validate_queue_args(args: &FieldTable, name: &str, vhost: &str) -> AmqpRe
             })?;
         }
     }
-    if get(args, "x-dead-letter-routing-key").is_some() && get(args, "x-dead-letter-exchange").is_none() {
+    if get(args, "x-dead-letter-routing-key").is_some()
+        && get(args, "x-dead-letter-exchange").is_none()
+    {
         return Err(AmqpError::precondition(format!(
             "invalid arg 'x-dead-letter-routing-key' for queue '{name}' in vhost '{vhost}': routing_key_but_no_dlx_defined"
         )));
@@ -191,7 +207,13 @@ const EQUIVALENCE_KEYS: &[&str] = &[
     "x-delayed-type",
 ];
 
-pub fn check_equivalent(current: &FieldTable, received: &FieldTable, kind: &str, name: &str, vhost: &str) -> AmqpResult<()> {
+pub fn check_equivalent(
+    current: &FieldTable,
+    received: &FieldTable,
+    kind: &str,
+    name: &str,
+    vhost: &str,
+) -> AmqpResult<()> {
     for key in EQUIVALENCE_KEYS {
         let (c, r) = (get(current, key), get(received, key));
         let same = match (c, r) {
@@ -204,8 +226,10 @@ pub fn check_equivalent(current: &FieldTable, received: &FieldTable, kind: &str,
             let (recv, cur) = match (r, c) {
                 (Some(r), Some(c)) => (format!("'{}'", show(r)), format!("'{}'", show(c))),
                 _ => (
-                    r.map(|v| format!("the value '{}' of type '{}'", show(v), type_name(v))).unwrap_or_else(|| "none".into()),
-                    c.map(|v| format!("the value '{}' of type '{}'", show(v), type_name(v))).unwrap_or_else(|| "none".into()),
+                    r.map(|v| format!("the value '{}' of type '{}'", show(v), type_name(v)))
+                        .unwrap_or_else(|| "none".into()),
+                    c.map(|v| format!("the value '{}' of type '{}'", show(v), type_name(v)))
+                        .unwrap_or_else(|| "none".into()),
                 ),
             };
             return Err(AmqpError::precondition(format!(

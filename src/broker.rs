@@ -66,7 +66,10 @@ pub struct Permission {
 
 impl Permission {
     pub fn new(configure: &str, write: &str, read: &str) -> Result<Self, String> {
-        let anchored = |p: &str| Regex::new(&format!("^(?:{p})$")).map_err(|e| format!("invalid permission regex {p:?}: {e}"));
+        let anchored = |p: &str| {
+            Regex::new(&format!("^(?:{p})$"))
+                .map_err(|e| format!("invalid permission regex {p:?}: {e}"))
+        };
         Ok(Permission {
             configure: configure.into(),
             write: write.into(),
@@ -144,14 +147,25 @@ impl Broker {
                 model.apply(op);
             }
         }
-        let mut max_id = model.queues.values().map(|q| q.id).chain(model.exchanges.values().map(|e| e.id)).max().unwrap_or(0);
+        let mut max_id = model
+            .queues
+            .values()
+            .map(|q| q.id)
+            .chain(model.exchanges.values().map(|e| e.id))
+            .max()
+            .unwrap_or(0);
         for e in model.exchanges.values_mut() {
             if e.id == 0 && is_delayed(&e.kind, &e.arguments) {
                 max_id += 1;
                 e.id = max_id;
             }
         }
-        let live: HashSet<u32> = model.queues.values().map(|q| q.id).chain(model.exchanges.values().map(|e| e.id).filter(|i| *i != 0)).collect();
+        let live: HashSet<u32> = model
+            .queues
+            .values()
+            .map(|q| q.id)
+            .chain(model.exchanges.values().map(|e| e.id).filter(|i| *i != 0))
+            .collect();
         let (store, mut recovered) = Store::open(
             &config.data_dir,
             io,
@@ -194,7 +208,16 @@ impl Broker {
         let mut total = 0usize;
         for ((v, name), e) in &model.exchanges {
             if let Some(vh) = broker.vhost(v) {
-                match broker.make_exchange(&vh, name, &e.kind, true, e.auto_delete, e.internal, e.arguments.clone(), e.id) {
+                match broker.make_exchange(
+                    &vh,
+                    name,
+                    &e.kind,
+                    true,
+                    e.auto_delete,
+                    e.internal,
+                    e.arguments.clone(),
+                    e.id,
+                ) {
                     Ok(ex) => {
                         if let (Some(d), Some(msgs)) = (&ex.delayed, recovered.remove(&e.id)) {
                             tracing::info!(exchange = %name, pending = msgs.len(), "delayed messages recovered");
@@ -202,13 +225,24 @@ impl Broker {
                         }
                         vh.exchanges.write().insert(name.clone(), ex);
                     }
-                    Err(err) => tracing::error!(exchange = %name, error = %err, "cannot restore exchange"),
+                    Err(err) => {
+                        tracing::error!(exchange = %name, error = %err, "cannot restore exchange")
+                    }
                 }
             }
         }
         for ((v, name), q) in &model.queues {
             if let Some(vh) = broker.vhost(v) {
-                let queue = Arc::new(Queue::new(name, &vh, q.id, true, None, q.auto_delete, q.arguments.clone(), store.clone()));
+                let queue = Arc::new(Queue::new(
+                    name,
+                    &vh,
+                    q.id,
+                    true,
+                    None,
+                    q.auto_delete,
+                    q.arguments.clone(),
+                    store.clone(),
+                ));
                 if let Some(msgs) = recovered.remove(&q.id) {
                     total += msgs.len();
                     queue.restore(msgs);
@@ -218,8 +252,12 @@ impl Broker {
             }
         }
         for b in &model.bindings {
-            let Some(vh) = broker.vhost(&b.vhost) else { continue };
-            let Some(src) = vh.exchange(&b.source) else { continue };
+            let Some(vh) = broker.vhost(&b.vhost) else {
+                continue;
+            };
+            let Some(src) = vh.exchange(&b.source) else {
+                continue;
+            };
             let dest = if b.destination_type == "queue" {
                 vh.queue(&b.destination).map(Dest::Queue)
             } else {
@@ -269,7 +307,9 @@ impl Broker {
         }
         let vhosts: Vec<_> = self.vhosts.read().values().cloned().collect();
         for v in &vhosts {
-            ops.push(DefOp::AddVhost { name: v.name.clone() });
+            ops.push(DefOp::AddVhost {
+                name: v.name.clone(),
+            });
         }
         for ((u, v), p) in self.permissions.read().iter() {
             ops.push(DefOp::SetPermissions {
@@ -331,10 +371,19 @@ impl Broker {
     }
 
     pub fn can_access_vhost(&self, user: &str, vhost: &str) -> bool {
-        self.permissions.read().contains_key(&(user.to_owned(), vhost.to_owned()))
+        self.permissions
+            .read()
+            .contains_key(&(user.to_owned(), vhost.to_owned()))
     }
 
-    pub fn check_access(&self, user: &str, vhost: &str, access: Access, kind: &str, name: &str) -> AmqpResult<()> {
+    pub fn check_access(
+        &self,
+        user: &str,
+        vhost: &str,
+        access: Access,
+        kind: &str,
+        name: &str,
+    ) -> AmqpResult<()> {
         let perms = self.permissions.read();
         let ok = perms
             .get(&(user.to_owned(), vhost.to_owned()))
@@ -378,7 +427,9 @@ impl Broker {
         arguments: FieldTable,
     ) -> AmqpResult<Arc<Exchange>> {
         if name.is_empty() {
-            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
         }
         if passive {
             return vhost.get_exchange(name);
@@ -401,15 +452,33 @@ impl Broker {
                 return Err(ineq("type", kind.into(), existing.type_name.clone()));
             }
             if existing.durable != durable {
-                return Err(ineq("durable", durable.to_string(), existing.durable.to_string()));
+                return Err(ineq(
+                    "durable",
+                    durable.to_string(),
+                    existing.durable.to_string(),
+                ));
             }
             if existing.auto_delete != auto_delete {
-                return Err(ineq("auto_delete", auto_delete.to_string(), existing.auto_delete.to_string()));
+                return Err(ineq(
+                    "auto_delete",
+                    auto_delete.to_string(),
+                    existing.auto_delete.to_string(),
+                ));
             }
             if existing.internal != internal {
-                return Err(ineq("internal", internal.to_string(), existing.internal.to_string()));
+                return Err(ineq(
+                    "internal",
+                    internal.to_string(),
+                    existing.internal.to_string(),
+                ));
             }
-            crate::args::check_equivalent(&existing.arguments, &arguments, "exchange", name, &vhost.name)?;
+            crate::args::check_equivalent(
+                &existing.arguments,
+                &arguments,
+                "exchange",
+                name,
+                &vhost.name,
+            )?;
             return Ok(existing);
         }
         let id = if is_delayed(kind, &arguments) && durable {
@@ -428,7 +497,16 @@ impl Broker {
                 id,
             })?;
         }
-        let ex = self.make_exchange(&vhost.arc(), name, kind, durable, auto_delete, internal, arguments, id)?;
+        let ex = self.make_exchange(
+            &vhost.arc(),
+            name,
+            kind,
+            durable,
+            auto_delete,
+            internal,
+            arguments,
+            id,
+        )?;
         vhost.exchanges.write().insert(name.to_owned(), ex.clone());
         Ok(ex)
     }
@@ -449,11 +527,23 @@ impl Broker {
         let (k, delayed) = exchange_kind(kind, &arguments)?;
         let mut ex = Exchange::new(name, k, durable, auto_delete, internal, arguments);
         ex.type_name = kind.to_owned();
-        ex.dedup = crate::dedup::Dedup::from_args(&ex.arguments, durable.then(|| exchange_dedup_path(&self.config.data_dir, &vhost.name, name)));
+        ex.dedup = crate::dedup::Dedup::from_args(
+            &ex.arguments,
+            durable.then(|| exchange_dedup_path(&self.config.data_dir, &vhost.name, name)),
+        );
         if delayed {
-            let sub = if id != 0 { format!("x{id}") } else { format!("t{}", rand::random::<u64>()) };
+            let sub = if id != 0 {
+                format!("x{id}")
+            } else {
+                format!("t{}", rand::random::<u64>())
+            };
             let dir = self.config.data_dir.join("delayed").join(sub);
-            ex.delayed = Some(crate::delayed::Delayed::new(id, durable, self.store.clone(), dir));
+            ex.delayed = Some(crate::delayed::Delayed::new(
+                id,
+                durable,
+                self.store.clone(),
+                dir,
+            ));
         }
         let ex = Arc::new(ex);
         if let Some(d) = &ex.delayed {
@@ -565,12 +655,22 @@ impl Broker {
                 return Err(ineq("durable", durable, existing.durable));
             }
             if existing.exclusive_owner.is_some() != exclusive {
-                return Err(ineq("exclusive", exclusive, existing.exclusive_owner.is_some()));
+                return Err(ineq(
+                    "exclusive",
+                    exclusive,
+                    existing.exclusive_owner.is_some(),
+                ));
             }
             if existing.auto_delete != auto_delete {
                 return Err(ineq("auto_delete", auto_delete, existing.auto_delete));
             }
-            crate::args::check_equivalent(&existing.arguments, &arguments, "queue", &name, &vhost.name)?;
+            crate::args::check_equivalent(
+                &existing.arguments,
+                &arguments,
+                "queue",
+                &name,
+                &vhost.name,
+            )?;
             existing.touch();
             return Ok(existing);
         }
@@ -602,7 +702,13 @@ impl Broker {
     }
 
     /// Delete a queue; returns its message count.
-    pub fn delete_queue(&self, vhost: &VHost, q: &Arc<Queue>, if_unused: bool, if_empty: bool) -> AmqpResult<u32> {
+    pub fn delete_queue(
+        &self,
+        vhost: &VHost,
+        q: &Arc<Queue>,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> AmqpResult<u32> {
         if if_unused && !q.is_unused() {
             return Err(AmqpError::precondition(format!(
                 "queue '{}' in vhost '{}' in use",
@@ -645,18 +751,31 @@ impl Broker {
 
     // ----- bindings -----
 
-    pub fn bind(&self, vhost: &VHost, source: &Arc<Exchange>, dest: Dest, routing_key: &str, arguments: FieldTable) -> AmqpResult<()> {
+    pub fn bind(
+        &self,
+        vhost: &VHost,
+        source: &Arc<Exchange>,
+        dest: Dest,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> AmqpResult<()> {
         if source.name.is_empty() {
-            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
         }
         if let Dest::Exchange(d) = &dest {
             if d.name.is_empty() {
-                return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+                return Err(AmqpError::access_refused(
+                    "operation not permitted on the default exchange",
+                ));
             }
         }
         if source.kind == ExchangeKind::Headers {
             if let Some(v) = arguments.inner().get("x-match") {
-                let ok = crate::args::str_value(v).is_some_and(|m| matches!(m.as_str(), "all" | "any" | "all-with-x" | "any-with-x"));
+                let ok = crate::args::str_value(v).is_some_and(|m| {
+                    matches!(m.as_str(), "all" | "any" | "all-with-x" | "any-with-x")
+                });
                 if !ok {
                     return Err(AmqpError::precondition(format!(
                         "Invalid x-match field value {}; expected all, any, all-with-x, or any-with-x",
@@ -680,9 +799,18 @@ impl Broker {
         Ok(())
     }
 
-    pub fn unbind(&self, vhost: &VHost, source: &Arc<Exchange>, dest: Dest, routing_key: &str, arguments: FieldTable) -> AmqpResult<()> {
+    pub fn unbind(
+        &self,
+        vhost: &VHost,
+        source: &Arc<Exchange>,
+        dest: Dest,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> AmqpResult<()> {
         if source.name.is_empty() {
-            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
         }
         let durable = source.durable && dest.is_durable();
         let op = DefOp::Unbind {
@@ -746,7 +874,14 @@ impl Broker {
         Ok(true)
     }
 
-    pub fn set_permissions(&self, user: &str, vhost: &str, configure: &str, write: &str, read: &str) -> AmqpResult<()> {
+    pub fn set_permissions(
+        &self,
+        user: &str,
+        vhost: &str,
+        configure: &str,
+        write: &str,
+        read: &str,
+    ) -> AmqpResult<()> {
         let p = Permission::new(configure, write, read).map_err(AmqpError::precondition)?;
         self.persist(DefOp::SetPermissions {
             user: user.into(),
@@ -755,7 +890,9 @@ impl Broker {
             write: write.into(),
             read: read.into(),
         })?;
-        self.permissions.write().insert((user.to_owned(), vhost.to_owned()), p);
+        self.permissions
+            .write()
+            .insert((user.to_owned(), vhost.to_owned()), p);
         Ok(())
     }
 
@@ -764,7 +901,9 @@ impl Broker {
             user: user.into(),
             vhost: vhost.into(),
         })?;
-        self.permissions.write().remove(&(user.to_owned(), vhost.to_owned()));
+        self.permissions
+            .write()
+            .remove(&(user.to_owned(), vhost.to_owned()));
         Ok(())
     }
 
@@ -841,7 +980,11 @@ impl Broker {
         }
         self.store.flush_acks();
         if n > 0 {
-            tracing::info!(segments = sparse.len(), messages = n, "compacted sparse segments");
+            tracing::info!(
+                segments = sparse.len(),
+                messages = n,
+                "compacted sparse segments"
+            );
         }
         n
     }
@@ -885,7 +1028,9 @@ fn exchange_kind(kind: &str, args: &FieldTable) -> AmqpResult<(ExchangeKind, boo
     }
     match ExchangeKind::parse(kind) {
         Some(k) => Ok((k, is_delayed(kind, args))),
-        None => Err(AmqpError::command_invalid(format!("unknown exchange type '{kind}'"))),
+        None => Err(AmqpError::command_invalid(format!(
+            "unknown exchange type '{kind}'"
+        ))),
     }
 }
 
@@ -955,44 +1100,122 @@ impl Model {
                 self.queues.retain(|(v, _), _| *v != name);
                 self.bindings.retain(|b| b.vhost != name);
             }
-            DefOp::PutUser { name, password_hash, tags } => {
-                self.users.insert(name.clone(), User { name, password_hash, tags });
+            DefOp::PutUser {
+                name,
+                password_hash,
+                tags,
+            } => {
+                self.users.insert(
+                    name.clone(),
+                    User {
+                        name,
+                        password_hash,
+                        tags,
+                    },
+                );
             }
             DefOp::DeleteUser { name } => {
                 self.users.remove(&name);
                 self.perms.retain(|(u, _), _| *u != name);
             }
-            DefOp::SetPermissions { user, vhost, configure, write, read } => {
+            DefOp::SetPermissions {
+                user,
+                vhost,
+                configure,
+                write,
+                read,
+            } => {
                 self.perms.insert((user, vhost), (configure, write, read));
             }
             DefOp::ClearPermissions { user, vhost } => {
                 self.perms.remove(&(user, vhost));
             }
-            DefOp::DeclareExchange { vhost, name, kind, auto_delete, internal, arguments, id } => {
-                self.exchanges.insert((vhost, name), ExModel { id, kind, auto_delete, internal, arguments });
+            DefOp::DeclareExchange {
+                vhost,
+                name,
+                kind,
+                auto_delete,
+                internal,
+                arguments,
+                id,
+            } => {
+                self.exchanges.insert(
+                    (vhost, name),
+                    ExModel {
+                        id,
+                        kind,
+                        auto_delete,
+                        internal,
+                        arguments,
+                    },
+                );
             }
             DefOp::DeleteExchange { vhost, name } => {
                 self.exchanges.remove(&(vhost.clone(), name.clone()));
                 self.bindings.retain(|b| {
-                    !(b.vhost == vhost && (b.source == name || (b.destination_type == "exchange" && b.destination == name)))
+                    !(b.vhost == vhost
+                        && (b.source == name
+                            || (b.destination_type == "exchange" && b.destination == name)))
                 });
             }
-            DefOp::DeclareQueue { vhost, name, id, auto_delete, arguments } => {
-                self.queues.insert((vhost, name), QModel { id, auto_delete, arguments });
+            DefOp::DeclareQueue {
+                vhost,
+                name,
+                id,
+                auto_delete,
+                arguments,
+            } => {
+                self.queues.insert(
+                    (vhost, name),
+                    QModel {
+                        id,
+                        auto_delete,
+                        arguments,
+                    },
+                );
             }
             DefOp::DeleteQueue { vhost, name } => {
                 self.queues.remove(&(vhost.clone(), name.clone()));
-                self.bindings
-                    .retain(|b| !(b.vhost == vhost && b.destination_type == "queue" && b.destination == name));
+                self.bindings.retain(|b| {
+                    !(b.vhost == vhost && b.destination_type == "queue" && b.destination == name)
+                });
             }
-            DefOp::Bind { vhost, source, destination, destination_type, routing_key, arguments } => {
-                let b = BModel { vhost, source, destination, destination_type, routing_key, arguments };
+            DefOp::Bind {
+                vhost,
+                source,
+                destination,
+                destination_type,
+                routing_key,
+                arguments,
+            } => {
+                let b = BModel {
+                    vhost,
+                    source,
+                    destination,
+                    destination_type,
+                    routing_key,
+                    arguments,
+                };
                 if !self.bindings.contains(&b) {
                     self.bindings.push(b);
                 }
             }
-            DefOp::Unbind { vhost, source, destination, destination_type, routing_key, arguments } => {
-                let b = BModel { vhost, source, destination, destination_type, routing_key, arguments };
+            DefOp::Unbind {
+                vhost,
+                source,
+                destination,
+                destination_type,
+                routing_key,
+                arguments,
+            } => {
+                let b = BModel {
+                    vhost,
+                    source,
+                    destination,
+                    destination_type,
+                    routing_key,
+                    arguments,
+                };
                 self.bindings.retain(|x| *x != b);
             }
         }
@@ -1001,24 +1224,54 @@ impl Model {
     fn to_ops(&self) -> Vec<DefOp> {
         let mut ops = vec![];
         for u in self.users.values() {
-            ops.push(DefOp::PutUser { name: u.name.clone(), password_hash: u.password_hash.clone(), tags: u.tags.clone() });
+            ops.push(DefOp::PutUser {
+                name: u.name.clone(),
+                password_hash: u.password_hash.clone(),
+                tags: u.tags.clone(),
+            });
         }
         for v in &self.vhosts {
             ops.push(DefOp::AddVhost { name: v.clone() });
         }
         for ((u, v), (c, w, r)) in &self.perms {
-            ops.push(DefOp::SetPermissions { user: u.clone(), vhost: v.clone(), configure: c.clone(), write: w.clone(), read: r.clone() });
+            ops.push(DefOp::SetPermissions {
+                user: u.clone(),
+                vhost: v.clone(),
+                configure: c.clone(),
+                write: w.clone(),
+                read: r.clone(),
+            });
         }
         for ((v, n), e) in &self.exchanges {
-            ops.push(DefOp::DeclareExchange { vhost: v.clone(), name: n.clone(), kind: e.kind.clone(), auto_delete: e.auto_delete, internal: e.internal, arguments: e.arguments.clone(), id: e.id });
+            ops.push(DefOp::DeclareExchange {
+                vhost: v.clone(),
+                name: n.clone(),
+                kind: e.kind.clone(),
+                auto_delete: e.auto_delete,
+                internal: e.internal,
+                arguments: e.arguments.clone(),
+                id: e.id,
+            });
         }
         for ((v, n), q) in &self.queues {
-            ops.push(DefOp::DeclareQueue { vhost: v.clone(), name: n.clone(), id: q.id, auto_delete: q.auto_delete, arguments: q.arguments.clone() });
+            ops.push(DefOp::DeclareQueue {
+                vhost: v.clone(),
+                name: n.clone(),
+                id: q.id,
+                auto_delete: q.auto_delete,
+                arguments: q.arguments.clone(),
+            });
         }
         for b in &self.bindings {
-            ops.push(DefOp::Bind { vhost: b.vhost.clone(), source: b.source.clone(), destination: b.destination.clone(), destination_type: b.destination_type.clone(), routing_key: b.routing_key.clone(), arguments: b.arguments.clone() });
+            ops.push(DefOp::Bind {
+                vhost: b.vhost.clone(),
+                source: b.source.clone(),
+                destination: b.destination.clone(),
+                destination_type: b.destination_type.clone(),
+                routing_key: b.routing_key.clone(),
+                arguments: b.arguments.clone(),
+            });
         }
         ops
     }
 }
-

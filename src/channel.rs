@@ -14,7 +14,9 @@ use crate::protocol::{fast, props, put_method};
 use crate::queue::{EnqueueInfo, Enqueued, Queue};
 use crate::store::{self, SyncSeq};
 use crate::vhost::VHost;
-use amq_protocol::protocol::{basic, channel as chm, confirm, exchange as exm, queue as qm, tx, AMQPClass};
+use amq_protocol::protocol::{
+    basic, channel as chm, confirm, exchange as exm, queue as qm, tx, AMQPClass,
+};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
@@ -164,7 +166,9 @@ impl Channel {
 
     pub fn on_publish(&mut self, ctx: &ConnCtx, p: fast::PublishRef) -> AmqpResult<()> {
         if p.immediate {
-            return Err(AmqpError::new(ReplyCode::NotImplemented, "immediate=true").with_method(60, 40));
+            return Err(
+                AmqpError::new(ReplyCode::NotImplemented, "immediate=true").with_method(60, 40)
+            );
         }
         let _ = ctx;
         self.published = true;
@@ -221,9 +225,13 @@ impl Channel {
     pub fn on_body(&mut self, ctx: &ConnCtx, payload: Bytes) -> AmqpResult<()> {
         let Some(p) = self.pending.as_mut().filter(|p| p.header.is_some()) else {
             return Err(AmqpError::unexpected_frame(if self.pending.is_some() {
-                "expected content header for class 60, got non content header frame instead".to_string()
+                "expected content header for class 60, got non content header frame instead"
+                    .to_string()
             } else {
-                format!("expected method frame, got non method frame instead on channel {}", self.shared.id)
+                format!(
+                    "expected method frame, got non method frame instead on channel {}",
+                    self.shared.id
+                )
             }));
         };
         if p.body.len() as u64 + payload.len() as u64 > p.body_size {
@@ -273,7 +281,10 @@ impl Channel {
                 return Ok(ex.clone());
             }
         }
-        let ex = ctx.vhost.get_exchange(name).map_err(|e| e.with_method(60, 40))?;
+        let ex = ctx
+            .vhost
+            .get_exchange(name)
+            .map_err(|e| e.with_method(60, 40))?;
         if ex.internal {
             return Err(AmqpError::access_refused(format!(
                 "cannot publish to internal exchange '{name}' in vhost '{}'",
@@ -294,7 +305,8 @@ impl Channel {
     /// Route and store one message. Returns how its confirm is decided.
     fn publish(&mut self, ctx: &ConnCtx, msg: &Message) -> AmqpResult<ConfirmState> {
         let ex = self.lookup_exchange(ctx, &msg.exchange)?;
-        let peek = props::peek(&msg.header).ok_or_else(|| AmqpError::frame_error("malformed content header"))?;
+        let peek = props::peek(&msg.header)
+            .ok_or_else(|| AmqpError::frame_error("malformed content header"))?;
         if let Some(uid) = peek.user_id {
             if uid != ctx.user {
                 return Err(AmqpError::precondition(format!(
@@ -306,13 +318,15 @@ impl Channel {
         }
         let headers = match peek.headers {
             Some(_) => Some(full_headers(&msg.header).ok_or_else(|| {
-                AmqpError::frame_error("cannot decode the message properties (headers table)").with_method(60, 40)
+                AmqpError::frame_error("cannot decode the message properties (headers table)")
+                    .with_method(60, 40)
             })?),
             None => None,
         };
         let expiration = match peek.expiration {
             Some(e) => Some(parse_expiration(e).map_err(|why| {
-                AmqpError::precondition(format!("invalid expiration '{e}': {why}")).with_method(60, 40)
+                AmqpError::precondition(format!("invalid expiration '{e}': {why}"))
+                    .with_method(60, 40)
             })?),
             None => None,
         };
@@ -337,7 +351,8 @@ impl Channel {
         keys.extend(cc_holder.iter().map(|s| s.as_str()));
         let mut queues = std::mem::take(&mut self.route_buf);
         queues.clear();
-        ctx.vhost.route(&ex, &keys, headers.as_ref(), &msg.header, &mut queues);
+        ctx.vhost
+            .route(&ex, &keys, headers.as_ref(), &msg.header, &mut queues);
         if let Some(d) = &ex.delayed {
             if let Some(delay) = crate::delayed::x_delay(headers.as_ref()) {
                 self.route_buf = queues;
@@ -356,7 +371,11 @@ impl Channel {
             self.route_buf = queues;
             return Ok(ConfirmState::Ready(true));
         }
-        queues.retain(|q| !q.dedup.as_ref().is_some_and(|d| d.is_duplicate(&msg.header)));
+        queues.retain(|q| {
+            !q.dedup
+                .as_ref()
+                .is_some_and(|d| d.is_duplicate(&msg.header))
+        });
         if queues.is_empty() {
             self.route_buf = queues;
             return Ok(ConfirmState::Ready(true));
@@ -447,10 +466,26 @@ impl Channel {
             return Ok(ConfirmState::Ready(true));
         }
         let logged = d.logs(persistent);
-        let ids: &[u32] = if logged { std::slice::from_ref(&d.id) } else { &[] };
+        let ids: &[u32] = if logged {
+            std::slice::from_ref(&d.id)
+        } else {
+            &[]
+        };
         let now = now_ms();
-        store::encode_prefix(&mut self.prefix_buf, persistent, now, ids, &ex.name, &msg.routing_key, &msg.header);
-        match ctx.broker.store.append(&self.prefix_buf, &msg.body, 1, logged) {
+        store::encode_prefix(
+            &mut self.prefix_buf,
+            persistent,
+            now,
+            ids,
+            &ex.name,
+            &msg.routing_key,
+            &msg.header,
+        );
+        match ctx
+            .broker
+            .store
+            .append(&self.prefix_buf, &msg.body, 1, logged)
+        {
             Ok((pos, seq)) => {
                 d.schedule(now.saturating_add(delay), pos.with_logged(logged));
                 Ok(match seq {
@@ -471,7 +506,10 @@ impl Channel {
         if let Some(s) = self.commit_wait {
             if s <= synced {
                 self.commit_wait = None;
-                self.reply(ctx, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
+                self.reply(
+                    ctx,
+                    AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+                );
             }
         }
         if self.confirms.is_empty() {
@@ -511,7 +549,11 @@ impl Channel {
     }
 
     pub fn waits_for_sync(&self) -> bool {
-        self.commit_wait.is_some() || self.confirms.iter().any(|(_, s)| matches!(s, ConfirmState::Wait(_)))
+        self.commit_wait.is_some()
+            || self
+                .confirms
+                .iter()
+                .any(|(_, s)| matches!(s, ConfirmState::Wait(_)))
     }
 
     pub fn has_confirms(&self) -> bool {
@@ -529,14 +571,22 @@ impl Channel {
             } else {
                 match st.unacked.binary_search_by_key(&tag, |u| u.tag) {
                     Ok(i) => i + 1,
-                    Err(_) => return Err(AmqpError::precondition(format!("unknown delivery tag {tag}"))),
+                    Err(_) => {
+                        return Err(AmqpError::precondition(format!(
+                            "unknown delivery tag {tag}"
+                        )))
+                    }
                 }
             };
             st.unacked.drain(..n).collect()
         } else {
             match st.unacked.binary_search_by_key(&tag, |u| u.tag) {
                 Ok(i) => vec![st.unacked.remove(i).unwrap()],
-                Err(_) => return Err(AmqpError::precondition(format!("unknown delivery tag {tag}"))),
+                Err(_) => {
+                    return Err(AmqpError::precondition(format!(
+                        "unknown delivery tag {tag}"
+                    )))
+                }
             }
         };
         Ok(taken)
@@ -575,16 +625,26 @@ impl Channel {
 
     fn do_nack(&self, tag: u64, multiple: bool, requeue: bool) -> AmqpResult<()> {
         let entries = self.take_unacked(tag, multiple)?;
-        self.settle(entries, if requeue { Settle::Requeue } else { Settle::Reject });
+        self.settle(
+            entries,
+            if requeue {
+                Settle::Requeue
+            } else {
+                Settle::Reject
+            },
+        );
         Ok(())
     }
 
     /// Fast path for basic.ack decoded by hand.
     pub fn on_ack(&mut self, tag: u64, multiple: bool) -> AmqpResult<()> {
         if self.tx.is_some() {
-            return self.tx_settle(tag, multiple, Settle::Ack).map_err(|e| e.with_method(60, 80));
+            return self
+                .tx_settle(tag, multiple, Settle::Ack)
+                .map_err(|e| e.with_method(60, 80));
         }
-        self.do_ack(tag, multiple).map_err(|e| e.with_method(60, 80))
+        self.do_ack(tag, multiple)
+            .map_err(|e| e.with_method(60, 80))
     }
 
     fn tx_settle(&mut self, tag: u64, multiple: bool, how: Settle) -> AmqpResult<()> {
@@ -617,7 +677,8 @@ impl Channel {
 
     pub fn handle(&mut self, ctx: &ConnCtx, m: AMQPClass) -> AmqpResult<()> {
         let ids = method_ids(&m);
-        self.handle_inner(ctx, m).map_err(|e| e.with_method(ids.0, ids.1))
+        self.handle_inner(ctx, m)
+            .map_err(|e| e.with_method(ids.0, ids.1))
     }
 
     fn handle_inner(&mut self, ctx: &ConnCtx, m: AMQPClass) -> AmqpResult<()> {
@@ -626,7 +687,10 @@ impl Channel {
         match m {
             AMQPClass::Channel(chm::AMQPMethod::Flow(f)) => {
                 self.shared.state.lock().flow = f.active;
-                self.reply(ctx, AMQPClass::Channel(chm::AMQPMethod::FlowOk(chm::FlowOk { active: f.active })));
+                self.reply(
+                    ctx,
+                    AMQPClass::Channel(chm::AMQPMethod::FlowOk(chm::FlowOk { active: f.active })),
+                );
                 if f.active {
                     self.dispatch_all();
                 }
@@ -646,16 +710,37 @@ impl Channel {
                 if !d.passive {
                     b.check_access(&ctx.user, &vh.name, Access::Configure, "exchange", name)?;
                 }
-                b.declare_exchange(vh, name, d.kind.as_str(), d.passive, d.durable, d.auto_delete, d.internal, d.arguments)?;
+                b.declare_exchange(
+                    vh,
+                    name,
+                    d.kind.as_str(),
+                    d.passive,
+                    d.durable,
+                    d.auto_delete,
+                    d.internal,
+                    d.arguments,
+                )?;
                 if !d.nowait {
-                    self.reply(ctx, AMQPClass::Exchange(exm::AMQPMethod::DeclareOk(exm::DeclareOk {})));
+                    self.reply(
+                        ctx,
+                        AMQPClass::Exchange(exm::AMQPMethod::DeclareOk(exm::DeclareOk {})),
+                    );
                 }
             }
             AMQPClass::Exchange(exm::AMQPMethod::Delete(d)) => {
-                b.check_access(&ctx.user, &vh.name, Access::Configure, "exchange", d.exchange.as_str())?;
+                b.check_access(
+                    &ctx.user,
+                    &vh.name,
+                    Access::Configure,
+                    "exchange",
+                    d.exchange.as_str(),
+                )?;
                 b.delete_exchange(vh, d.exchange.as_str(), d.if_unused)?;
                 if !d.nowait {
-                    self.reply(ctx, AMQPClass::Exchange(exm::AMQPMethod::DeleteOk(exm::DeleteOk {})));
+                    self.reply(
+                        ctx,
+                        AMQPClass::Exchange(exm::AMQPMethod::DeleteOk(exm::DeleteOk {})),
+                    );
                 }
             }
             AMQPClass::Exchange(exm::AMQPMethod::Bind(d)) => {
@@ -663,9 +748,18 @@ impl Channel {
                 let src = vh.get_exchange(d.source.as_str())?;
                 b.check_access(&ctx.user, &vh.name, Access::Write, "exchange", &dest.name)?;
                 b.check_access(&ctx.user, &vh.name, Access::Read, "exchange", &src.name)?;
-                b.bind(vh, &src, Dest::Exchange(dest), d.routing_key.as_str(), d.arguments)?;
+                b.bind(
+                    vh,
+                    &src,
+                    Dest::Exchange(dest),
+                    d.routing_key.as_str(),
+                    d.arguments,
+                )?;
                 if !d.nowait {
-                    self.reply(ctx, AMQPClass::Exchange(exm::AMQPMethod::BindOk(exm::BindOk {})));
+                    self.reply(
+                        ctx,
+                        AMQPClass::Exchange(exm::AMQPMethod::BindOk(exm::BindOk {})),
+                    );
                 }
             }
             AMQPClass::Exchange(exm::AMQPMethod::Unbind(d)) => {
@@ -673,17 +767,41 @@ impl Channel {
                 let src = vh.get_exchange(d.source.as_str())?;
                 b.check_access(&ctx.user, &vh.name, Access::Write, "exchange", &dest.name)?;
                 b.check_access(&ctx.user, &vh.name, Access::Read, "exchange", &src.name)?;
-                b.unbind(vh, &src, Dest::Exchange(dest), d.routing_key.as_str(), d.arguments)?;
+                b.unbind(
+                    vh,
+                    &src,
+                    Dest::Exchange(dest),
+                    d.routing_key.as_str(),
+                    d.arguments,
+                )?;
                 if !d.nowait {
-                    self.reply(ctx, AMQPClass::Exchange(exm::AMQPMethod::UnbindOk(exm::UnbindOk {})));
+                    self.reply(
+                        ctx,
+                        AMQPClass::Exchange(exm::AMQPMethod::UnbindOk(exm::UnbindOk {})),
+                    );
                 }
             }
             // ----- queue -----
             AMQPClass::Queue(qm::AMQPMethod::Declare(d)) => {
                 if !d.passive && !d.queue.as_str().is_empty() {
-                    b.check_access(&ctx.user, &vh.name, Access::Configure, "queue", d.queue.as_str())?;
+                    b.check_access(
+                        &ctx.user,
+                        &vh.name,
+                        Access::Configure,
+                        "queue",
+                        d.queue.as_str(),
+                    )?;
                 }
-                let q = b.declare_queue(vh, d.queue.as_str(), d.passive, d.durable, d.exclusive, d.auto_delete, d.arguments, ctx.conn_id)?;
+                let q = b.declare_queue(
+                    vh,
+                    d.queue.as_str(),
+                    d.passive,
+                    d.durable,
+                    d.exclusive,
+                    d.auto_delete,
+                    d.arguments,
+                    ctx.conn_id,
+                )?;
                 self.last_queue = Some(q.name.clone());
                 if !d.nowait {
                     self.reply(
@@ -718,14 +836,20 @@ impl Channel {
                 b.check_access(&ctx.user, &vh.name, Access::Write, "queue", &q.name)?;
                 b.check_access(&ctx.user, &vh.name, Access::Read, "exchange", &ex.name)?;
                 b.unbind(vh, &ex, Dest::Queue(q), d.routing_key.as_str(), d.arguments)?;
-                self.reply(ctx, AMQPClass::Queue(qm::AMQPMethod::UnbindOk(qm::UnbindOk {})));
+                self.reply(
+                    ctx,
+                    AMQPClass::Queue(qm::AMQPMethod::UnbindOk(qm::UnbindOk {})),
+                );
             }
             AMQPClass::Queue(qm::AMQPMethod::Purge(d)) => {
                 let q = self.queue_for(ctx, d.queue.as_str())?;
                 b.check_access(&ctx.user, &vh.name, Access::Read, "queue", &q.name)?;
                 let n = q.purge();
                 if !d.nowait {
-                    self.reply(ctx, AMQPClass::Queue(qm::AMQPMethod::PurgeOk(qm::PurgeOk { message_count: n })));
+                    self.reply(
+                        ctx,
+                        AMQPClass::Queue(qm::AMQPMethod::PurgeOk(qm::PurgeOk { message_count: n })),
+                    );
                 }
             }
             AMQPClass::Queue(qm::AMQPMethod::Delete(d)) => {
@@ -739,7 +863,12 @@ impl Channel {
                     None => 0,
                 };
                 if !d.nowait {
-                    self.reply(ctx, AMQPClass::Queue(qm::AMQPMethod::DeleteOk(qm::DeleteOk { message_count: n })));
+                    self.reply(
+                        ctx,
+                        AMQPClass::Queue(qm::AMQPMethod::DeleteOk(qm::DeleteOk {
+                            message_count: n,
+                        })),
+                    );
                 }
             }
             // ----- basic -----
@@ -750,7 +879,10 @@ impl Channel {
                 } else {
                     self.consumer_prefetch = q.prefetch_count as u32;
                 }
-                self.reply(ctx, AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})));
+                self.reply(
+                    ctx,
+                    AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+                );
             }
             AMQPClass::Basic(basic::AMQPMethod::Consume(c)) => self.consume(ctx, c)?,
             AMQPClass::Basic(basic::AMQPMethod::Cancel(c)) => {
@@ -759,7 +891,9 @@ impl Channel {
                 if !c.nowait {
                     self.reply(
                         ctx,
-                        AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk { consumer_tag: tag.into() })),
+                        AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                            consumer_tag: tag.into(),
+                        })),
                     );
                 }
             }
@@ -767,13 +901,22 @@ impl Channel {
                 let q = self.queue_for(ctx, g.queue.as_str())?;
                 b.check_access(&ctx.user, &vh.name, Access::Read, "queue", &q.name)?;
                 if !q.get(&self.shared, g.no_ack) {
-                    self.reply(ctx, AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})));
+                    self.reply(
+                        ctx,
+                        AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+                    );
                 }
             }
-            AMQPClass::Basic(basic::AMQPMethod::Ack(a)) => self.on_ack(a.delivery_tag, a.multiple)?,
+            AMQPClass::Basic(basic::AMQPMethod::Ack(a)) => {
+                self.on_ack(a.delivery_tag, a.multiple)?
+            }
             AMQPClass::Basic(basic::AMQPMethod::Nack(n)) => {
                 if self.tx.is_some() {
-                    let how = if n.requeue { Settle::Requeue } else { Settle::Reject };
+                    let how = if n.requeue {
+                        Settle::Requeue
+                    } else {
+                        Settle::Reject
+                    };
                     self.tx_settle(n.delivery_tag, n.multiple, how)?;
                 } else {
                     self.do_nack(n.delivery_tag, n.multiple, n.requeue)?;
@@ -781,7 +924,11 @@ impl Channel {
             }
             AMQPClass::Basic(basic::AMQPMethod::Reject(r)) => {
                 if self.tx.is_some() {
-                    let how = if r.requeue { Settle::Requeue } else { Settle::Reject };
+                    let how = if r.requeue {
+                        Settle::Requeue
+                    } else {
+                        Settle::Reject
+                    };
                     self.tx_settle(r.delivery_tag, false, how)?;
                 } else {
                     self.do_nack(r.delivery_tag, false, r.requeue)?;
@@ -792,28 +939,41 @@ impl Channel {
                     return Err(AmqpError::new(ReplyCode::NotImplemented, "requeue=false"));
                 }
                 // recover-ok precedes the redeliveries, as in RabbitMQ.
-                self.reply(ctx, AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})));
+                self.reply(
+                    ctx,
+                    AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
+                );
                 self.recover(r.requeue)?;
             }
             AMQPClass::Basic(basic::AMQPMethod::RecoverAsync(r)) => self.recover(r.requeue)?,
             // ----- confirm and tx -----
             AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
                 if self.tx.is_some() {
-                    return Err(AmqpError::precondition("cannot switch from tx to confirm mode"));
+                    return Err(AmqpError::precondition(
+                        "cannot switch from tx to confirm mode",
+                    ));
                 }
                 self.confirm = true;
                 if !s.nowait {
-                    self.reply(ctx, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})));
+                    self.reply(
+                        ctx,
+                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                    );
                 }
             }
             AMQPClass::Tx(tx::AMQPMethod::Select(_)) => {
                 if self.confirm {
-                    return Err(AmqpError::precondition("cannot switch from confirm to tx mode"));
+                    return Err(AmqpError::precondition(
+                        "cannot switch from confirm to tx mode",
+                    ));
                 }
                 if self.tx.is_none() {
                     self.tx = Some(vec![]);
                 }
-                self.reply(ctx, AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})));
+                self.reply(
+                    ctx,
+                    AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})),
+                );
             }
             AMQPClass::Tx(tx::AMQPMethod::Commit(_)) => {
                 let Some(ops) = self.tx.replace(vec![]) else {
@@ -832,7 +992,10 @@ impl Channel {
                 }
                 match wait {
                     Some(s) => self.commit_wait = Some(s),
-                    None => self.reply(ctx, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {}))),
+                    None => self.reply(
+                        ctx,
+                        AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+                    ),
                 }
             }
             AMQPClass::Tx(tx::AMQPMethod::Rollback(_)) => {
@@ -840,7 +1003,10 @@ impl Channel {
                     return Err(AmqpError::precondition("channel is not transactional"));
                 };
                 self.tx_rollback(ops);
-                self.reply(ctx, AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})));
+                self.reply(
+                    ctx,
+                    AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})),
+                );
             }
             other => {
                 let (c, m) = method_ids(&other);
@@ -880,7 +1046,8 @@ impl Channel {
 
     fn consume(&mut self, ctx: &ConnCtx, c: basic::Consume) -> AmqpResult<()> {
         let q = self.queue_for(ctx, c.queue.as_str())?;
-        ctx.broker.check_access(&ctx.user, &ctx.vhost.name, Access::Read, "queue", &q.name)?;
+        ctx.broker
+            .check_access(&ctx.user, &ctx.vhost.name, Access::Read, "queue", &q.name)?;
         if q.consumer_conflict(c.exclusive) {
             return Err(AmqpError::access_refused(format!(
                 "queue '{}' in vhost '{}' in exclusive use",
@@ -889,14 +1056,19 @@ impl Channel {
         }
         let tag = if c.consumer_tag.as_str().is_empty() {
             let r: [u8; 16] = rand::random();
-            format!("amq.ctag-{}", base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, r))
+            format!(
+                "amq.ctag-{}",
+                base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, r)
+            )
         } else {
             c.consumer_tag.as_str().to_owned()
         };
         {
             let st = self.shared.state.lock();
             if st.consumers.iter().any(|x| x.tag == tag) {
-                return Err(AmqpError::not_allowed(format!("attempt to reuse consumer tag '{tag}'")));
+                return Err(AmqpError::not_allowed(format!(
+                    "attempt to reuse consumer tag '{tag}'"
+                )));
             }
         }
         let priority = crate::args::get_int(&c.arguments, "x-priority").unwrap_or(0) as i32;
@@ -914,7 +1086,12 @@ impl Channel {
         self.shared.state.lock().consumers.push(consumer.clone());
         if !c.nowait {
             // consume-ok must precede the first delivery.
-            self.reply(ctx, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk { consumer_tag: tag.into() })));
+            self.reply(
+                ctx,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: tag.into(),
+                })),
+            );
         }
         q.add_consumer(consumer);
         Ok(())
@@ -950,7 +1127,10 @@ impl Channel {
         let (consumers, unacked) = {
             let mut st = self.shared.state.lock();
             st.closed = true;
-            (std::mem::take(&mut st.consumers), st.unacked.drain(..).collect::<Vec<_>>())
+            (
+                std::mem::take(&mut st.consumers),
+                st.unacked.drain(..).collect::<Vec<_>>(),
+            )
         };
         let mut auto_delete = vec![];
         for c in consumers {
@@ -989,7 +1169,10 @@ pub fn server_cancel(c: &Arc<Consumer>) {
             put_method(
                 out,
                 id,
-                AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel { consumer_tag: tag.into(), nowait: true })),
+                AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                    consumer_tag: tag.into(),
+                    nowait: true,
+                })),
             )
         });
     }
@@ -1001,7 +1184,9 @@ fn parse_expiration(e: &str) -> Result<u64, String> {
         Some(d) => (true, d),
         None => (false, e.strip_prefix('+').unwrap_or(e)),
     };
-    let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
     if end == 0 {
         return Err("no_integer".into());
     }
@@ -1044,8 +1229,12 @@ pub fn encode_header(body_size: u64, props: &amq_protocol::protocol::BasicProper
             properties: props.clone(),
         },
     );
-    let b = gen_frame(&f)(WriteContext::from(Vec::new())).map(|c| c.write).unwrap_or_default();
-    b.get(7..b.len().saturating_sub(1)).map(|s| s.to_vec()).unwrap_or_default()
+    let b = gen_frame(&f)(WriteContext::from(Vec::new()))
+        .map(|c| c.write)
+        .unwrap_or_default();
+    b.get(7..b.len().saturating_sub(1))
+        .map(|s| s.to_vec())
+        .unwrap_or_default()
 }
 
 fn strip_bcc(header: &[u8]) -> Option<Vec<u8>> {

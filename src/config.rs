@@ -177,7 +177,10 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), String> {
         if self.frame_max < crate::protocol::FRAME_MIN_SIZE {
-            return Err(format!("frame_max must be at least {}", crate::protocol::FRAME_MIN_SIZE));
+            return Err(format!(
+                "frame_max must be at least {}",
+                crate::protocol::FRAME_MIN_SIZE
+            ));
         }
         if self.store.segment_size < 1024 * 1024 {
             return Err("store.segment_size must be at least 1 MiB".into());

@@ -10,7 +10,10 @@ use crate::broker::{Broker, ConnInfo};
 use crate::channel::{Channel, ConnCtx};
 use crate::delivery::ConnShared;
 use crate::error::{AmqpError, AmqpResult, ReplyCode};
-use crate::protocol::{self, fast, put_method, RawFrame, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, PROTOCOL_HEADER};
+use crate::protocol::{
+    self, fast, put_method, RawFrame, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
+    PROTOCOL_HEADER,
+};
 use amq_protocol::frame::parsing::parse_frame;
 use amq_protocol::protocol::{channel as chm, connection as cm, parse_class, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
@@ -32,13 +35,22 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_MIN: usize = 4096;
 const READ_MAX: usize = 256 * 1024;
 
-pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    broker: Arc<Broker>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let _ = socket.set_nodelay(true);
     let conn_id = broker.next_connection_id();
     let (mut rd, mut wr) = socket.into_split();
     // Buffers start small (idle connections cost little) and grow with traffic.
     let mut buf = BytesMut::with_capacity(READ_MIN);
-    let hs = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&broker, &mut rd, &mut wr, &mut buf, peer, conn_id)).await;
+    let hs = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake(&broker, &mut rd, &mut wr, &mut buf, peer, conn_id),
+    )
+    .await;
     let hs = match hs {
         Ok(Ok(Some(h))) => h,
         Ok(Ok(None)) => return,
@@ -53,7 +65,9 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr, mut
     };
     let shared = Arc::new(ConnShared::new(conn_id));
     shared.frame_max.store(hs.frame_max, Ordering::Relaxed);
-    shared.cancel_notify.store(hs.cancel_notify, Ordering::Relaxed);
+    shared
+        .cancel_notify
+        .store(hs.cancel_notify, Ordering::Relaxed);
     let info = ConnInfo {
         id: conn_id,
         name: format!("{peer} -> {}", broker.config.port),
@@ -64,7 +78,10 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr, mut
         connected_at: crate::channel::now_ms(),
         client_properties: hs.client_properties.clone(),
     };
-    broker.connections.lock().insert(conn_id, (info, shared.clone()));
+    broker
+        .connections
+        .lock()
+        .insert(conn_id, (info, shared.clone()));
     tracing::debug!(%peer, user = %hs.user, vhost = %hs.vhost.name, "connection open");
     let writer = tokio::spawn(write_loop(shared.clone(), wr, broker.store.clone()));
     let ctx = ConnCtx {
@@ -104,7 +121,11 @@ struct Handshake {
     client_properties: String,
 }
 
-async fn read_frame(rd: &mut OwnedReadHalf, buf: &mut BytesMut, frame_max: u32) -> AmqpResult<Option<RawFrame>> {
+async fn read_frame(
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    frame_max: u32,
+) -> AmqpResult<Option<RawFrame>> {
     loop {
         if let Some(f) = protocol::decode_frame(buf, frame_max)? {
             return Ok(Some(f));
@@ -116,7 +137,11 @@ async fn read_frame(rd: &mut OwnedReadHalf, buf: &mut BytesMut, frame_max: u32) 
     }
 }
 
-async fn read_method(rd: &mut OwnedReadHalf, buf: &mut BytesMut, frame_max: u32) -> AmqpResult<Option<AMQPClass>> {
+async fn read_method(
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    frame_max: u32,
+) -> AmqpResult<Option<AMQPClass>> {
     loop {
         let Some(f) = read_frame(rd, buf, frame_max).await? else {
             return Ok(None);
@@ -128,7 +153,11 @@ async fn read_method(rd: &mut OwnedReadHalf, buf: &mut BytesMut, frame_max: u32)
                     .map(|(_, m)| Some(m))
                     .map_err(|_| AmqpError::frame_error("malformed method frame"));
             }
-            _ => return Err(AmqpError::unexpected_frame("expected a connection method on channel 0")),
+            _ => {
+                return Err(AmqpError::unexpected_frame(
+                    "expected a connection method on channel 0",
+                ))
+            }
         }
     }
 }
@@ -156,7 +185,10 @@ fn server_properties() -> FieldTable {
     p.insert("platform".into(), s("Rust"));
     p.insert("cluster_name".into(), s("lepus"));
     p.insert("copyright".into(), s("The Lepus authors"));
-    p.insert("information".into(), s("An AMQP 0-9-1 broker; see README.md"));
+    p.insert(
+        "information".into(),
+        s("An AMQP 0-9-1 broker; see README.md"),
+    );
     p
 }
 
@@ -246,7 +278,11 @@ async fn handshake(
         Ok(Some(AMQPClass::Connection(cm::AMQPMethod::StartOk(so)))) => so,
         Ok(None) => return Ok(None),
         Ok(Some(_)) => {
-            refuse(wr, AmqpError::command_invalid("expected connection.start-ok").hard()).await;
+            refuse(
+                wr,
+                AmqpError::command_invalid("expected connection.start-ok").hard(),
+            )
+            .await;
             return Ok(None);
         }
         Err(e) => {
@@ -298,7 +334,11 @@ async fn handshake(
         Ok(Some(AMQPClass::Connection(cm::AMQPMethod::TuneOk(t)))) => t,
         Ok(None) => return Ok(None),
         Ok(Some(_)) | Err(_) => {
-            refuse(wr, AmqpError::command_invalid("expected connection.tune-ok").hard()).await;
+            refuse(
+                wr,
+                AmqpError::command_invalid("expected connection.tune-ok").hard(),
+            )
+            .await;
             return Ok(None);
         }
     };
@@ -326,24 +366,40 @@ async fn handshake(
         Ok(Some(AMQPClass::Connection(cm::AMQPMethod::Open(o)))) => o,
         Ok(None) => return Ok(None),
         Ok(Some(_)) | Err(_) => {
-            refuse(wr, AmqpError::command_invalid("expected connection.open").hard()).await;
+            refuse(
+                wr,
+                AmqpError::command_invalid("expected connection.open").hard(),
+            )
+            .await;
             return Ok(None);
         }
     };
     let vname = open.virtual_host.as_str().to_owned();
     let Some(vhost) = broker.vhost(&vname) else {
-        refuse(wr, AmqpError::not_allowed(format!("vhost {vname} not found")).with_method(10, 40)).await;
+        refuse(
+            wr,
+            AmqpError::not_allowed(format!("vhost {vname} not found")).with_method(10, 40),
+        )
+        .await;
         return Ok(None);
     };
     if !broker.can_access_vhost(&user, &vname) {
         refuse(
             wr,
-            AmqpError::not_allowed(format!("access to vhost '{vname}' refused for user '{user}'")).with_method(10, 40),
+            AmqpError::not_allowed(format!(
+                "access to vhost '{vname}' refused for user '{user}'"
+            ))
+            .with_method(10, 40),
         )
         .await;
         return Ok(None);
     }
-    send_now(wr, 0, AMQPClass::Connection(cm::AMQPMethod::OpenOk(cm::OpenOk {}))).await?;
+    send_now(
+        wr,
+        0,
+        AMQPClass::Connection(cm::AMQPMethod::OpenOk(cm::OpenOk {})),
+    )
+    .await?;
     Ok(Some(Handshake {
         user,
         vhost,
@@ -356,7 +412,11 @@ async fn handshake(
     }))
 }
 
-async fn write_loop(conn: Arc<ConnShared>, mut wr: OwnedWriteHalf, store: Arc<crate::store::Store>) {
+async fn write_loop(
+    conn: Arc<ConnShared>,
+    mut wr: OwnedWriteHalf,
+    store: Arc<crate::store::Store>,
+) {
     let mut buf = BytesMut::new();
     loop {
         conn.notify.notified().await;
@@ -374,7 +434,8 @@ async fn write_loop(conn: Arc<ConnShared>, mut wr: OwnedWriteHalf, store: Arc<cr
                 conn.closed.store(true, Ordering::SeqCst);
                 return;
             }
-            conn.bytes_out.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            conn.bytes_out
+                .fetch_add(buf.len() as u64, Ordering::Relaxed);
             // Give back memory after a burst of large messages.
             if buf.capacity() > 8 << 20 {
                 buf = BytesMut::new();
@@ -403,11 +464,20 @@ struct Conn {
 }
 
 impl Conn {
-    async fn run(&mut self, rd: &mut OwnedReadHalf, buf: &mut BytesMut, shutdown: &mut watch::Receiver<bool>) {
+    async fn run(
+        &mut self,
+        rd: &mut OwnedReadHalf,
+        buf: &mut BytesMut,
+        shutdown: &mut watch::Receiver<bool>,
+    ) {
         let store = self.ctx.broker.store.clone();
         let mut synced = store.synced();
         let mut alarm = self.ctx.broker.alarm.subscribe();
-        let hb = if self.heartbeat > 0 { Duration::from_secs(self.heartbeat as u64) } else { Duration::from_secs(3600) };
+        let hb = if self.heartbeat > 0 {
+            Duration::from_secs(self.heartbeat as u64)
+        } else {
+            Duration::from_secs(3600)
+        };
         let mut ticker = tokio::time::interval(hb);
         ticker.tick().await;
         let mut last_read = Instant::now();
@@ -417,17 +487,24 @@ impl Conn {
         let mut want = READ_MIN;
         while !self.done {
             let wait_sync = self.channels.values().any(|c| c.waits_for_sync());
-            let blocked = *alarm.borrow() && self.channels.values().any(|c| c.published) && !self.closing;
+            let blocked =
+                *alarm.borrow() && self.channels.values().any(|c| c.published) && !self.closing;
             if blocked && !blocked_sent {
                 blocked_sent = true;
                 if self.blocked_capability {
                     let reason = self.ctx.broker.alarm_reasons.lock().join(", ");
-                    self.send0(AMQPClass::Connection(cm::AMQPMethod::Blocked(cm::Blocked { reason: reason.into() })));
+                    self.send0(AMQPClass::Connection(cm::AMQPMethod::Blocked(
+                        cm::Blocked {
+                            reason: reason.into(),
+                        },
+                    )));
                 }
             } else if !blocked && blocked_sent {
                 blocked_sent = false;
                 if self.blocked_capability {
-                    self.send0(AMQPClass::Connection(cm::AMQPMethod::Unblocked(cm::Unblocked {})));
+                    self.send0(AMQPClass::Connection(cm::AMQPMethod::Unblocked(
+                        cm::Unblocked {},
+                    )));
                 }
             }
             if buf.capacity() - buf.len() < want / 2 {
@@ -547,7 +624,9 @@ impl Conn {
                     match m {
                         cm::AMQPMethod::CloseOk(_) => self.done = true,
                         cm::AMQPMethod::Close(_) => {
-                            self.send0(AMQPClass::Connection(cm::AMQPMethod::CloseOk(cm::CloseOk {})));
+                            self.send0(AMQPClass::Connection(cm::AMQPMethod::CloseOk(
+                                cm::CloseOk {},
+                            )));
                             self.done = true;
                         }
                         _ => {}
@@ -559,7 +638,10 @@ impl Conn {
         match f.kind {
             FRAME_HEARTBEAT => {
                 if f.channel != 0 {
-                    return Err(AmqpError::unexpected_frame("heartbeat frame on a non-zero channel").hard());
+                    return Err(AmqpError::unexpected_frame(
+                        "heartbeat frame on a non-zero channel",
+                    )
+                    .hard());
                 }
                 Ok(())
             }
@@ -580,10 +662,17 @@ impl Conn {
                     return Ok(());
                 }
                 let ctx = &self.ctx;
-                let r = if f.kind == FRAME_HEADER { ch.on_header(ctx, f.payload) } else { ch.on_body(ctx, f.payload) };
+                let r = if f.kind == FRAME_HEADER {
+                    ch.on_header(ctx, f.payload)
+                } else {
+                    ch.on_body(ctx, f.payload)
+                };
                 self.channel_result(f.channel, r)
             }
-            _ => Err(AmqpError::frame_error(format!("unexpected frame type {}", f.kind))),
+            _ => Err(AmqpError::frame_error(format!(
+                "unexpected frame type {}",
+                f.kind
+            ))),
         }
     }
 
@@ -591,7 +680,9 @@ impl Conn {
         let m = decode_method(&f.payload)?;
         match m {
             AMQPClass::Connection(cm::AMQPMethod::Close(_)) => {
-                self.send0(AMQPClass::Connection(cm::AMQPMethod::CloseOk(cm::CloseOk {})));
+                self.send0(AMQPClass::Connection(cm::AMQPMethod::CloseOk(
+                    cm::CloseOk {},
+                )));
                 self.done = true;
                 Ok(())
             }
@@ -599,7 +690,8 @@ impl Conn {
                 self.done = true;
                 Ok(())
             }
-            AMQPClass::Connection(cm::AMQPMethod::Blocked(_)) | AMQPClass::Connection(cm::AMQPMethod::Unblocked(_)) => Ok(()),
+            AMQPClass::Connection(cm::AMQPMethod::Blocked(_))
+            | AMQPClass::Connection(cm::AMQPMethod::Unblocked(_)) => Ok(()),
             AMQPClass::Connection(cm::AMQPMethod::UpdateSecretOk(_)) => Ok(()),
             other => Err(AmqpError::command_invalid(format!(
                 "method {}/{} on channel 0",
@@ -648,18 +740,25 @@ impl Conn {
                         .with_method(20, 10)
                         .hard());
                     }
-                    self.channels.insert(id, Channel::new(id, self.ctx.conn.clone()));
+                    self.channels
+                        .insert(id, Channel::new(id, self.ctx.conn.clone()));
                     self.ctx.conn.send(|out| {
-                        put_method(out, id, AMQPClass::Channel(chm::AMQPMethod::OpenOk(chm::OpenOk {})))
+                        put_method(
+                            out,
+                            id,
+                            AMQPClass::Channel(chm::AMQPMethod::OpenOk(chm::OpenOk {})),
+                        )
                     });
                     self.update_channel_count();
                     Ok(())
                 }
                 // A close-ok for a channel we already forgot, or a late close: answer politely.
                 AMQPClass::Channel(chm::AMQPMethod::CloseOk(_)) => Ok(()),
-                other => Err(AmqpError::channel_error(format!("expected 'channel.open' for channel {id}"))
-                    .with_method(other.get_amqp_class_id(), other.get_amqp_method_id())
-                    .hard()),
+                other => Err(AmqpError::channel_error(format!(
+                    "expected 'channel.open' for channel {id}"
+                ))
+                .with_method(other.get_amqp_class_id(), other.get_amqp_method_id())
+                .hard()),
             },
             Some(ch) => {
                 if ch.closing {
@@ -670,7 +769,11 @@ impl Conn {
                         }
                         AMQPClass::Channel(chm::AMQPMethod::Close(_)) => {
                             self.ctx.conn.send(|out| {
-                                put_method(out, id, AMQPClass::Channel(chm::AMQPMethod::CloseOk(chm::CloseOk {})))
+                                put_method(
+                                    out,
+                                    id,
+                                    AMQPClass::Channel(chm::AMQPMethod::CloseOk(chm::CloseOk {})),
+                                )
                             });
                             self.channels.remove(&id);
                             self.update_channel_count();
@@ -685,16 +788,20 @@ impl Conn {
                     ));
                 }
                 match m {
-                    AMQPClass::Channel(chm::AMQPMethod::Open(_)) => {
-                        Err(AmqpError::channel_error(format!("second 'channel.open' seen on channel {id}"))
-                            .with_method(20, 10)
-                            .hard())
-                    }
+                    AMQPClass::Channel(chm::AMQPMethod::Open(_)) => Err(AmqpError::channel_error(
+                        format!("second 'channel.open' seen on channel {id}"),
+                    )
+                    .with_method(20, 10)
+                    .hard()),
                     AMQPClass::Channel(chm::AMQPMethod::Close(_)) => {
                         let mut ch = self.channels.remove(&id).unwrap();
                         ch.close(&self.ctx);
                         self.ctx.conn.send(|out| {
-                            put_method(out, id, AMQPClass::Channel(chm::AMQPMethod::CloseOk(chm::CloseOk {})))
+                            put_method(
+                                out,
+                                id,
+                                AMQPClass::Channel(chm::AMQPMethod::CloseOk(chm::CloseOk {})),
+                            )
                         });
                         self.update_channel_count();
                         Ok(())
@@ -758,10 +865,20 @@ impl Conn {
     }
 
     fn update_channel_count(&self) {
-        if let Some((info, _)) = self.ctx.broker.connections.lock().get_mut(&self.ctx.conn_id) {
+        if let Some((info, _)) = self
+            .ctx
+            .broker
+            .connections
+            .lock()
+            .get_mut(&self.ctx.conn_id)
+        {
             info.channels = self.channels.len() as u32;
         }
-        *self.ctx.conn.channels.lock() = self.channels.values().map(|c| Arc::downgrade(&c.shared)).collect();
+        *self.ctx.conn.channels.lock() = self
+            .channels
+            .values()
+            .map(|c| Arc::downgrade(&c.shared))
+            .collect();
     }
 }
 
@@ -772,20 +889,27 @@ fn decode_method(payload: &[u8]) -> AmqpResult<AMQPClass> {
         Ok((&[], m)) => Ok(m),
         Ok(_) => {
             let (c, m) = fast::method_ids(payload).unwrap_or((0, 0));
-            Err(AmqpError::frame_error(format!("cannot decode method {c}/{m}: trailing bytes"))
-                .with_method(c, m)
-                .hard())
+            Err(
+                AmqpError::frame_error(format!("cannot decode method {c}/{m}: trailing bytes"))
+                    .with_method(c, m)
+                    .hard(),
+            )
         }
         Err(_) => {
             let (c, m) = fast::method_ids(payload).unwrap_or((0, 0));
             if known_method(c, m) {
-                Err(AmqpError::frame_error(format!("cannot decode arguments of method {c}/{m}"))
-                    .with_method(c, m)
-                    .hard())
+                Err(
+                    AmqpError::frame_error(format!("cannot decode arguments of method {c}/{m}"))
+                        .with_method(c, m)
+                        .hard(),
+                )
             } else {
-                Err(AmqpError::new(ReplyCode::NotImplemented, format!("unknown class or method {c}/{m}"))
-                    .with_method(c, m)
-                    .hard())
+                Err(AmqpError::new(
+                    ReplyCode::NotImplemented,
+                    format!("unknown class or method {c}/{m}"),
+                )
+                .with_method(c, m)
+                .hard())
             }
         }
     }
@@ -793,12 +917,34 @@ fn decode_method(payload: &[u8]) -> AmqpResult<AMQPClass> {
 
 fn known_method(class: u16, method: u16) -> bool {
     match class {
-        10 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51 | 60 | 61 | 70 | 71),
+        10 => matches!(
+            method,
+            10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51 | 60 | 61 | 70 | 71
+        ),
         20 => matches!(method, 10 | 11 | 20 | 21 | 40 | 41),
         30 => matches!(method, 10 | 11),
         40 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 51),
         50 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51),
-        60 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 50 | 60 | 70 | 71 | 72 | 80 | 90 | 100 | 110 | 111 | 120),
+        60 => matches!(
+            method,
+            10 | 11
+                | 20
+                | 21
+                | 30
+                | 31
+                | 40
+                | 50
+                | 60
+                | 70
+                | 71
+                | 72
+                | 80
+                | 90
+                | 100
+                | 110
+                | 111
+                | 120
+        ),
         85 => matches!(method, 10 | 11),
         90 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31),
         _ => false,

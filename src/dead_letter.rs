@@ -66,7 +66,9 @@ pub fn death_headers(
         .position(|d| matches!(d, AMQPValue::FieldTable(t) if same(t)));
     let entry = match existing {
         Some(i) => {
-            let AMQPValue::FieldTable(t) = deaths.remove(i) else { unreachable!() };
+            let AMQPValue::FieldTable(t) = deaths.remove(i) else {
+                unreachable!()
+            };
             let mut m = t.inner().clone();
             let n = crate::args::get_int(&t, "count").unwrap_or(0) + 1;
             m.insert("count".into(), AMQPValue::LongLongInt(n));
@@ -81,7 +83,9 @@ pub fn death_headers(
             t.insert("exchange".into(), ls(exchange));
             t.insert(
                 "routing-keys".into(),
-                AMQPValue::FieldArray(FieldArray::from(routing_keys.iter().map(|k| ls(k)).collect::<Vec<_>>())),
+                AMQPValue::FieldArray(FieldArray::from(
+                    routing_keys.iter().map(|k| ls(k)).collect::<Vec<_>>(),
+                )),
             );
             if let Some(e) = original_expiration {
                 t.insert("original-expiration".into(), ls(e));
@@ -90,7 +94,10 @@ pub fn death_headers(
         }
     };
     deaths.insert(0, AMQPValue::FieldTable(entry));
-    h.insert("x-death".into(), AMQPValue::FieldArray(FieldArray::from(deaths)));
+    h.insert(
+        "x-death".into(),
+        AMQPValue::FieldArray(FieldArray::from(deaths)),
+    );
     if !h.contains_key("x-first-death-reason") {
         h.insert("x-first-death-reason".into(), ls(reason.as_str()));
         h.insert("x-first-death-queue".into(), ls(queue));
@@ -110,7 +117,9 @@ pub fn is_cycle(headers: &FieldTable, target: &str) -> bool {
         return false;
     };
     for d in a.as_slice() {
-        let AMQPValue::FieldTable(t) = d else { continue };
+        let AMQPValue::FieldTable(t) = d else {
+            continue;
+        };
         if crate::args::get_str(t, "reason").as_deref() == Some("rejected") {
             return false;
         }
@@ -142,7 +151,13 @@ pub fn process(queue: &Arc<Queue>, dead: Vec<Dead>) {
     }
 }
 
-fn republish(queue: &Arc<Queue>, store: &Arc<store::Store>, vh: &Arc<crate::vhost::VHost>, ex: &Arc<crate::exchange::Exchange>, d: Dead) {
+fn republish(
+    queue: &Arc<Queue>,
+    store: &Arc<store::Store>,
+    vh: &Arc<crate::vhost::VHost>,
+    ex: &Arc<crate::exchange::Exchange>,
+    d: Dead,
+) {
     let copied = store.with_message(d.pos, |m| {
         let props = full_properties(m.header).unwrap_or_default();
         let body_size = m.body.len() as u64;
@@ -195,7 +210,14 @@ fn republish(queue: &Arc<Queue>, store: &Arc<store::Store>, vh: &Arc<crate::vhos
         copy!(cluster_id, with_cluster_id);
         new_props = new_props.with_headers(headers.clone());
         let header = encode_header(body_size, &new_props);
-        (header, m.body.to_vec(), route_keys, m.persistent, headers, new_props.priority().unwrap_or(0))
+        (
+            header,
+            m.body.to_vec(),
+            route_keys,
+            m.persistent,
+            headers,
+            new_props.priority().unwrap_or(0),
+        )
     });
     let Some((header, body, route_keys, persistent, headers, priority)) = copied else {
         return;
@@ -207,10 +229,27 @@ fn republish(queue: &Arc<Queue>, store: &Arc<store::Store>, vh: &Arc<crate::vhos
     if targets.is_empty() {
         return;
     }
-    let durable_ids: Vec<u32> = targets.iter().filter(|t| t.logs(persistent)).map(|t| t.id).collect();
+    let durable_ids: Vec<u32> = targets
+        .iter()
+        .filter(|t| t.logs(persistent))
+        .map(|t| t.id)
+        .collect();
     let mut prefix = Vec::with_capacity(64 + header.len());
-    store::encode_prefix(&mut prefix, persistent, now_ms(), &durable_ids, &ex.name, keys[0], &header);
-    let Ok((pos, _)) = store.append(&prefix, &body, targets.len() as u64, !durable_ids.is_empty()) else {
+    store::encode_prefix(
+        &mut prefix,
+        persistent,
+        now_ms(),
+        &durable_ids,
+        &ex.name,
+        keys[0],
+        &header,
+    );
+    let Ok((pos, _)) = store.append(
+        &prefix,
+        &body,
+        targets.len() as u64,
+        !durable_ids.is_empty(),
+    ) else {
         tracing::error!(queue = %queue.name, "dead-lettered message not stored");
         return;
     };
@@ -227,15 +266,29 @@ mod tests {
 
     #[test]
     fn x_death_counts_and_cycles() {
-        let h = death_headers(None, "q1", Reason::Expired, "ex", &["rk".into()], Some("100"));
+        let h = death_headers(
+            None,
+            "q1",
+            Reason::Expired,
+            "ex",
+            &["rk".into()],
+            Some("100"),
+        );
         let h2 = death_headers(Some(&h), "q2", Reason::Expired, "dlx", &["rk".into()], None);
         let h3 = death_headers(Some(&h2), "q1", Reason::Expired, "ex", &["rk".into()], None);
-        let AMQPValue::FieldArray(a) = &h3.inner()["x-death"] else { panic!() };
+        let AMQPValue::FieldArray(a) = &h3.inner()["x-death"] else {
+            panic!()
+        };
         assert_eq!(a.as_slice().len(), 2);
-        let AMQPValue::FieldTable(first) = &a.as_slice()[0] else { panic!() };
+        let AMQPValue::FieldTable(first) = &a.as_slice()[0] else {
+            panic!()
+        };
         assert_eq!(crate::args::get_str(first, "queue").as_deref(), Some("q1"));
         assert_eq!(crate::args::get_int(first, "count"), Some(2));
-        assert_eq!(crate::args::get_str(&h3, "x-first-death-queue").as_deref(), Some("q1"));
+        assert_eq!(
+            crate::args::get_str(&h3, "x-first-death-queue").as_deref(),
+            Some("q1")
+        );
         assert!(is_cycle(&h2, "q1"));
         let r = death_headers(Some(&h2), "q3", Reason::Rejected, "x", &[], None);
         assert!(!is_cycle(&r, "q1"));

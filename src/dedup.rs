@@ -43,8 +43,13 @@ impl Dedup {
             return None;
         }
         let config = DedupConfig {
-            cache_size: crate::args::get_int(args, "x-cache-size").filter(|n| *n > 0).map(|n| n as usize).unwrap_or(10_000),
-            ttl_ms: crate::args::get_int(args, "x-cache-ttl").filter(|n| *n > 0).map(|n| n as u64),
+            cache_size: crate::args::get_int(args, "x-cache-size")
+                .filter(|n| *n > 0)
+                .map(|n| n as usize)
+                .unwrap_or(10_000),
+            ttl_ms: crate::args::get_int(args, "x-cache-ttl")
+                .filter(|n| *n > 0)
+                .map(|n| n as u64),
             header: crate::args::get_str(args, "x-deduplication-header"),
         };
         let d = Dedup {
@@ -82,7 +87,9 @@ impl Dedup {
     /// True if the message was seen already (and is to be dropped); else
     /// remembers it.
     pub fn is_duplicate(&self, header: &[u8]) -> bool {
-        let Some(k) = self.key(header) else { return false };
+        let Some(k) = self.key(header) else {
+            return false;
+        };
         let now = now_ms();
         let mut c = self.cache.lock();
         if let Some(&exp) = c.seen.get(&k) {
@@ -118,7 +125,10 @@ impl Dedup {
                 encode(&mut buf, k, *e);
             }
             let tmp = path.with_extension("tmp");
-            if std::fs::write(&tmp, &buf).and_then(|_| std::fs::rename(&tmp, path)).is_ok() {
+            if std::fs::write(&tmp, &buf)
+                .and_then(|_| std::fs::rename(&tmp, path))
+                .is_ok()
+            {
                 c.log = None;
                 c.logged = c.order.len();
                 return;
@@ -128,7 +138,11 @@ impl Dedup {
             if let Some(dir) = path.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
-            c.log = std::fs::OpenOptions::new().create(true).append(true).open(path).ok();
+            c.log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok();
         }
         if let Some(f) = c.log.as_mut() {
             let mut buf = vec![];
@@ -142,14 +156,20 @@ impl Dedup {
 
     fn load(&self) {
         let Some(path) = &self.path else { return };
-        let Ok(bytes) = std::fs::read(path) else { return };
+        let Ok(bytes) = std::fs::read(path) else {
+            return;
+        };
         let now = now_ms();
         let mut c = self.cache.lock();
         let mut at = 0;
         while at + 10 <= bytes.len() {
             let n = u16::from_le_bytes([bytes[at], bytes[at + 1]]) as usize;
-            let Some(k) = bytes.get(at + 2..at + 2 + n) else { break };
-            let Some(e) = bytes.get(at + 2 + n..at + 10 + n) else { break };
+            let Some(k) = bytes.get(at + 2..at + 2 + n) else {
+                break;
+            };
+            let Some(e) = bytes.get(at + 2 + n..at + 10 + n) else {
+                break;
+            };
             let exp = u64::from_le_bytes(e.try_into().unwrap());
             if exp > now {
                 self.insert(&mut c, k.to_vec(), exp);

@@ -131,7 +131,10 @@ impl DelayIndex {
     }
 
     fn spill(&mut self) {
-        let mut entries: Vec<Entry> = std::mem::take(&mut self.heap).into_iter().map(|Reverse(e)| e).collect();
+        let mut entries: Vec<Entry> = std::mem::take(&mut self.heap)
+            .into_iter()
+            .map(|Reverse(e)| e)
+            .collect();
         entries.sort_unstable();
         if let Err(e) = self.write_run(&entries) {
             tracing::error!(error = %e, "cannot write delay index run; keeping entries in memory");
@@ -205,7 +208,9 @@ impl DelayIndex {
                 unread: n,
                 buf: VecDeque::new(),
             }),
-            Err(e) => tracing::error!(error = %e, "delay index merge failed; entries lost until restart rebuilds them"),
+            Err(e) => {
+                tracing::error!(error = %e, "delay index merge failed; entries lost until restart rebuilds them")
+            }
         }
     }
 
@@ -226,7 +231,11 @@ impl DelayIndex {
         let best = self.peek()?;
         if self.heap.peek().is_some_and(|Reverse(e)| *e == best) {
             self.heap.pop();
-        } else if let Some(i) = self.runs.iter_mut().position(|r| r.buf.front() == Some(&best)) {
+        } else if let Some(i) = self
+            .runs
+            .iter_mut()
+            .position(|r| r.buf.front() == Some(&best))
+        {
             self.runs[i].buf.pop_front();
             if self.runs[i].buf.is_empty() && self.runs[i].unread == 0 {
                 let r = self.runs.remove(i);
@@ -272,7 +281,11 @@ impl DelayIndex {
 pub fn x_delay(headers: Option<&FieldTable>) -> Option<u64> {
     let v = headers?.inner().get("x-delay")?;
     let ms: f64 = match v {
-        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.trim().parse().ok()?,
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?,
         AMQPValue::ShortString(s) => s.as_str().trim().parse().ok()?,
         AMQPValue::Float(f) => *f as f64,
         AMQPValue::Double(d) => *d,
@@ -384,7 +397,10 @@ impl Delayed {
         for (_, pos) in all {
             let hit = self
                 .store
-                .with_message(pos, |m| crate::protocol::props::peek(m.header).and_then(|p| p.message_id) == Some(message_id))
+                .with_message(pos, |m| {
+                    crate::protocol::props::peek(m.header).and_then(|p| p.message_id)
+                        == Some(message_id)
+                })
                 .unwrap_or(false);
             if hit && self.cancelled.lock().insert(pos) {
                 self.store.release(pos, self.id);
@@ -445,7 +461,12 @@ impl Delayed {
 /// Route a due message through the exchange's bindings as they are now.
 fn route_released(store: &Arc<Store>, vh: &Arc<VHost>, ex: &Arc<Exchange>, pos: MsgPos) {
     let copied = store.with_message(pos, |m| {
-        (m.header.to_vec(), m.body.to_vec(), m.routing_key.to_owned(), m.persistent)
+        (
+            m.header.to_vec(),
+            m.body.to_vec(),
+            m.routing_key.to_owned(),
+            m.persistent,
+        )
     });
     let Some((header, body, rk, persistent)) = copied else {
         tracing::error!(exchange = %ex.name, ?pos, "delayed message missing from the store");
@@ -457,10 +478,27 @@ fn route_released(store: &Arc<Store>, vh: &Arc<VHost>, ex: &Arc<Exchange>, pos: 
     if targets.is_empty() {
         return;
     }
-    let durable_ids: Vec<u32> = targets.iter().filter(|t| t.logs(persistent)).map(|t| t.id).collect();
+    let durable_ids: Vec<u32> = targets
+        .iter()
+        .filter(|t| t.logs(persistent))
+        .map(|t| t.id)
+        .collect();
     let mut prefix = Vec::with_capacity(64 + header.len());
-    store::encode_prefix(&mut prefix, persistent, now_ms(), &durable_ids, &ex.name, &rk, &header);
-    let Ok((new_pos, _)) = store.append(&prefix, &body, targets.len() as u64, !durable_ids.is_empty()) else {
+    store::encode_prefix(
+        &mut prefix,
+        persistent,
+        now_ms(),
+        &durable_ids,
+        &ex.name,
+        &rk,
+        &header,
+    );
+    let Ok((new_pos, _)) = store.append(
+        &prefix,
+        &body,
+        targets.len() as u64,
+        !durable_ids.is_empty(),
+    ) else {
         tracing::error!(exchange = %ex.name, "released delayed message not stored");
         return;
     };
@@ -483,7 +521,8 @@ async fn release_loop(ex: Weak<Exchange>) {
         tokio::pin!(notified);
         notified.as_mut().enable();
         let next = d.next_due();
-        d.sleeping_until.store(next.unwrap_or(u64::MAX), Ordering::Release);
+        d.sleeping_until
+            .store(next.unwrap_or(u64::MAX), Ordering::Release);
         match next {
             None => {
                 drop(e);
@@ -502,7 +541,9 @@ async fn release_loop(ex: Weak<Exchange>) {
                 }
             }
         }
-        let Some(vh) = d.vhost.get().and_then(|v| v.upgrade()) else { return };
+        let Some(vh) = d.vhost.get().and_then(|v| v.upgrade()) else {
+            return;
+        };
         let n = d.release_due(&e, &vh, now_ms(), RELEASE_BATCH);
         drop(e);
         if n >= RELEASE_BATCH {
@@ -525,7 +566,9 @@ mod tests {
         let mut x: u64 = 12345;
         let mut expect = vec![];
         for i in 0..n as u64 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let due = (x >> 33) % 10_000;
             idx.insert(due, MsgPos(i));
             expect.push((due, i));

@@ -102,7 +102,10 @@ impl Bindings {
         self.direct.clear();
         self.buckets.clear();
         for (i, b) in self.all.iter().enumerate() {
-            self.direct.entry(b.routing_key.clone()).or_default().push(i);
+            self.direct
+                .entry(b.routing_key.clone())
+                .or_default()
+                .push(i);
             let weight: u32 = b.routing_key.trim().parse().unwrap_or(0);
             self.buckets.extend(std::iter::repeat_n(i, weight as usize));
         }
@@ -169,7 +172,9 @@ impl Exchange {
         arguments: FieldTable,
     ) -> Self {
         let alternate = match arguments.inner().get("alternate-exchange") {
-            Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            Some(AMQPValue::LongString(s)) => {
+                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+            }
             Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
             _ => None,
         };
@@ -200,7 +205,10 @@ impl Exchange {
     /// Add a binding; false if it already existed.
     pub fn bind(&self, dest: Dest, routing_key: &str, arguments: FieldTable) -> bool {
         let mut b = self.bindings.write();
-        if b.all.iter().any(|x| x.dest.same(&dest) && x.routing_key == routing_key && x.arguments == arguments) {
+        if b.all
+            .iter()
+            .any(|x| x.dest.same(&dest) && x.routing_key == routing_key && x.arguments == arguments)
+        {
             return false;
         }
         b.all.push(Binding {
@@ -216,7 +224,9 @@ impl Exchange {
     pub fn unbind(&self, dest: &Dest, routing_key: &str, arguments: &FieldTable) -> bool {
         let mut b = self.bindings.write();
         let before = b.all.len();
-        b.all.retain(|x| !(x.dest.same(dest) && x.routing_key == routing_key && &x.arguments == arguments));
+        b.all.retain(|x| {
+            !(x.dest.same(dest) && x.routing_key == routing_key && &x.arguments == arguments)
+        });
         let removed = b.all.len() != before;
         if removed {
             b.reindex();
@@ -238,14 +248,22 @@ impl Exchange {
     }
 
     /// The destinations directly bound for this message (one hop).
-    pub fn matches(&self, routing_key: &str, headers: Option<&FieldTable>, raw_header: &[u8], out: &mut Vec<Dest>) {
+    pub fn matches(
+        &self,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        raw_header: &[u8],
+        out: &mut Vec<Dest>,
+    ) {
         let b = self.bindings.read();
         match self.kind {
             ExchangeKind::ConsistentHash => {
                 if b.buckets.is_empty() {
                     return;
                 }
-                let Some(key) = self.hash_key(routing_key, headers, raw_header) else { return };
+                let Some(key) = self.hash_key(routing_key, headers, raw_header) else {
+                    return;
+                };
                 let i = b.buckets[jump_hash(hash64(&key), b.buckets.len())];
                 out.push(b.all[i].dest.clone());
             }
@@ -273,7 +291,12 @@ impl Exchange {
 
 impl Exchange {
     /// What x-consistent-hash hashes for this message.
-    fn hash_key(&self, routing_key: &str, headers: Option<&FieldTable>, raw_header: &[u8]) -> Option<Vec<u8>> {
+    fn hash_key(
+        &self,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        raw_header: &[u8],
+    ) -> Option<Vec<u8>> {
         if let Some(h) = &self.hash_header {
             let v = headers?.inner().get(h.as_str())?;
             return Some(crate::args::show(v).into_bytes());
@@ -282,7 +305,10 @@ impl Exchange {
             let props = crate::channel::full_properties(raw_header)?;
             let v = match p.as_str() {
                 "message_id" => props.message_id().as_ref().map(|s| s.as_str().to_owned()),
-                "correlation_id" => props.correlation_id().as_ref().map(|s| s.as_str().to_owned()),
+                "correlation_id" => props
+                    .correlation_id()
+                    .as_ref()
+                    .map(|s| s.as_str().to_owned()),
                 "timestamp" => props.timestamp().map(|t| t.to_string()),
                 "app_id" => props.app_id().as_ref().map(|s| s.as_str().to_owned()),
                 "type" => props.kind().as_ref().map(|s| s.as_str().to_owned()),
@@ -440,12 +466,33 @@ mod tests {
         let s = |x: &str| AMQPValue::LongString(x.into());
         let h = table(&[("a", s("1")), ("b", s("2")), ("x-k", s("x"))]);
         assert!(headers_match(&table(&[("a", s("1"))]), Some(&h)));
-        assert!(!headers_match(&table(&[("a", s("1")), ("c", s("3"))]), Some(&h)));
-        assert!(headers_match(&table(&[("x-match", s("any")), ("a", s("1")), ("c", s("3"))]), Some(&h)));
-        assert!(!headers_match(&table(&[("x-match", s("any")), ("c", s("3"))]), Some(&h)));
-        assert!(headers_match(&table(&[("x-match", s("all")), ("x-k", s("nope"))]), Some(&h)));
-        assert!(!headers_match(&table(&[("x-match", s("all-with-x")), ("x-k", s("nope"))]), Some(&h)));
-        assert!(headers_match(&table(&[("x-match", s("any-with-x")), ("x-k", s("x"))]), Some(&h)));
-        assert!(headers_match(&table(&[("a", AMQPValue::LongInt(5))]), Some(&table(&[("a", AMQPValue::ShortShortUInt(5))]))));
+        assert!(!headers_match(
+            &table(&[("a", s("1")), ("c", s("3"))]),
+            Some(&h)
+        ));
+        assert!(headers_match(
+            &table(&[("x-match", s("any")), ("a", s("1")), ("c", s("3"))]),
+            Some(&h)
+        ));
+        assert!(!headers_match(
+            &table(&[("x-match", s("any")), ("c", s("3"))]),
+            Some(&h)
+        ));
+        assert!(headers_match(
+            &table(&[("x-match", s("all")), ("x-k", s("nope"))]),
+            Some(&h)
+        ));
+        assert!(!headers_match(
+            &table(&[("x-match", s("all-with-x")), ("x-k", s("nope"))]),
+            Some(&h)
+        ));
+        assert!(headers_match(
+            &table(&[("x-match", s("any-with-x")), ("x-k", s("x"))]),
+            Some(&h)
+        ));
+        assert!(headers_match(
+            &table(&[("a", AMQPValue::LongInt(5))]),
+            Some(&table(&[("a", AMQPValue::ShortShortUInt(5))]))
+        ));
     }
 }

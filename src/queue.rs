@@ -76,7 +76,9 @@ impl QueueArgs {
                 Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
                 _ => Overflow::DropHead,
             },
-            max_priority: get_int(a, "x-max-priority").map(|v| v.clamp(0, 255) as u8).unwrap_or(0),
+            max_priority: get_int(a, "x-max-priority")
+                .map(|v| v.clamp(0, 255) as u8)
+                .unwrap_or(0),
             single_active_consumer: get_bool(a, "x-single-active-consumer").unwrap_or(false),
             delivery_limit: get_int(a, "x-delivery-limit").map(|v| v.max(0) as u32),
         }
@@ -109,7 +111,9 @@ impl EnqueueInfo {
 /// Result of offering a message to a queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Enqueued {
-    Accepted { pressure: bool },
+    Accepted {
+        pressure: bool,
+    },
     /// x-overflow reject-publish(-dlx): the publisher gets a nack.
     Rejected,
 }
@@ -218,7 +222,13 @@ impl Queue {
             last_used_ms: now_ms(),
             ..Default::default()
         };
-        let dedup_log = durable.then(|| store.dir().join("..").join("dedup").join(format!("q{id}.log")));
+        let dedup_log = durable.then(|| {
+            store
+                .dir()
+                .join("..")
+                .join("dedup")
+                .join(format!("q{id}.log"))
+        });
         let dedup = crate::dedup::Dedup::from_args(&arguments, dedup_log);
         Queue {
             name: name.to_owned(),
@@ -279,7 +289,9 @@ impl Queue {
     fn deadline_of(&self, pos: MsgPos) -> Option<u64> {
         self.store
             .with_message(pos, |m| {
-                let exp = props::peek(m.header).and_then(|p| p.expiration).and_then(|e| e.parse::<u64>().ok());
+                let exp = props::peek(m.header)
+                    .and_then(|p| p.expiration)
+                    .and_then(|e| e.parse::<u64>().ok());
                 self.deadline(m.timestamp_ms, exp)
             })
             .flatten()
@@ -301,9 +313,17 @@ impl Queue {
                     .store
                     .with_message(r.pos, |m| {
                         let p = props::peek(m.header).unwrap_or_default();
-                        let level = if prio { p.priority.unwrap_or(0).min(self.args.max_priority) } else { 0 };
+                        let level = if prio {
+                            p.priority.unwrap_or(0).min(self.args.max_priority)
+                        } else {
+                            0
+                        };
                         let exp = p.expiration.and_then(|e| e.parse::<u64>().ok());
-                        let deadline = if timed || exp.is_some() { self.deadline(m.timestamp_ms, exp) } else { None };
+                        let deadline = if timed || exp.is_some() {
+                            self.deadline(m.timestamp_ms, exp)
+                        } else {
+                            None
+                        };
                         (level, deadline, m.body.len() as u64)
                     })
                     .unwrap_or((0, None, 0));
@@ -312,7 +332,13 @@ impl Queue {
                 if delivered_pass {
                     k = key(level, seq);
                     seq += 1;
-                    q.requeued.insert(k, Requeued { pos: r.pos, deliveries: 1 });
+                    q.requeued.insert(
+                        k,
+                        Requeued {
+                            pos: r.pos,
+                            deliveries: 1,
+                        },
+                    );
                 } else {
                     if lv.ready.is_empty() {
                         lv.head_seq = lv.head_seq.max(seq);
@@ -348,12 +374,20 @@ impl Queue {
         }
         // Length limits with reject-publish: refuse before taking it.
         let over = |q: &QueueInner, extra_bytes: u64| {
-            self.args.max_length.is_some_and(|m| q.ready_count as u64 + 1 > m)
-                || self.args.max_length_bytes.is_some_and(|m| q.ready_bytes + extra_bytes > m)
+            self.args
+                .max_length
+                .is_some_and(|m| q.ready_count as u64 + 1 > m)
+                || self
+                    .args
+                    .max_length_bytes
+                    .is_some_and(|m| q.ready_bytes + extra_bytes > m)
         };
         if self.args.overflow != Overflow::DropHead && over(&q, info.body_len) {
             if self.args.overflow == Overflow::RejectPublishDlx {
-                q.dead.push(Dead { pos, reason: Reason::Maxlen });
+                q.dead.push(Dead {
+                    pos,
+                    reason: Reason::Maxlen,
+                });
                 let dead = std::mem::take(&mut q.dead);
                 drop(q);
                 dead_letter::process(self, dead);
@@ -386,11 +420,22 @@ impl Queue {
         }
         // drop-head: make room by dead-lettering from the head.
         if self.args.overflow == Overflow::DropHead {
-            while self.args.max_length.is_some_and(|m| q.ready_count as u64 > m)
-                || self.args.max_length_bytes.is_some_and(|m| q.ready_bytes > m)
+            while self
+                .args
+                .max_length
+                .is_some_and(|m| q.ready_count as u64 > m)
+                || self
+                    .args
+                    .max_length_bytes
+                    .is_some_and(|m| q.ready_bytes > m)
             {
-                let Some((_, p, _)) = self.pop(&mut q) else { break };
-                q.dead.push(Dead { pos: p, reason: Reason::Maxlen });
+                let Some((_, p, _)) = self.pop(&mut q) else {
+                    break;
+                };
+                q.dead.push(Dead {
+                    pos: p,
+                    reason: Reason::Maxlen,
+                });
             }
         }
         let mut pressure = false;
@@ -469,7 +514,11 @@ impl Queue {
                 (k, pos, 0)
             };
             q.ready_count -= 1;
-            let len = if self.needs_sizes() { q.sizes.remove(&k).unwrap_or(0) } else { 0 };
+            let len = if self.needs_sizes() {
+                q.sizes.remove(&k).unwrap_or(0)
+            } else {
+                0
+            };
             q.ready_bytes = q.ready_bytes.saturating_sub(len);
             return Some((k, pos, deliveries));
         }
@@ -503,9 +552,16 @@ impl Queue {
                 }
             }
             q.ready_count -= 1;
-            let len = if self.needs_sizes() { q.sizes.remove(&k).unwrap_or(0) } else { 0 };
+            let len = if self.needs_sizes() {
+                q.sizes.remove(&k).unwrap_or(0)
+            } else {
+                0
+            };
             q.ready_bytes = q.ready_bytes.saturating_sub(len);
-            q.dead.push(Dead { pos, reason: Reason::Expired });
+            q.dead.push(Dead {
+                pos,
+                reason: Reason::Expired,
+            });
         }
     }
 
@@ -549,12 +605,21 @@ impl Queue {
             self.expire_due(q, now_ms().saturating_sub(1));
         }
         while q.ready_count > 0 {
-            let Some((idx, c)) = self.pick_consumer(q) else { break };
+            let Some((idx, c)) = self.pick_consumer(q) else {
+                break;
+            };
             if !self.deliver_locked(q, &c) {
                 // Its channel cannot take more (flow or global prefetch): try
                 // the others once, then stop.
-                let others: Vec<_> = q.consumers.iter().filter(|x| !Arc::ptr_eq(x, &c)).cloned().collect();
-                if !others.iter().any(|o| o.has_credit() && !o.channel.conn.is_full() && self.deliver_locked(q, o)) {
+                let others: Vec<_> = q
+                    .consumers
+                    .iter()
+                    .filter(|x| !Arc::ptr_eq(x, &c))
+                    .cloned()
+                    .collect();
+                if !others.iter().any(|o| {
+                    o.has_credit() && !o.channel.conn.is_full() && self.deliver_locked(q, o)
+                }) {
                     break;
                 }
                 continue;
@@ -586,7 +651,15 @@ impl Queue {
         let count_header = self.args.delivery_limit.is_some() && deliveries > 0;
         let wrote = self.store.with_message(pos, |m| {
             let mut out = ch.conn.outbox();
-            fast::put_deliver(&mut out, ch.id, &c.tag, tag, deliveries > 0, m.exchange, m.routing_key);
+            fast::put_deliver(
+                &mut out,
+                ch.id,
+                &c.tag,
+                tag,
+                deliveries > 0,
+                m.exchange,
+                m.routing_key,
+            );
             if count_header {
                 let h = with_delivery_count(m.header, m.body.len() as u64, deliveries);
                 fast::put_content(&mut out, ch.id, &h, m.body, frame_max);
@@ -644,7 +717,12 @@ impl Queue {
         found
     }
 
-    fn get_locked(self: &Arc<Self>, q: &mut QueueInner, ch: &Arc<ChannelShared>, no_ack: bool) -> bool {
+    fn get_locked(
+        self: &Arc<Self>,
+        q: &mut QueueInner,
+        ch: &Arc<ChannelShared>,
+        no_ack: bool,
+    ) -> bool {
         let Some((k, pos, deliveries)) = self.pop(q) else {
             return false;
         };
@@ -656,7 +734,15 @@ impl Queue {
         let count_header = self.args.delivery_limit.is_some() && deliveries > 0;
         let wrote = self.store.with_message(pos, |m| {
             let mut out = ch.conn.outbox();
-            fast::put_get_ok(&mut out, ch.id, tag, deliveries > 0, m.exchange, m.routing_key, remaining);
+            fast::put_get_ok(
+                &mut out,
+                ch.id,
+                tag,
+                deliveries > 0,
+                m.exchange,
+                m.routing_key,
+                remaining,
+            );
             if count_header {
                 let h = with_delivery_count(m.header, m.body.len() as u64, deliveries);
                 fast::put_content(&mut out, ch.id, &h, m.body, frame_max);
@@ -712,7 +798,10 @@ impl Queue {
             if let Some(c) = &e.consumer {
                 c.unacked.fetch_sub(1, Ordering::Relaxed);
             }
-            dead.push(Dead { pos: e.pos, reason: Reason::Rejected });
+            dead.push(Dead {
+                pos: e.pos,
+                reason: Reason::Rejected,
+            });
         }
         self.settled(entries.len(), dead);
     }
@@ -748,14 +837,20 @@ impl Queue {
                 }
                 // As RabbitMQ's quorum queues: dead-lettered once delivered more than the limit.
                 if self.args.delivery_limit.is_some_and(|l| e.deliveries > l) {
-                    q.dead.push(Dead { pos: e.pos, reason: Reason::DeliveryLimit });
+                    q.dead.push(Dead {
+                        pos: e.pos,
+                        reason: Reason::DeliveryLimit,
+                    });
                     continue;
                 }
                 // A message keeps its deadline while delivered; past it, it expires now.
                 if self.expiring.load(Ordering::Relaxed) {
                     if let Some(d) = self.deadline_of(e.pos) {
                         if d <= now_ms() {
-                            q.dead.push(Dead { pos: e.pos, reason: Reason::Expired });
+                            q.dead.push(Dead {
+                                pos: e.pos,
+                                reason: Reason::Expired,
+                            });
                             continue;
                         }
                         q.expiry.push(Reverse((d, e.seq, e.pos)));
@@ -764,7 +859,13 @@ impl Queue {
                         }
                     }
                 }
-                q.requeued.insert(e.seq, Requeued { pos: e.pos, deliveries: e.deliveries });
+                q.requeued.insert(
+                    e.seq,
+                    Requeued {
+                        pos: e.pos,
+                        deliveries: e.deliveries,
+                    },
+                );
                 q.ready_count += 1;
                 if self.needs_sizes() {
                     let len = self.store.body_len(e.pos);
@@ -804,7 +905,10 @@ impl Queue {
             self.dispatch_locked(&mut q);
         }
         Cancelled {
-            auto_delete_now: self.auto_delete && q.had_consumers && q.consumers.is_empty() && !self.is_deleted(),
+            auto_delete_now: self.auto_delete
+                && q.had_consumers
+                && q.consumers.is_empty()
+                && !self.is_deleted(),
         }
     }
 
@@ -929,7 +1033,9 @@ impl Queue {
                 return;
             }
             let logged = pos.logged();
-            let Some(new) = self.store.copy(*pos, if logged { &ids } else { &[] }) else { return };
+            let Some(new) = self.store.copy(*pos, if logged { &ids } else { &[] }) else {
+                return;
+            };
             let new = new.with_logged(logged);
             if logged && deliveries > 0 {
                 self.store.mark_delivered(new, self.id);
@@ -1036,7 +1142,8 @@ async fn timer_loop(weak: Weak<Queue>) {
         tokio::pin!(notified);
         notified.as_mut().enable();
         let deadline = q.next_deadline();
-        q.timer_deadline.store(deadline.unwrap_or(u64::MAX), Ordering::Release);
+        q.timer_deadline
+            .store(deadline.unwrap_or(u64::MAX), Ordering::Release);
         match deadline {
             Some(d) => {
                 let now = now_ms();
@@ -1062,7 +1169,10 @@ async fn timer_loop(weak: Weak<Queue>) {
 fn with_delivery_count(header: &[u8], body_size: u64, deliveries: u32) -> Vec<u8> {
     let mut p = crate::channel::full_properties(header).unwrap_or_default();
     let mut h = p.headers().clone().unwrap_or_default();
-    h.insert("x-delivery-count".into(), AMQPValue::LongLongInt(deliveries as i64));
+    h.insert(
+        "x-delivery-count".into(),
+        AMQPValue::LongLongInt(deliveries as i64),
+    );
     p = p.with_headers(h);
     crate::channel::encode_header(body_size, &p)
 }

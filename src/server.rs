@@ -98,10 +98,14 @@ async fn housekeeping(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
             let limits = &b.config.limits;
             if let Some(free) = crate::sys::disk_free(&b.config.data_dir) {
                 if free < limits.disk_free_limit {
-                    reasons.push(format!("disk free {free} below limit {}", limits.disk_free_limit));
+                    reasons.push(format!(
+                        "disk free {free} below limit {}",
+                        limits.disk_free_limit
+                    ));
                 }
             }
-            if let (Some(rss), Some(total)) = (crate::sys::rss_bytes(), crate::sys::total_memory()) {
+            if let (Some(rss), Some(total)) = (crate::sys::rss_bytes(), crate::sys::total_memory())
+            {
                 let limit = (total as f64 * limits.memory_high_watermark) as u64;
                 if limits.memory_high_watermark > 0.0 && rss > limit {
                     reasons.push(format!("memory {rss} above high watermark {limit}"));

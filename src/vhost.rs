@@ -42,12 +42,26 @@ impl VHost {
             let mut ex = v.exchanges.write();
             ex.insert(
                 String::new(),
-                Arc::new(Exchange::new("", ExchangeKind::Direct, true, false, false, FieldTable::default())),
+                Arc::new(Exchange::new(
+                    "",
+                    ExchangeKind::Direct,
+                    true,
+                    false,
+                    false,
+                    FieldTable::default(),
+                )),
             );
             for (n, k) in DEFAULT_EXCHANGES {
                 ex.insert(
                     (*n).to_owned(),
-                    Arc::new(Exchange::new(n, *k, true, false, false, FieldTable::default())),
+                    Arc::new(Exchange::new(
+                        n,
+                        *k,
+                        true,
+                        false,
+                        false,
+                        FieldTable::default(),
+                    )),
                 );
             }
         }

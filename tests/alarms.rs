@@ -17,25 +17,51 @@ async fn alarm_blocks_publishers_and_loses_nothing() {
     let b = TestBroker::start_with(dir, config).await;
     let (pc, pub_ch) = b.channel().await;
     let (_cc, cons_ch) = b.channel().await;
-    pub_ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    pub_ch.queue_declare("alarm".into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
+    pub_ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    pub_ch
+        .queue_declare(
+            "alarm".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     let c = pub_ch
-        .basic_publish("".into(), "alarm".into(), BasicPublishOptions::default(), b"before", BasicProperties::default())
+        .basic_publish(
+            "".into(),
+            "alarm".into(),
+            BasicPublishOptions::default(),
+            b"before",
+            BasicProperties::default(),
+        )
         .await
         .unwrap()
         .await
         .unwrap();
     assert!(c.is_ack());
 
-    b.broker().set_alarm(vec!["disk free below limit (test)".into()]);
-    assert!(eventually(5, || pc.status().blocked()).await, "publisher saw connection.blocked");
+    b.broker()
+        .set_alarm(vec!["disk free below limit (test)".into()]);
+    assert!(
+        eventually(5, || pc.status().blocked()).await,
+        "publisher saw connection.blocked"
+    );
     // Publishes sent while blocked are not read, hence neither queued nor confirmed...
     let ch2 = pub_ch.clone();
     let publisher = tokio::spawn(async move {
         let mut acks = 0;
         for i in 0..10u8 {
             let c = ch2
-                .basic_publish("".into(), "alarm".into(), BasicPublishOptions::default(), &[i], BasicProperties::default())
+                .basic_publish(
+                    "".into(),
+                    "alarm".into(),
+                    BasicPublishOptions::default(),
+                    &[i],
+                    BasicProperties::default(),
+                )
                 .await
                 .unwrap();
             if c.await.unwrap().is_ack() {
@@ -47,16 +73,33 @@ async fn alarm_blocks_publishers_and_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     // ...while a connection that never published still works.
     let q = cons_ch
-        .queue_declare("alarm".into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            "alarm".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     assert_eq!(q.message_count(), 1);
 
     b.broker().set_alarm(vec![]);
-    assert!(eventually(5, || !pc.status().blocked()).await, "publisher saw connection.unblocked");
+    assert!(
+        eventually(5, || !pc.status().blocked()).await,
+        "publisher saw connection.unblocked"
+    );
     assert_eq!(within(10, publisher).await.unwrap(), 10);
     let q = cons_ch
-        .queue_declare("alarm".into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            "alarm".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     assert_eq!(q.message_count(), 11, "nothing was dropped");

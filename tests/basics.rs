@@ -12,14 +12,26 @@ async fn publish_consume_ack_with_confirms() {
     let b = TestBroker::start().await;
     let (_c, ch) = b.channel().await;
     let q = ch
-        .queue_declare("q1".into(), QueueDeclareOptions::default(), FieldTable::default())
+        .queue_declare(
+            "q1".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     assert_eq!(q.name().as_str(), "q1");
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     for i in 0..100u32 {
         let c = ch
-            .basic_publish("".into(), "q1".into(), BasicPublishOptions::default(), &i.to_be_bytes(), BasicProperties::default())
+            .basic_publish(
+                "".into(),
+                "q1".into(),
+                BasicPublishOptions::default(),
+                &i.to_be_bytes(),
+                BasicProperties::default(),
+            )
             .await
             .unwrap()
             .await
@@ -27,7 +39,12 @@ async fn publish_consume_ack_with_confirms() {
         assert!(c.is_ack());
     }
     let mut consumer = ch
-        .basic_consume("q1".into(), "c1".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            "q1".into(),
+            "c1".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     for i in 0..100u32 {
@@ -37,7 +54,14 @@ async fn publish_consume_ack_with_confirms() {
         d.ack(BasicAckOptions::default()).await.unwrap();
     }
     let q = ch
-        .queue_declare("q1".into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            "q1".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     assert_eq!(q.message_count(), 0);

@@ -43,7 +43,9 @@ fn spawn_broker(dir: &std::path::Path) -> (Child, String) {
             }
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("broker did not report its address");
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("broker did not report its address");
     (child, addr)
 }
 
@@ -61,9 +63,22 @@ struct State {
 }
 
 async fn publisher(uri: String, st: Arc<Mutex<State>>) {
-    let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(5), lapin::Connection::connect(&uri, Default::default())).await else { return };
-    let Ok(ch) = c.create_channel().await else { return };
-    if ch.confirm_select(ConfirmSelectOptions::default()).await.is_err() {
+    let Ok(Ok(c)) = tokio::time::timeout(
+        Duration::from_secs(5),
+        lapin::Connection::connect(&uri, Default::default()),
+    )
+    .await
+    else {
+        return;
+    };
+    let Ok(ch) = c.create_channel().await else {
+        return;
+    };
+    if ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .is_err()
+    {
         return;
     }
     loop {
@@ -76,7 +91,16 @@ async fn publisher(uri: String, st: Arc<Mutex<State>>) {
         let mut confirms = vec![];
         for id in &ids {
             let props = BasicProperties::default().with_delivery_mode(2);
-            match ch.basic_publish("".into(), "crash".into(), BasicPublishOptions::default(), &id.to_be_bytes(), props).await {
+            match ch
+                .basic_publish(
+                    "".into(),
+                    "crash".into(),
+                    BasicPublishOptions::default(),
+                    &id.to_be_bytes(),
+                    props,
+                )
+                .await
+            {
                 Ok(c) => confirms.push((*id, c)),
                 Err(_) => return,
             }
@@ -93,12 +117,31 @@ async fn publisher(uri: String, st: Arc<Mutex<State>>) {
 }
 
 async fn consumer(uri: String, st: Arc<Mutex<State>>) {
-    let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(5), lapin::Connection::connect(&uri, Default::default())).await else { return };
-    let Ok(ch) = c.create_channel().await else { return };
+    let Ok(Ok(c)) = tokio::time::timeout(
+        Duration::from_secs(5),
+        lapin::Connection::connect(&uri, Default::default()),
+    )
+    .await
+    else {
+        return;
+    };
+    let Ok(ch) = c.create_channel().await else {
+        return;
+    };
     if ch.basic_qos(50, BasicQosOptions::default()).await.is_err() {
         return;
     }
-    let Ok(mut cons) = ch.basic_consume("crash".into(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await else { return };
+    let Ok(mut cons) = ch
+        .basic_consume(
+            "crash".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+    else {
+        return;
+    };
     let mut pending = vec![];
     while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_secs(5), cons.next()).await {
         let id = u32::from_be_bytes(d.data[..4].try_into().unwrap());
@@ -108,7 +151,9 @@ async fn consumer(uri: String, st: Arc<Mutex<State>>) {
                 s.violations.push(format!("acked message {id} came back"));
             }
             if s.delivered.contains(&id) && !d.redelivered {
-                s.violations.push(format!("message {id} delivered before came back with redelivered=false"));
+                s.violations.push(format!(
+                    "message {id} delivered before came back with redelivered=false"
+                ));
             }
             s.delivered.insert(id);
         }
@@ -142,9 +187,16 @@ async fn kill_9_loses_no_confirmed_message() {
         {
             let c = connect(&uri).await;
             let ch = c.create_channel().await.unwrap();
-            ch.queue_declare("crash".into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
-                .await
-                .unwrap();
+            ch.queue_declare(
+                "crash".into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
             let _ = c.close(200, "bye".into()).await;
         }
         let p = tokio::spawn(publisher(uri.clone(), st.clone()));
@@ -163,7 +215,13 @@ async fn kill_9_loses_no_confirmed_message() {
     let c = connect(&format!("amqp://guest:guest@{addr}/%2f")).await;
     let ch = c.create_channel().await.unwrap();
     let mut counts: HashMap<u32, u32> = HashMap::new();
-    while let Some(m) = within(10, ch.basic_get("crash".into(), BasicGetOptions { no_ack: true })).await.unwrap() {
+    while let Some(m) = within(
+        10,
+        ch.basic_get("crash".into(), BasicGetOptions { no_ack: true }),
+    )
+    .await
+    .unwrap()
+    {
         let id = u32::from_be_bytes(m.delivery.data[..4].try_into().unwrap());
         *counts.entry(id).or_default() += 1;
     }
@@ -172,15 +230,29 @@ async fn kill_9_loses_no_confirmed_message() {
     let s = st.lock();
     let dups: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(dups.is_empty(), "duplicated in the queue: {dups:?}");
-    let back: Vec<_> = counts.keys().filter(|id| s.acked_sure.contains(id)).collect();
+    let back: Vec<_> = counts
+        .keys()
+        .filter(|id| s.acked_sure.contains(id))
+        .collect();
     assert!(back.is_empty(), "acked messages came back: {back:?}");
     let lost: Vec<_> = s
         .confirmed
         .iter()
-        .filter(|id| !counts.contains_key(id) && !s.acked_sure.contains(id) && !s.acked_maybe.contains(id))
+        .filter(|id| {
+            !counts.contains_key(id) && !s.acked_sure.contains(id) && !s.acked_maybe.contains(id)
+        })
         .collect();
-    assert!(lost.is_empty(), "{} confirmed messages lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(10)]);
-    assert!(s.confirmed.len() > 1000, "the test exercised too little: {} confirmed", s.confirmed.len());
+    assert!(
+        lost.is_empty(),
+        "{} confirmed messages lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    assert!(
+        s.confirmed.len() > 1000,
+        "the test exercised too little: {} confirmed",
+        s.confirmed.len()
+    );
     eprintln!(
         "{cycles} kill cycles: {} confirmed, {} acked, {} left in the queue",
         s.confirmed.len(),

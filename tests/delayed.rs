@@ -25,17 +25,33 @@ async fn setup(ch: &lapin::Channel, ex: &str, q: &str, durable: bool) {
     ch.exchange_declare(
         ex.into(),
         ExchangeKind::Custom("x-delayed-message".into()),
-        ExchangeDeclareOptions { durable, ..Default::default() },
+        ExchangeDeclareOptions {
+            durable,
+            ..Default::default()
+        },
         delayed_args("direct"),
     )
     .await
     .unwrap();
-    ch.queue_declare(q.into(), QueueDeclareOptions { durable, ..Default::default() }, FieldTable::default())
-        .await
-        .unwrap();
-    ch.queue_bind(q.into(), ex.into(), "k".into(), QueueBindOptions::default(), FieldTable::default())
-        .await
-        .unwrap();
+    ch.queue_declare(
+        q.into(),
+        QueueDeclareOptions {
+            durable,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        q.into(),
+        ex.into(),
+        "k".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -43,7 +59,12 @@ async fn declare_validation() {
     let b = TestBroker::start().await;
     let (_c, ch) = b.channel().await;
     let e = ch
-        .exchange_declare("d0".into(), ExchangeKind::Custom("x-delayed-message".into()), ExchangeDeclareOptions::default(), FieldTable::default())
+        .exchange_declare(
+            "d0".into(),
+            ExchangeKind::Custom("x-delayed-message".into()),
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(reply_code(&e), Some(406));
@@ -78,12 +99,28 @@ async fn delays_in_all_forms_and_immediate_when_missing_or_non_positive() {
     let b = TestBroker::start().await;
     let (_c, ch) = b.channel().await;
     setup(&ch, "dx", "dq", false).await;
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    let mut cons = ch.basic_consume("dq".into(), "".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut cons = ch
+        .basic_consume(
+            "dq".into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     let start = Instant::now();
     let sends: Vec<(&str, BasicProperties)> = vec![
         ("int-300", delay(AMQPValue::LongInt(300))),
-        ("str-200", delay(AMQPValue::LongString(LongString::from("200")))),
+        (
+            "str-200",
+            delay(AMQPValue::LongString(LongString::from("200"))),
+        ),
         ("float-100", delay(AMQPValue::Double(100.0))),
         ("zero", delay(AMQPValue::LongInt(0))),
         ("negative", delay(AMQPValue::LongInt(-100))),
@@ -91,7 +128,13 @@ async fn delays_in_all_forms_and_immediate_when_missing_or_non_positive() {
     ];
     for (body, props) in sends {
         assert!(ch
-            .basic_publish("dx".into(), "k".into(), BasicPublishOptions::default(), body.as_bytes(), props)
+            .basic_publish(
+                "dx".into(),
+                "k".into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                props
+            )
             .await
             .unwrap()
             .await
@@ -104,7 +147,17 @@ async fn delays_in_all_forms_and_immediate_when_missing_or_non_positive() {
         got.push((String::from_utf8(d.data).unwrap(), start.elapsed()));
     }
     let names: Vec<_> = got.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, vec!["zero", "negative", "none", "float-100", "str-200", "int-300"]);
+    assert_eq!(
+        names,
+        vec![
+            "zero",
+            "negative",
+            "none",
+            "float-100",
+            "str-200",
+            "int-300"
+        ]
+    );
     for (n, t) in &got {
         let want = match n.as_str() {
             "int-300" => 300,
@@ -113,7 +166,10 @@ async fn delays_in_all_forms_and_immediate_when_missing_or_non_positive() {
             _ => 0,
         };
         assert!(t.as_millis() as u64 >= want, "{n} released early: {t:?}");
-        assert!((t.as_millis() as u64) < want + 250, "{n} released late: {t:?}");
+        assert!(
+            (t.as_millis() as u64) < want + 250,
+            "{n} released late: {t:?}"
+        );
     }
     b.stop().await;
 }
@@ -123,16 +179,33 @@ async fn same_due_time_keeps_publish_order_and_mandatory_is_checked_now() {
     let b = TestBroker::start().await;
     let (_c, ch) = b.channel().await;
     setup(&ch, "ox", "oq", false).await;
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     for i in 0..200u32 {
-        ch.basic_publish("ox".into(), "k".into(), BasicPublishOptions::default(), &i.to_be_bytes(), delay(AMQPValue::LongInt(150)))
-            .await
-            .unwrap();
+        ch.basic_publish(
+            "ox".into(),
+            "k".into(),
+            BasicPublishOptions::default(),
+            &i.to_be_bytes(),
+            delay(AMQPValue::LongInt(150)),
+        )
+        .await
+        .unwrap();
     }
     ch.wait_for_confirms().await.unwrap();
     // Unroutable now: returned at publish time.
     let c = ch
-        .basic_publish("ox".into(), "nobody".into(), BasicPublishOptions { mandatory: true, ..Default::default() }, b"r", delay(AMQPValue::LongInt(50)))
+        .basic_publish(
+            "ox".into(),
+            "nobody".into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"r",
+            delay(AMQPValue::LongInt(50)),
+        )
         .await
         .unwrap()
         .await
@@ -146,7 +219,15 @@ async fn same_due_time_keeps_publish_order_and_mandatory_is_checked_now() {
     }
     assert_eq!(seen.len(), 200);
     let (_c2, ch2) = b.channel().await;
-    let mut cons = ch2.basic_consume("oq".into(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await.unwrap();
+    let mut cons = ch2
+        .basic_consume(
+            "oq".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     drop(cons.next());
     b.stop().await;
 }
@@ -156,20 +237,32 @@ async fn order_of_release_is_publish_order_within_a_millisecond() {
     let b = TestBroker::start().await;
     let (_c, ch) = b.channel().await;
     setup(&ch, "mx", "mq", false).await;
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     let ex = b.broker().vhost("/").unwrap().exchange("mx").unwrap();
     let d = ex.delayed.as_ref().unwrap();
     for i in 0..100u32 {
-        ch.basic_publish("mx".into(), "k".into(), BasicPublishOptions::default(), &i.to_be_bytes(), delay(AMQPValue::LongInt(200)))
-            .await
-            .unwrap();
+        ch.basic_publish(
+            "mx".into(),
+            "k".into(),
+            BasicPublishOptions::default(),
+            &i.to_be_bytes(),
+            delay(AMQPValue::LongInt(200)),
+        )
+        .await
+        .unwrap();
     }
     ch.wait_for_confirms().await.unwrap();
     assert_eq!(d.pending(), 100);
     assert!(d.next_due().is_some());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut ids = vec![];
-    while let Some(m) = ch.basic_get("mq".into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+    while let Some(m) = ch
+        .basic_get("mq".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
         ids.push(u32::from_be_bytes(m.delivery.data[..4].try_into().unwrap()));
     }
     assert_eq!(ids, (0..100).collect::<Vec<_>>());
@@ -182,12 +275,24 @@ async fn list_cancel_and_purge_pending() {
     let b = TestBroker::start().await;
     let (_c, ch) = b.channel().await;
     setup(&ch, "cx", "cq", false).await;
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     for i in 0..5 {
         let mut h = FieldTable::default();
         h.insert("x-delay".into(), AMQPValue::LongInt(60_000));
-        let p = BasicProperties::default().with_headers(h).with_message_id(format!("m{i}").as_str().into());
-        ch.basic_publish("cx".into(), "k".into(), BasicPublishOptions::default(), b"x", p).await.unwrap();
+        let p = BasicProperties::default()
+            .with_headers(h)
+            .with_message_id(format!("m{i}").as_str().into());
+        ch.basic_publish(
+            "cx".into(),
+            "k".into(),
+            BasicPublishOptions::default(),
+            b"x",
+            p,
+        )
+        .await
+        .unwrap();
     }
     ch.wait_for_confirms().await.unwrap();
     let ex = b.broker().vhost("/").unwrap().exchange("cx").unwrap();
@@ -207,15 +312,25 @@ async fn durable_delayed_messages_survive_restart_and_overdue_ones_are_delivered
     {
         let (_c, ch) = b.channel().await;
         setup(&ch, "px", "pq", true).await;
-        ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
         let persistent = |ms: i32| {
             let mut h = FieldTable::default();
             h.insert("x-delay".into(), AMQPValue::LongInt(ms));
-            BasicProperties::default().with_headers(h).with_delivery_mode(2)
+            BasicProperties::default()
+                .with_headers(h)
+                .with_delivery_mode(2)
         };
         for (body, ms) in [("overdue", 100), ("later", 1500)] {
             assert!(ch
-                .basic_publish("px".into(), "k".into(), BasicPublishOptions::default(), body.as_bytes(), persistent(ms))
+                .basic_publish(
+                    "px".into(),
+                    "k".into(),
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    persistent(ms)
+                )
                 .await
                 .unwrap()
                 .await
@@ -225,11 +340,17 @@ async fn durable_delayed_messages_survive_restart_and_overdue_ones_are_delivered
         // Transient messages on a durable delayed exchange do not survive.
         let mut h = FieldTable::default();
         h.insert("x-delay".into(), AMQPValue::LongInt(100));
-        ch.basic_publish("px".into(), "k".into(), BasicPublishOptions::default(), b"transient", BasicProperties::default().with_headers(h))
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        ch.basic_publish(
+            "px".into(),
+            "k".into(),
+            BasicPublishOptions::default(),
+            b"transient",
+            BasicProperties::default().with_headers(h),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     }
     // Stop before anything is due; come back after the first is overdue.
     b.handle.take().unwrap().shutdown().await;
@@ -238,7 +359,11 @@ async fn durable_delayed_messages_survive_restart_and_overdue_ones_are_delivered
     let (_c, ch) = b.channel().await;
     let m = within(3, async {
         loop {
-            if let Some(m) = ch.basic_get("pq".into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+            if let Some(m) = ch
+                .basic_get("pq".into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+            {
                 return m;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -249,9 +374,17 @@ async fn durable_delayed_messages_survive_restart_and_overdue_ones_are_delivered
     let ex = b.broker().vhost("/").unwrap().exchange("px").unwrap();
     assert_eq!(ex.delayed.as_ref().unwrap().pending(), 1);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let m = ch.basic_get("pq".into(), BasicGetOptions { no_ack: true }).await.unwrap().unwrap();
+    let m = ch
+        .basic_get("pq".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(m.delivery.data, b"later");
-    assert!(ch.basic_get("pq".into(), BasicGetOptions { no_ack: true }).await.unwrap().is_none());
+    assert!(ch
+        .basic_get("pq".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .is_none());
     b.stop().await;
 }
 
@@ -261,14 +394,51 @@ async fn lavinmq_x_delayed_exchange_argument() {
     let (_c, ch) = b.channel().await;
     let mut args = FieldTable::default();
     args.insert("x-delayed-exchange".into(), AMQPValue::Boolean(true));
-    ch.exchange_declare("lx".into(), ExchangeKind::Fanout, ExchangeDeclareOptions::default(), args).await.unwrap();
-    ch.queue_declare("lq".into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
-    ch.queue_bind("lq".into(), "lx".into(), "".into(), QueueBindOptions::default(), FieldTable::default()).await.unwrap();
-    ch.basic_publish("lx".into(), "".into(), BasicPublishOptions::default(), b"d", delay(AMQPValue::LongInt(150))).await.unwrap();
+    ch.exchange_declare(
+        "lx".into(),
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions::default(),
+        args,
+    )
+    .await
+    .unwrap();
+    ch.queue_declare(
+        "lq".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        "lq".into(),
+        "lx".into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.basic_publish(
+        "lx".into(),
+        "".into(),
+        BasicPublishOptions::default(),
+        b"d",
+        delay(AMQPValue::LongInt(150)),
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(ch.basic_get("lq".into(), BasicGetOptions { no_ack: true }).await.unwrap().is_none());
+    assert!(ch
+        .basic_get("lq".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .is_none());
     tokio::time::sleep(Duration::from_millis(250)).await;
-    assert!(ch.basic_get("lq".into(), BasicGetOptions { no_ack: true }).await.unwrap().is_some());
+    assert!(ch
+        .basic_get("lq".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .is_some());
     b.stop().await;
 }
 
@@ -276,29 +446,68 @@ async fn lavinmq_x_delayed_exchange_argument() {
 async fn consistent_hash_spreads_by_weight_and_keeps_keys_together() {
     let b = TestBroker::start().await;
     let (_c, ch) = b.channel().await;
-    ch.exchange_declare("hx".into(), ExchangeKind::Custom("x-consistent-hash".into()), ExchangeDeclareOptions::default(), FieldTable::default())
+    ch.exchange_declare(
+        "hx".into(),
+        ExchangeKind::Custom("x-consistent-hash".into()),
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    for (q, w) in [("h1", "1"), ("h2", "1"), ("h3", "2")] {
+        ch.queue_declare(
+            q.into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
-    for (q, w) in [("h1", "1"), ("h2", "1"), ("h3", "2")] {
-        ch.queue_declare(q.into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
-        ch.queue_bind(q.into(), "hx".into(), w.into(), QueueBindOptions::default(), FieldTable::default()).await.unwrap();
+        ch.queue_bind(
+            q.into(),
+            "hx".into(),
+            w.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     }
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     for i in 0..4000 {
-        ch.basic_publish("hx".into(), format!("key-{i}").as_str().into(), BasicPublishOptions::default(), b"x", BasicProperties::default())
-            .await
-            .unwrap();
+        ch.basic_publish(
+            "hx".into(),
+            format!("key-{i}").as_str().into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
     }
     // Same key twice: same queue.
     for _ in 0..10 {
-        ch.basic_publish("hx".into(), "sticky".into(), BasicPublishOptions::default(), b"s", BasicProperties::default()).await.unwrap();
+        ch.basic_publish(
+            "hx".into(),
+            "sticky".into(),
+            BasicPublishOptions::default(),
+            b"s",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
     }
     ch.wait_for_confirms().await.unwrap();
     let mut counts = vec![];
     for q in ["h1", "h2", "h3"] {
         counts.push(queue_counts(&ch, q).await.0);
     }
-    assert_eq!(counts.iter().sum::<u32>(), 4010, "each message goes to exactly one queue: {counts:?}");
+    assert_eq!(
+        counts.iter().sum::<u32>(),
+        4010,
+        "each message goes to exactly one queue: {counts:?}"
+    );
     // weight 2 gets about half
     assert!(counts[2] > 1400 && counts[2] < 2600, "{counts:?}");
     assert!(counts[0] > 500 && counts[1] > 500, "{counts:?}");
@@ -323,30 +532,79 @@ async fn consistent_hash_on_header_and_property() {
     let (_c, ch) = b.channel().await;
     let mut args = FieldTable::default();
     args.insert("hash-header".into(), AMQPValue::LongString("user".into()));
-    ch.exchange_declare("hh".into(), ExchangeKind::Custom("x-consistent-hash".into()), ExchangeDeclareOptions::default(), args)
-        .await
-        .unwrap();
+    ch.exchange_declare(
+        "hh".into(),
+        ExchangeKind::Custom("x-consistent-hash".into()),
+        ExchangeDeclareOptions::default(),
+        args,
+    )
+    .await
+    .unwrap();
     let mut args = FieldTable::default();
-    args.insert("hash-property".into(), AMQPValue::LongString("message_id".into()));
-    ch.exchange_declare("hp".into(), ExchangeKind::Custom("x-consistent-hash".into()), ExchangeDeclareOptions::default(), args)
+    args.insert(
+        "hash-property".into(),
+        AMQPValue::LongString("message_id".into()),
+    );
+    ch.exchange_declare(
+        "hp".into(),
+        ExchangeKind::Custom("x-consistent-hash".into()),
+        ExchangeDeclareOptions::default(),
+        args,
+    )
+    .await
+    .unwrap();
+    for q in ["a1", "a2", "a3", "a4"] {
+        ch.queue_declare(
+            q.into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
-    for q in ["a1", "a2", "a3", "a4"] {
-        ch.queue_declare(q.into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
-        ch.queue_bind(q.into(), "hh".into(), "10".into(), QueueBindOptions::default(), FieldTable::default()).await.unwrap();
-        ch.queue_bind(q.into(), "hp".into(), "10".into(), QueueBindOptions::default(), FieldTable::default()).await.unwrap();
+        ch.queue_bind(
+            q.into(),
+            "hh".into(),
+            "10".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_bind(
+            q.into(),
+            "hp".into(),
+            "10".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     }
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     // Different routing keys, same header: one queue.
     for i in 0..20 {
         let mut h = FieldTable::default();
         h.insert("user".into(), AMQPValue::LongString("alice".into()));
-        ch.basic_publish("hh".into(), format!("rk{i}").as_str().into(), BasicPublishOptions::default(), b"h", BasicProperties::default().with_headers(h))
-            .await
-            .unwrap();
-        ch.basic_publish("hp".into(), format!("rk{i}").as_str().into(), BasicPublishOptions::default(), b"p", BasicProperties::default().with_message_id("same".into()))
-            .await
-            .unwrap();
+        ch.basic_publish(
+            "hh".into(),
+            format!("rk{i}").as_str().into(),
+            BasicPublishOptions::default(),
+            b"h",
+            BasicProperties::default().with_headers(h),
+        )
+        .await
+        .unwrap();
+        ch.basic_publish(
+            "hp".into(),
+            format!("rk{i}").as_str().into(),
+            BasicPublishOptions::default(),
+            b"p",
+            BasicProperties::default().with_message_id("same".into()),
+        )
+        .await
+        .unwrap();
     }
     ch.wait_for_confirms().await.unwrap();
     let counts: Vec<u32> = futures_lite::future::block_on(async { vec![] });
@@ -359,6 +617,9 @@ async fn consistent_hash_on_header_and_property() {
         }
     }
     // header-hashed and property-hashed each land in one queue (possibly the same one)
-    assert!(nonzero.len() <= 2 && nonzero.iter().sum::<u32>() == 40, "{nonzero:?}");
+    assert!(
+        nonzero.len() <= 2 && nonzero.iter().sum::<u32>() == 40,
+        "{nonzero:?}"
+    );
     b.stop().await;
 }

@@ -13,16 +13,31 @@ fn persistent() -> BasicProperties {
 }
 
 fn durable() -> QueueDeclareOptions {
-    QueueDeclareOptions { durable: true, ..Default::default() }
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
 }
 
-async fn publish_confirmed(ch: &lapin::Channel, ex: &str, rk: &str, body: &[u8], props: BasicProperties) -> bool {
-    ch.basic_publish(ex.into(), rk.into(), BasicPublishOptions::default(), body, props)
-        .await
-        .unwrap()
-        .await
-        .unwrap()
-        .is_ack()
+async fn publish_confirmed(
+    ch: &lapin::Channel,
+    ex: &str,
+    rk: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> bool {
+    ch.basic_publish(
+        ex.into(),
+        rk.into(),
+        BasicPublishOptions::default(),
+        body,
+        props,
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap()
+    .is_ack()
 }
 
 #[tokio::test]
@@ -30,9 +45,19 @@ async fn persistent_messages_survive_restart_exactly_unacked_in_order() {
     let mut b = TestBroker::start().await;
     {
         let (c, ch) = b.channel().await;
-        ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-        ch.queue_declare("dq".into(), durable(), FieldTable::default()).await.unwrap();
-        ch.queue_declare("tq".into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        ch.queue_declare("dq".into(), durable(), FieldTable::default())
+            .await
+            .unwrap();
+        ch.queue_declare(
+            "tq".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
         for i in 0..10u8 {
             assert!(publish_confirmed(&ch, "", "dq", &[i], persistent()).await);
         }
@@ -41,13 +66,23 @@ async fn persistent_messages_survive_restart_exactly_unacked_in_order() {
         assert!(publish_confirmed(&ch, "", "tq", b"x", persistent()).await);
         // deliver 0..=3, ack 0 and 1, leave 2 and 3 unacked
         ch.basic_qos(4, BasicQosOptions::default()).await.unwrap();
-        let mut cons = ch.basic_consume("dq".into(), "c".into(), BasicConsumeOptions::default(), FieldTable::default()).await.unwrap();
+        let mut cons = ch
+            .basic_consume(
+                "dq".into(),
+                "c".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
         let mut got = vec![];
         for _ in 0..4 {
             got.push(within(5, cons.next()).await.unwrap().unwrap());
         }
         // no more deliveries from here on: acking frees prefetch credit
-        ch.basic_cancel("c".into(), BasicCancelOptions::default()).await.unwrap();
+        ch.basic_cancel("c".into(), BasicCancelOptions::default())
+            .await
+            .unwrap();
         got[0].ack(BasicAckOptions::default()).await.unwrap();
         got[1].ack(BasicAckOptions::default()).await.unwrap();
         // a synchronous round trip: the acks were processed
@@ -57,19 +92,56 @@ async fn persistent_messages_survive_restart_exactly_unacked_in_order() {
         drop(c);
     }
     let (_c, ch) = b.channel().await;
-    let q = ch.queue_declare("dq".into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await.unwrap();
-    assert_eq!(q.message_count(), 8, "10 persistent - 2 acked; the transient one is gone");
-    let err = ch.queue_declare("tq".into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await.unwrap_err();
+    let q = ch
+        .queue_declare(
+            "dq".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        q.message_count(),
+        8,
+        "10 persistent - 2 acked; the transient one is gone"
+    );
+    let err = ch
+        .queue_declare(
+            "tq".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(reply_code(&err), Some(404));
     let (_c, ch) = b.channel().await;
     let mut seen = vec![];
     for _ in 0..8 {
-        let m = ch.basic_get("dq".into(), BasicGetOptions { no_ack: true }).await.unwrap().unwrap();
+        let m = ch
+            .basic_get("dq".into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .unwrap();
         seen.push((m.delivery.data[0], m.delivery.redelivered));
     }
     assert_eq!(
         seen,
-        vec![(2, true), (3, true), (4, false), (5, false), (6, false), (7, false), (8, false), (9, false)]
+        vec![
+            (2, true),
+            (3, true),
+            (4, false),
+            (5, false),
+            (6, false),
+            (7, false),
+            (8, false),
+            (9, false)
+        ]
     );
     b.stop().await;
 }
@@ -81,29 +153,100 @@ async fn definitions_survive_restart() {
         let (_c, ch) = b.channel().await;
         let mut args = FieldTable::default();
         args.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(100));
-        ch.exchange_declare("dx".into(), lapin::ExchangeKind::Topic, ExchangeDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await.unwrap();
-        ch.exchange_declare("tx".into(), lapin::ExchangeKind::Fanout, ExchangeDeclareOptions::default(), FieldTable::default()).await.unwrap();
-        ch.queue_declare("dq".into(), durable(), args).await.unwrap();
-        ch.queue_bind("dq".into(), "dx".into(), "a.#".into(), QueueBindOptions::default(), FieldTable::default()).await.unwrap();
-        ch.queue_declare("gone".into(), durable(), FieldTable::default()).await.unwrap();
-        ch.queue_delete("gone".into(), QueueDeleteOptions::default()).await.unwrap();
+        ch.exchange_declare(
+            "dx".into(),
+            lapin::ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.exchange_declare(
+            "tx".into(),
+            lapin::ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_declare("dq".into(), durable(), args)
+            .await
+            .unwrap();
+        ch.queue_bind(
+            "dq".into(),
+            "dx".into(),
+            "a.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_declare("gone".into(), durable(), FieldTable::default())
+            .await
+            .unwrap();
+        ch.queue_delete("gone".into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
     }
     b.restart().await;
     let (_c, ch) = b.channel().await;
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    ch.exchange_declare("dx".into(), lapin::ExchangeKind::Topic, ExchangeDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    ch.exchange_declare(
+        "dx".into(),
+        lapin::ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
     assert!(publish_confirmed(&ch, "dx", "a.b", b"routed", BasicProperties::default()).await);
-    let m = ch.basic_get("dq".into(), BasicGetOptions { no_ack: true }).await.unwrap().unwrap();
+    let m = ch
+        .basic_get("dq".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(m.delivery.data, b"routed");
     let (_c2, ch2) = b.channel().await;
-    let e = ch2.exchange_declare("tx".into(), lapin::ExchangeKind::Fanout, ExchangeDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await.unwrap_err();
+    let e = ch2
+        .exchange_declare(
+            "tx".into(),
+            lapin::ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(reply_code(&e), Some(404));
     let (_c3, ch3) = b.channel().await;
-    let e = ch3.queue_declare("gone".into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await.unwrap_err();
+    let e = ch3
+        .queue_declare(
+            "gone".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(reply_code(&e), Some(404));
     // redeclaring with other arguments is refused: the arguments survived too
     let (_c4, ch4) = b.channel().await;
-    let e = ch4.queue_declare("dq".into(), durable(), FieldTable::default()).await.unwrap_err();
+    let e = ch4
+        .queue_declare("dq".into(), durable(), FieldTable::default())
+        .await
+        .unwrap_err();
     assert_eq!(reply_code(&e), Some(406));
     b.stop().await;
 }
@@ -112,18 +255,37 @@ async fn definitions_survive_restart() {
 async fn fanout_writes_the_body_once() {
     let b = TestBroker::start().await;
     let (_c, ch) = b.channel().await;
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     for q in ["f1", "f2", "f3", "f4"] {
-        ch.queue_declare(q.into(), durable(), FieldTable::default()).await.unwrap();
-        ch.queue_bind(q.into(), "amq.fanout".into(), "".into(), QueueBindOptions::default(), FieldTable::default()).await.unwrap();
+        ch.queue_declare(q.into(), durable(), FieldTable::default())
+            .await
+            .unwrap();
+        ch.queue_bind(
+            q.into(),
+            "amq.fanout".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     }
     let before = b.broker().store.bytes_used();
     let body = vec![7u8; 256 * 1024];
     assert!(publish_confirmed(&ch, "amq.fanout", "", &body, persistent()).await);
     let grew = b.broker().store.bytes_used() - before;
-    assert!(grew >= body.len() as u64 && grew < body.len() as u64 + 1024, "grew by {grew}");
+    assert!(
+        grew >= body.len() as u64 && grew < body.len() as u64 + 1024,
+        "grew by {grew}"
+    );
     for q in ["f1", "f2", "f3", "f4"] {
-        let m = ch.basic_get(q.into(), BasicGetOptions { no_ack: true }).await.unwrap().unwrap();
+        let m = ch
+            .basic_get(q.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(m.delivery.data.len(), body.len());
     }
     b.stop().await;
@@ -133,29 +295,63 @@ async fn fanout_writes_the_body_once() {
 async fn disk_space_comes_back_after_drain_purge_and_delete() {
     let b = TestBroker::start().await; // 4 MiB segments
     let (_c, ch) = b.channel().await;
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     for q in ["d1", "d2", "d3"] {
-        ch.queue_declare(q.into(), durable(), FieldTable::default()).await.unwrap();
+        ch.queue_declare(q.into(), durable(), FieldTable::default())
+            .await
+            .unwrap();
     }
     let body = vec![1u8; 64 * 1024];
     for q in ["d1", "d2", "d3"] {
         for _ in 0..100 {
-            ch.basic_publish("".into(), q.into(), BasicPublishOptions::default(), &body, persistent()).await.unwrap();
+            ch.basic_publish(
+                "".into(),
+                q.into(),
+                BasicPublishOptions::default(),
+                &body,
+                persistent(),
+            )
+            .await
+            .unwrap();
         }
     }
     ch.wait_for_confirms().await.unwrap();
     let store = b.broker().store.clone();
-    assert!(store.segment_count() >= 4, "{} segments", store.segment_count());
+    assert!(
+        store.segment_count() >= 4,
+        "{} segments",
+        store.segment_count()
+    );
     // drain d1 with acks
-    let mut cons = ch.basic_consume("d1".into(), "c".into(), BasicConsumeOptions::default(), FieldTable::default()).await.unwrap();
+    let mut cons = ch
+        .basic_consume(
+            "d1".into(),
+            "c".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     for _ in 0..100 {
         let d = within(5, cons.next()).await.unwrap().unwrap();
         d.ack(BasicAckOptions::default()).await.unwrap();
     }
-    ch.queue_purge("d2".into(), QueuePurgeOptions::default()).await.unwrap();
-    ch.queue_delete("d3".into(), QueueDeleteOptions::default()).await.unwrap();
-    assert!(eventually(5, || store.segment_count() == 1).await, "{} segments left", store.segment_count());
-    let files = std::fs::read_dir(b.dir.path().join("msgs")).unwrap().count();
+    ch.queue_purge("d2".into(), QueuePurgeOptions::default())
+        .await
+        .unwrap();
+    ch.queue_delete("d3".into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        eventually(5, || store.segment_count() == 1).await,
+        "{} segments left",
+        store.segment_count()
+    );
+    let files = std::fs::read_dir(b.dir.path().join("msgs"))
+        .unwrap()
+        .count();
     assert!(files <= 2, "{files} files left in msgs/");
     b.stop().await;
 }
@@ -165,17 +361,28 @@ async fn failed_fsync_nacks_the_confirm() {
     let dir = tempfile::tempdir().unwrap();
     let config = test_config(dir.path());
     let io = Arc::new(lepus::store::io::FaultyIo::default());
-    let h = lepus::server::start_with_io(config, io.clone()).await.unwrap();
+    let h = lepus::server::start_with_io(config, io.clone())
+        .await
+        .unwrap();
     let c = connect(&format!("amqp://guest:guest@{}/%2f", h.addr)).await;
     let ch = c.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    ch.queue_declare("fq".into(), durable(), FieldTable::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    ch.queue_declare("fq".into(), durable(), FieldTable::default())
+        .await
+        .unwrap();
     assert!(publish_confirmed(&ch, "", "fq", b"ok", persistent()).await);
-    io.fail_all_syncs.store(true, std::sync::atomic::Ordering::SeqCst);
-    assert!(!publish_confirmed(&ch, "", "fq", b"not on disk", persistent()).await, "must be nacked");
+    io.fail_all_syncs
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        !publish_confirmed(&ch, "", "fq", b"not on disk", persistent()).await,
+        "must be nacked"
+    );
     // transient messages do not need a sync and are still acked
     assert!(publish_confirmed(&ch, "", "fq", b"transient", BasicProperties::default()).await);
-    io.fail_all_syncs.store(false, std::sync::atomic::Ordering::SeqCst);
+    io.fail_all_syncs
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     assert!(publish_confirmed(&ch, "", "fq", b"ok again", persistent()).await);
     h.shutdown().await;
 }
@@ -186,18 +393,35 @@ async fn segment_allocation_failure_nacks_and_recovers() {
     let mut config = test_config(dir.path());
     config.store.segment_size = 1024 * 1024;
     let io = Arc::new(lepus::store::io::FaultyIo::default());
-    let h = lepus::server::start_with_io(config, io.clone()).await.unwrap();
+    let h = lepus::server::start_with_io(config, io.clone())
+        .await
+        .unwrap();
     let c = connect(&format!("amqp://guest:guest@{}/%2f", h.addr)).await;
     let ch = c.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    ch.queue_declare("aq".into(), durable(), FieldTable::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    ch.queue_declare("aq".into(), durable(), FieldTable::default())
+        .await
+        .unwrap();
     let body = vec![0u8; 600 * 1024];
     assert!(publish_confirmed(&ch, "", "aq", &body, persistent()).await);
-    io.fail_allocations.store(1, std::sync::atomic::Ordering::SeqCst);
+    io.fail_allocations
+        .store(1, std::sync::atomic::Ordering::SeqCst);
     // needs a new segment: allocation fails, the publish is nacked, nothing is lost
     assert!(!publish_confirmed(&ch, "", "aq", &body, persistent()).await);
     assert!(publish_confirmed(&ch, "", "aq", &body, persistent()).await);
-    let q = ch.queue_declare("aq".into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+    let q = ch
+        .queue_declare(
+            "aq".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!(q.message_count(), 2);
     h.shutdown().await;
 }
@@ -209,28 +433,54 @@ async fn sparse_segments_are_compacted_and_survive_restart() {
     config.store.segment_size = 1024 * 1024;
     let mut b = TestBroker::start_with(dir, config).await;
     let (_c, ch) = b.channel().await;
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    ch.queue_declare("sparse".into(), durable(), FieldTable::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    ch.queue_declare("sparse".into(), durable(), FieldTable::default())
+        .await
+        .unwrap();
     let body = vec![3u8; 8 * 1024];
     for i in 0..600u32 {
         let mut b = body.clone();
         b[..4].copy_from_slice(&i.to_be_bytes());
-        ch.basic_publish("".into(), "sparse".into(), BasicPublishOptions::default(), &b, persistent()).await.unwrap();
+        ch.basic_publish(
+            "".into(),
+            "sparse".into(),
+            BasicPublishOptions::default(),
+            &b,
+            persistent(),
+        )
+        .await
+        .unwrap();
     }
     ch.wait_for_confirms().await.unwrap();
     // Keep every 20th message (requeued, so redelivered), ack the rest.
     let mut keep = vec![];
     for _ in 0..600 {
-        let m = ch.basic_get("sparse".into(), BasicGetOptions { no_ack: false }).await.unwrap().unwrap();
+        let m = ch
+            .basic_get("sparse".into(), BasicGetOptions { no_ack: false })
+            .await
+            .unwrap()
+            .unwrap();
         let i = u32::from_be_bytes(m.delivery.data[..4].try_into().unwrap());
         if i % 20 == 0 {
             keep.push(m.delivery.delivery_tag);
         } else {
-            ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default()).await.unwrap();
+            ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default())
+                .await
+                .unwrap();
         }
     }
     for t in keep {
-        ch.basic_nack(t, BasicNackOptions { requeue: true, multiple: false }).await.unwrap();
+        ch.basic_nack(
+            t,
+            BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            },
+        )
+        .await
+        .unwrap();
     }
     ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
     let store = b.broker().store.clone();
@@ -239,12 +489,23 @@ async fn sparse_segments_are_compacted_and_survive_restart() {
     let moved = b.broker().compact();
     // Kept messages in the active segment stay where they are.
     assert!(moved > 20 && moved <= 30, "{moved} moved");
-    assert!(eventually(2, || store.segment_count() <= 2).await, "{} segments after compaction", store.segment_count());
+    assert!(
+        eventually(2, || store.segment_count() <= 2).await,
+        "{} segments after compaction",
+        store.segment_count()
+    );
     b.restart().await;
     let (_c, ch) = b.channel().await;
     let mut ids = vec![];
-    while let Some(m) = ch.basic_get("sparse".into(), BasicGetOptions { no_ack: true }).await.unwrap() {
-        assert!(m.delivery.redelivered, "requeued before compaction: still redelivered");
+    while let Some(m) = ch
+        .basic_get("sparse".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        assert!(
+            m.delivery.redelivered,
+            "requeued before compaction: still redelivered"
+        );
         ids.push(u32::from_be_bytes(m.delivery.data[..4].try_into().unwrap()));
     }
     assert_eq!(ids, (0..600).filter(|i| i % 20 == 0).collect::<Vec<_>>());

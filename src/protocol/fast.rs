@@ -179,7 +179,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn generate(frame: &AMQPFrame) -> Vec<u8> {
-        gen_frame(frame)(WriteContext::from(Vec::new())).unwrap().write
+        gen_frame(frame)(WriteContext::from(Vec::new()))
+            .unwrap()
+            .write
     }
 
     fn method_payload(class: AMQPClass) -> Vec<u8> {

@@ -89,7 +89,10 @@ mod tests {
                 assert!(r.is_none());
             } else {
                 let f = r.unwrap();
-                assert_eq!((f.kind, f.channel, &f.payload[..]), (FRAME_BODY, 3, &b"hello"[..]));
+                assert_eq!(
+                    (f.kind, f.channel, &f.payload[..]),
+                    (FRAME_BODY, 3, &b"hello"[..])
+                );
             }
         }
         assert!(buf.is_empty());

@@ -105,7 +105,14 @@ mod tests {
     use amq_protocol::types::{AMQPValue, FieldTable};
 
     fn raw(props: BasicProperties) -> Vec<u8> {
-        let f = AMQPFrame::Header(1, AMQPContentHeader { class_id: 60, body_size: 42, properties: props });
+        let f = AMQPFrame::Header(
+            1,
+            AMQPContentHeader {
+                class_id: 60,
+                body_size: 42,
+                properties: props,
+            },
+        );
         let b = gen_frame(&f)(WriteContext::from(Vec::new())).unwrap().write;
         b[7..b.len() - 1].to_vec()
     }

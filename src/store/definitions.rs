@@ -187,9 +187,13 @@ mod tests {
     #[test]
     fn round_trip_and_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = DefinitionsLog::rewrite(dir.path(), &[DefOp::AddVhost { name: "/".into() }]).unwrap();
+        let mut log =
+            DefinitionsLog::rewrite(dir.path(), &[DefOp::AddVhost { name: "/".into() }]).unwrap();
         let mut args = FieldTable::default();
-        args.insert("x-max-length".into(), amq_protocol::types::AMQPValue::LongInt(5));
+        args.insert(
+            "x-max-length".into(),
+            amq_protocol::types::AMQPValue::LongInt(5),
+        );
         let q = DefOp::DeclareQueue {
             vhost: "/".into(),
             name: "q".into(),
@@ -201,7 +205,10 @@ mod tests {
         let path = log.path().to_path_buf();
         drop(log);
         // a torn write at the end
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         f.write_all(&[50, 0, 0, 0, 1, 2]).unwrap();
         let ops = DefinitionsLog::read_all(dir.path()).unwrap();
         assert_eq!(ops.len(), 2);

@@ -127,7 +127,16 @@ pub fn encode_prefix(
     routing_key: &str,
     header: &[u8],
 ) {
-    encode_prefix_ordered(out, persistent, timestamp_ms, None, durable_queues, exchange, routing_key, header)
+    encode_prefix_ordered(
+        out,
+        persistent,
+        timestamp_ms,
+        None,
+        durable_queues,
+        exchange,
+        routing_key,
+        header,
+    )
 }
 
 /// [`encode_prefix`] for a relocated record that keeps its original order key.
@@ -281,7 +290,11 @@ impl Store {
                 off += segment::RECORD_HEADER + n;
             }
             if off < seg.capacity() {
-                tracing::info!(segment = id, valid_bytes = off, "segment end cut after the last valid record");
+                tracing::info!(
+                    segment = id,
+                    valid_bytes = off,
+                    "segment end cut after the last valid record"
+                );
                 seg.truncate_to(off)?;
             }
             if refs == 0 {
@@ -289,7 +302,8 @@ impl Store {
                 continue;
             }
             seg.refs.store(refs, Ordering::Relaxed);
-            seg.total_refs.store(total_records.max(refs), Ordering::Relaxed);
+            seg.total_refs
+                .store(total_records.max(refs), Ordering::Relaxed);
             segments.insert(id, Arc::new(seg));
         }
         // Compaction moves records forward; their order keys put them back.
@@ -297,7 +311,12 @@ impl Store {
             msgs.sort_by_key(|r| r.order);
         }
         let next_id = ids.last().map(|i| i + 1).unwrap_or(1);
-        let active = Arc::new(Segment::create(io.as_ref(), &dir, next_id, segment_size as usize)?);
+        let active = Arc::new(Segment::create(
+            io.as_ref(),
+            &dir,
+            next_id,
+            segment_size as usize,
+        )?);
         segments.insert(next_id, active.clone());
         let (synced_tx, _) = watch::channel(0);
         let store = Arc::new(Store {
@@ -347,7 +366,9 @@ impl Store {
             Some(off) => off,
             None => {
                 self.roll(&mut w, prefix.len() + body.len())?;
-                w.active.append(&[prefix, body]).expect("fresh segment fits the record")
+                w.active
+                    .append(&[prefix, body])
+                    .expect("fresh segment fits the record")
             }
         };
         w.active.refs.fetch_add(refs, Ordering::SeqCst);
@@ -492,7 +513,10 @@ impl Store {
 
     /// Whether the sync covering `seq` failed (its confirm must be a nack).
     pub fn sync_failed(&self, seq: SyncSeq) -> bool {
-        self.failed.lock().iter().any(|&(lo, hi)| seq > lo && seq <= hi)
+        self.failed
+            .lock()
+            .iter()
+            .any(|&(lo, hi)| seq > lo && seq <= hi)
     }
 
     fn sync_loop(self: Arc<Self>) {
@@ -598,15 +622,30 @@ impl Store {
         let (prefix, body) = self.with_message(pos, |m| {
             let mut prefix = Vec::with_capacity(64 + m.header.len());
             let order = m.order.unwrap_or(pos.0 & !LOGGED_BIT);
-            encode_prefix_ordered(&mut prefix, m.persistent, m.timestamp_ms, Some(order), queue_ids, m.exchange, m.routing_key, m.header);
+            encode_prefix_ordered(
+                &mut prefix,
+                m.persistent,
+                m.timestamp_ms,
+                Some(order),
+                queue_ids,
+                m.exchange,
+                m.routing_key,
+                m.header,
+            );
             (prefix, m.body.to_vec())
         })?;
-        self.append(&prefix, &body, 1, !queue_ids.is_empty()).ok().map(|(p, _)| p)
+        self.append(&prefix, &body, 1, !queue_ids.is_empty())
+            .ok()
+            .map(|(p, _)| p)
     }
 
     /// Bytes of segment files on disk (allocated size for the active one).
     pub fn disk_bytes(&self) -> u64 {
-        self.segments.read().values().map(|s| s.capacity() as u64).sum()
+        self.segments
+            .read()
+            .values()
+            .map(|s| s.capacity() as u64)
+            .sum()
     }
 
     /// Bytes of records written and still on disk (without preallocation).
@@ -653,7 +692,11 @@ fn read_acks(dir: &Path, id: u32) -> HashMap<(u32, u32), u8> {
     for e in bytes[16..].chunks_exact(8) {
         let q = u32::from_le_bytes(e[..4].try_into().unwrap());
         let v = u32::from_le_bytes(e[4..].try_into().unwrap());
-        let flag = if v & (1 << 31) != 0 { ACK_DELIVERED } else { ACK_REMOVED };
+        let flag = if v & (1 << 31) != 0 {
+            ACK_DELIVERED
+        } else {
+            ACK_REMOVED
+        };
         *map.entry((q, v & !(1 << 31))).or_insert(0) |= flag;
     }
     map
@@ -664,13 +707,23 @@ mod tests {
     use super::*;
 
     fn open(dir: &Path, live: &[u32]) -> (Arc<Store>, HashMap<u32, Vec<Recovered>>) {
-        Store::open(dir, Arc::new(io::RealIo), 1 << 20, 0, &live.iter().copied().collect()).unwrap()
+        Store::open(
+            dir,
+            Arc::new(io::RealIo),
+            1 << 20,
+            0,
+            &live.iter().copied().collect(),
+        )
+        .unwrap()
     }
 
     fn put(store: &Store, queues: &[u32], body: &[u8]) -> MsgPos {
         let mut prefix = vec![];
         encode_prefix(&mut prefix, true, 1, queues, "ex", "rk", b"hdr");
-        store.append(&prefix, body, queues.len() as u64, true).unwrap().0
+        store
+            .append(&prefix, body, queues.len() as u64, true)
+            .unwrap()
+            .0
     }
 
     #[test]
@@ -686,7 +739,10 @@ mod tests {
         s.shutdown();
         drop(s);
         let (s, rec) = open(dir.path(), &[1, 2]);
-        let q1: Vec<_> = rec[&1].iter().map(|r| (r.pos.offset(), r.delivered)).collect();
+        let q1: Vec<_> = rec[&1]
+            .iter()
+            .map(|r| (r.pos.offset(), r.delivered))
+            .collect();
         assert_eq!(q1, vec![(b.offset(), true)]);
         assert_eq!(rec[&2].len(), 2);
         s.with_message(rec[&2][0].pos, |m| {

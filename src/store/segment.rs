@@ -76,7 +76,9 @@ impl Segment {
         hdr[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         hdr[12..16].copy_from_slice(&id.to_le_bytes());
         // SAFETY: fresh map of at least 16 bytes, nobody reads it yet.
-        unsafe { std::ptr::copy_nonoverlapping(hdr.as_ptr(), seg.map.as_mut_ptr(), SEGMENT_HEADER) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(hdr.as_ptr(), seg.map.as_mut_ptr(), SEGMENT_HEADER)
+        };
         seg.len.store(SEGMENT_HEADER, Ordering::Release);
         Ok(seg)
     }
@@ -84,10 +86,16 @@ impl Segment {
     /// Open an existing segment read-only for recovery and later reads.
     pub fn open(dir: &Path, id: u32) -> io::Result<Segment> {
         let path = dir.join(Self::file_name(id));
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)?;
         let cap = file.metadata()?.len() as usize;
         if cap < SEGMENT_HEADER {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "segment too short"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "segment too short",
+            ));
         }
         let map = MmapOptions::new().len(cap).map_raw(&file)?;
         let seg = Segment {
@@ -105,7 +113,10 @@ impl Segment {
         };
         let hdr = seg.bytes(0, SEGMENT_HEADER);
         if &hdr[..8] != SEGMENT_MAGIC {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "bad segment magic"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "bad segment magic",
+            ));
         }
         let version = u32::from_le_bytes(hdr[8..12].try_into().unwrap());
         if version != FORMAT_VERSION {
@@ -132,7 +143,10 @@ impl Segment {
 
     /// Bytes `[off, off+n)`, which must lie below `len`.
     pub fn bytes(&self, off: usize, n: usize) -> &[u8] {
-        assert!(off + n <= self.len(), "read beyond the written end of a segment");
+        assert!(
+            off + n <= self.len(),
+            "read beyond the written end of a segment"
+        );
         // SAFETY: within the map and below the published length: immutable.
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(off), n) }
     }
@@ -163,7 +177,8 @@ impl Segment {
                 at += p.len();
             }
         }
-        self.len.store(off + RECORD_HEADER + payload, Ordering::Release);
+        self.len
+            .store(off + RECORD_HEADER + payload, Ordering::Release);
         Some(off as u32)
     }
 
@@ -205,7 +220,11 @@ impl Segment {
         // SAFETY: advisory call on our own mapping; MADV_DONTNEED on a shared
         // file mapping never loses data.
         unsafe {
-            libc::madvise(self.map.as_mut_ptr() as *mut libc::c_void, end, libc::MADV_DONTNEED);
+            libc::madvise(
+                self.map.as_mut_ptr() as *mut libc::c_void,
+                end,
+                libc::MADV_DONTNEED,
+            );
         }
     }
 
@@ -218,7 +237,10 @@ impl Segment {
         if g.is_none() {
             let path = dir.join(Self::acks_name(self.id));
             let exists = path.exists();
-            let f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
             if !exists || f.metadata()?.len() == 0 {
                 let mut hdr = [0u8; 16];
                 hdr[..8].copy_from_slice(ACKS_MAGIC);

@@ -34,7 +34,9 @@ impl TestBroker {
     }
 
     pub async fn start_with(dir: tempfile::TempDir, config: Config) -> TestBroker {
-        let handle = lepus::server::start(config.clone()).await.expect("broker starts");
+        let handle = lepus::server::start(config.clone())
+            .await
+            .expect("broker starts");
         TestBroker {
             handle: Some(handle),
             dir,
@@ -79,7 +81,9 @@ impl TestBroker {
         if let Some(h) = self.handle.take() {
             h.shutdown().await;
         }
-        let h = lepus::server::start(self.config.clone()).await.expect("broker restarts");
+        let h = lepus::server::start(self.config.clone())
+            .await
+            .expect("broker restarts");
         self.handle = Some(h);
     }
 
@@ -91,10 +95,13 @@ impl TestBroker {
 }
 
 pub async fn connect(uri: &str) -> Connection {
-    tokio::time::timeout(Duration::from_secs(10), Connection::connect(uri, ConnectionProperties::default()))
-        .await
-        .expect("connect timed out")
-        .expect("connect")
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        Connection::connect(uri, ConnectionProperties::default()),
+    )
+    .await
+    .expect("connect timed out")
+    .expect("connect")
 }
 
 /// The AMQP reply code in a lapin error, if it is a protocol error.
@@ -125,7 +132,9 @@ pub async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
 }
 
 pub async fn within<T>(secs: u64, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(secs), f).await.expect("timed out")
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .expect("timed out")
 }
 
 static PANICS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
