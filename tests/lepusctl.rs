@@ -625,3 +625,70 @@ async fn move_refuses_what_it_cannot_do_safely() {
     assert_eq!(bq.message_count(), 10);
     b.stop().await;
 }
+
+/// Delayed exchanges: the API shows pending count and next due time, and
+/// lepusctl lists, cancels by message-id and purges; /metrics counts them.
+#[tokio::test]
+async fn delayed_messages_list_cancel_purge() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = b.channel().await;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-delayed-type".into(),
+        lapin::types::AMQPValue::LongString("direct".into()),
+    );
+    ch.exchange_declare(
+        "dl".into(),
+        lapin::ExchangeKind::Custom("x-delayed-message".into()),
+        ExchangeDeclareOptions::default(),
+        args,
+    )
+    .await
+    .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let mut h = FieldTable::default();
+        h.insert("x-delay".into(), lapin::types::AMQPValue::LongInt(60_000));
+        let p = BasicProperties::default()
+            .with_headers(h)
+            .with_message_id(format!("id-{i}").as_str().into());
+        ch.basic_publish(
+            "dl".into(),
+            "k".into(),
+            BasicPublishOptions::default(),
+            b"x",
+            p,
+        )
+        .await
+        .unwrap();
+    }
+    ch.wait_for_confirms().await.unwrap();
+    let api = http::Api::new(&b.mgmt_url());
+    let ex = api.get("/api/exchanges/%2F/dl").await;
+    assert_eq!(ex.status, 200);
+    assert_eq!(ex.body["delayed"]["pending"], 3);
+    assert!(ex.body["delayed"]["next_due"].as_u64().unwrap() > 0);
+    let metrics = api.get("/metrics").await.text;
+    assert!(
+        metrics.contains("lepus_delayed_messages{vhost=\"/\",exchange=\"dl\"} 3"),
+        "{metrics}"
+    );
+    let table = ok(&b, &["delayed", "list", "dl"]).await;
+    assert!(table.contains("3 pending"), "{table}");
+    assert!(table.contains("id-1"), "{table}");
+    let rows = json(&b, &["delayed", "list", "dl"]).await;
+    assert_eq!(rows.as_array().unwrap().len(), 3);
+    let out = ok(&b, &["delayed", "cancel", "dl", "id-1"]).await;
+    assert!(out.contains("1 delayed message"), "{out}");
+    let err = fails(&b, &["delayed", "cancel", "dl", "id-1"]).await;
+    assert!(err.contains("404"), "{err}");
+    let out = ok(&b, &["delayed", "purge", "dl"]).await;
+    assert!(out.contains("2 delayed message"), "{out}");
+    let ex = api.get("/api/exchanges/%2F/dl").await;
+    assert_eq!(ex.body["delayed"]["pending"], 0);
+    let not_delayed = api.get("/api/exchanges/%2F/amq.direct/delayed").await;
+    assert_eq!(not_delayed.status, 400);
+    b.stop().await;
+}

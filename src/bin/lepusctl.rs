@@ -77,6 +77,11 @@ enum Cmd {
         #[command(subcommand)]
         what: DeleteWhat,
     },
+    /// Pending messages of a delayed exchange: list, cancel by message-id, purge.
+    Delayed {
+        #[command(subcommand)]
+        what: DelayedCmd,
+    },
     /// Remove every ready message from a queue.
     Purge {
         #[command(subcommand)]
@@ -223,6 +228,25 @@ enum DeleteWhat {
         #[arg(long)]
         if_unused: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum DelayedCmd {
+    /// List pending messages in due order.
+    List {
+        exchange: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Cancel the pending messages with this message-id.
+    Cancel {
+        exchange: String,
+        message_id: String,
+    },
+    /// Drop every pending message.
+    Purge { exchange: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -453,6 +477,73 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
+        Cmd::Delayed { what } => match what {
+            DelayedCmd::List {
+                exchange,
+                limit,
+                format,
+            } => {
+                let ex = api.get(&format!("/api/exchanges/{v}/{}", seg(&exchange)))?;
+                let rows = api.get(&format!(
+                    "/api/exchanges/{v}/{}/delayed?limit={limit}",
+                    seg(&exchange)
+                ))?;
+                match format {
+                    Format::Json => print_json(&rows),
+                    Format::Table => {
+                        let d = &ex["delayed"];
+                        println!(
+                            "exchange '{exchange}': {} pending, next due {}",
+                            d["pending"].as_u64().unwrap_or(0),
+                            d["next_due"]
+                                .as_u64()
+                                .map(|t| format!("at {t} ms since the epoch"))
+                                .unwrap_or_else(|| "never".into())
+                        );
+                        print_table(
+                            rows.as_array().map(|a| a.as_slice()).unwrap_or(&[]),
+                            &[
+                                ("due_in_ms", "/due_in_ms"),
+                                ("message_id", "/message_id"),
+                                ("routing_key", "/routing_key"),
+                                ("bytes", "/payload_bytes"),
+                                ("persistent", "/persistent"),
+                            ],
+                        )
+                    }
+                }
+                Ok(())
+            }
+            DelayedCmd::Cancel {
+                exchange,
+                message_id,
+            } => {
+                let r = api.delete(
+                    &format!(
+                        "/api/exchanges/{v}/{}/delayed/{}",
+                        seg(&exchange),
+                        seg(&message_id)
+                    ),
+                    &[],
+                )?;
+                println!(
+                    "{} delayed message(s) with message-id '{message_id}' cancelled",
+                    r["cancelled"].as_u64().unwrap_or(0)
+                );
+                Ok(())
+            }
+            DelayedCmd::Purge { exchange } => {
+                let r = api.delete(
+                    &format!("/api/exchanges/{v}/{}/delayed", seg(&exchange)),
+                    &[],
+                )?;
+                println!(
+                    "{} delayed message(s) purged from '{exchange}'",
+                    r["purged"].as_u64().unwrap_or(0)
+                );
+                Ok(())
+            }
+        },
         Cmd::Declare { what } => match what {
             DeclareWhat::Queue {
                 name,

@@ -552,7 +552,7 @@ pub async fn delete_permission(
 // ----- exchanges -----
 
 fn exchange_json(vhost: &str, e: &Exchange) -> Value {
-    json!({
+    let mut v = json!({
         "name": e.name,
         "vhost": vhost,
         "type": e.type_name,
@@ -562,7 +562,97 @@ fn exchange_json(vhost: &str, e: &Exchange) -> Value {
         "arguments": table_to_json(&e.arguments),
         "user_who_performed_action": "",
         "policy": null,
+    });
+    if let Some(d) = &e.delayed {
+        v["delayed"] = json!({
+            "pending": d.pending(),
+            "next_due": d.next_due(),
+            "released": d.released.load(std::sync::atomic::Ordering::Relaxed),
+        });
+    }
+    v
+}
+
+// ----- delayed messages -----
+
+fn delayed_exchange(v: &VHost, name: &str) -> ApiResult<Arc<Exchange>> {
+    let e = v
+        .exchange(exchange_name(name))
+        .ok_or_else(ApiError::not_found)?;
+    if e.delayed.is_none() {
+        return Err(ApiError::bad_request(format!(
+            "exchange '{}' is not a delayed exchange",
+            e.name
+        )));
+    }
+    Ok(e)
+}
+
+/// GET /api/exchanges/{vhost}/{name}/delayed?limit=N: pending messages in due order.
+pub async fn list_delayed(
+    State(app): State<App>,
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    query: Q,
+) -> ApiResult<Json<Value>> {
+    let v = caller.vhost(&app.broker, &vhost)?;
+    let e = delayed_exchange(&v, &name)?;
+    let limit = query
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(100usize);
+    let store = app.broker.store.clone();
+    let rows = blocking(move || {
+        let d = e.delayed.as_ref().expect("delayed");
+        let now = crate::channel::now_ms();
+        d.list(limit)
+            .into_iter()
+            .filter_map(|(due, pos)| {
+                store.with_message(pos, |m| {
+                    let p = crate::protocol::props::peek(m.header).unwrap_or_default();
+                    json!({
+                        "due": due,
+                        "due_in_ms": due as i64 - now as i64,
+                        "message_id": p.message_id,
+                        "routing_key": m.routing_key,
+                        "payload_bytes": m.body.len(),
+                        "persistent": m.persistent,
+                    })
+                })
+            })
+            .collect::<Vec<_>>()
     })
+    .await?;
+    Ok(Json(Value::Array(rows)))
+}
+
+/// DELETE /api/exchanges/{vhost}/{name}/delayed: drop every pending message.
+pub async fn purge_delayed(
+    State(app): State<App>,
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let v = caller.vhost(&app.broker, &vhost)?;
+    let e = delayed_exchange(&v, &name)?;
+    caller.check(&app.broker, &vhost, Access::Configure, "exchange", &e.name)?;
+    let n = blocking(move || e.delayed.as_ref().expect("delayed").purge()).await?;
+    Ok(Json(json!({ "purged": n })))
+}
+
+/// DELETE /api/exchanges/{vhost}/{name}/delayed/{message_id}: cancel by message-id.
+pub async fn cancel_delayed(
+    State(app): State<App>,
+    caller: Caller,
+    Path((vhost, name, message_id)): Path<(String, String, String)>,
+) -> ApiResult<Json<Value>> {
+    let v = caller.vhost(&app.broker, &vhost)?;
+    let e = delayed_exchange(&v, &name)?;
+    caller.check(&app.broker, &vhost, Access::Configure, "exchange", &e.name)?;
+    let n = blocking(move || e.delayed.as_ref().expect("delayed").cancel(&message_id)).await?;
+    if n == 0 {
+        return Err(ApiError::not_found());
+    }
+    Ok(Json(json!({ "cancelled": n })))
 }
 
 pub async fn list_exchanges(State(app): State<App>, caller: Caller) -> Json<Value> {

@@ -122,6 +122,14 @@ pub fn router(app: App) -> Router {
         )
         .route("/api/exchanges/{vhost}/{name}/publish", post(publish))
         .route(
+            "/api/exchanges/{vhost}/{name}/delayed",
+            get(list_delayed).delete(purge_delayed),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/delayed/{message_id}",
+            delete(cancel_delayed),
+        )
+        .route(
             "/api/exchanges/{vhost}/{name}/bindings/source",
             get(exchange_bindings_source),
         )
