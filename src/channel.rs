@@ -115,6 +115,8 @@ pub struct Channel {
     durable_ids: Vec<u32>,
     /// The last queue declared on this channel: an empty queue name means it.
     last_queue: Option<String>,
+    /// Hot-path cache: the queue the default exchange last routed to.
+    default_route: Option<Arc<Queue>>,
     /// The connection saw a publish: resource alarms block it.
     pub published: bool,
     /// Queues this channel pushed past their flow-control mark.
@@ -144,6 +146,7 @@ impl Channel {
             durable_ids: vec![],
             published: false,
             last_queue: None,
+            default_route: None,
             pressure: vec![],
         }
     }
@@ -351,8 +354,24 @@ impl Channel {
         keys.extend(cc_holder.iter().map(|s| s.as_str()));
         let mut queues = std::mem::take(&mut self.route_buf);
         queues.clear();
-        ctx.vhost
-            .route(&ex, &keys, headers.as_ref(), &msg.header, &mut queues);
+        // The default exchange routes by queue name: remember the last one.
+        match &self.default_route {
+            Some(q)
+                if ex.name.is_empty()
+                    && keys.len() == 1
+                    && q.name == keys[0]
+                    && !q.is_deleted() =>
+            {
+                queues.push(q.clone())
+            }
+            _ => {
+                ctx.vhost
+                    .route(&ex, &keys, headers.as_ref(), &msg.header, &mut queues);
+                if ex.name.is_empty() && queues.len() == 1 {
+                    self.default_route = Some(queues[0].clone());
+                }
+            }
+        }
         if let Some(d) = &ex.delayed {
             if let Some(delay) = crate::delayed::x_delay(headers.as_ref()) {
                 self.route_buf = queues;
@@ -395,10 +414,11 @@ impl Channel {
         } else {
             &msg.header
         };
+        let now = now_ms_ceil();
         store::encode_prefix(
             &mut self.prefix_buf,
             persistent,
-            now_ms(),
+            now,
             &self.durable_ids,
             &msg.exchange,
             &msg.routing_key,
@@ -422,7 +442,7 @@ impl Channel {
             expiration,
             priority: peek.priority.unwrap_or(0),
             body_len: msg.body.len() as u64,
-            arrival_ms: now_ms(),
+            arrival_ms: now,
         };
         let mut rejected = false;
         for q in queues.drain(..) {
@@ -471,7 +491,7 @@ impl Channel {
         } else {
             &[]
         };
-        let now = now_ms();
+        let now = now_ms_ceil();
         store::encode_prefix(
             &mut self.prefix_buf,
             persistent,
@@ -1198,6 +1218,15 @@ fn parse_expiration(e: &str) -> Result<u64, String> {
         return Err(format!("{{value_negative,-{v}}}"));
     }
     Ok(v)
+}
+
+/// Now in ms, rounded up: deadlines computed from it (arrival + TTL or
+/// x-delay) are never before the exact ones, so nothing is released early.
+pub fn now_ms_ceil() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| (d.as_micros() as u64).div_ceil(1000))
+        .unwrap_or(0)
 }
 
 pub fn now_ms() -> u64 {

@@ -238,7 +238,7 @@ fn republish(
     store::encode_prefix(
         &mut prefix,
         persistent,
-        now_ms(),
+        crate::channel::now_ms_ceil(),
         &durable_ids,
         &ex.name,
         keys[0],

@@ -487,7 +487,7 @@ fn route_released(store: &Arc<Store>, vh: &Arc<VHost>, ex: &Arc<Exchange>, pos: 
     store::encode_prefix(
         &mut prefix,
         persistent,
-        now_ms(),
+        crate::channel::now_ms_ceil(),
         &durable_ids,
         &ex.name,
         &rk,

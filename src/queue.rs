@@ -103,7 +103,7 @@ impl EnqueueInfo {
             expiration: peek.expiration.and_then(|e| e.parse::<u64>().ok()),
             priority: peek.priority.unwrap_or(priority),
             body_len,
-            arrival_ms: crate::channel::now_ms(),
+            arrival_ms: crate::channel::now_ms_ceil(),
         }
     }
 }
@@ -154,9 +154,12 @@ struct QueueInner {
     ready_bytes: u64,
     /// Per-message sizes, kept only when a byte limit needs them.
     sizes: HashMap<u64, u64>,
-    /// Deadlines: (expiry ms, key, position). Entries of messages that left
+    /// Deadlines: (expiry ms, key). A key names one message's slot for its
+    /// whole life in the queue (requeue keeps it); entries of messages that
+    /// left are dropped lazily. Positions are not kept here, so compaction
+    /// can move a message without touching the heap.
     /// are dropped lazily.
-    expiry: BinaryHeap<Reverse<(u64, u64, MsgPos)>>,
+    expiry: BinaryHeap<Reverse<(u64, u64)>>,
     consumers: Vec<Arc<Consumer>>,
     next_consumer: usize,
     unacked: u64,
@@ -352,7 +355,7 @@ impl Queue {
                     q.sizes.insert(k, len);
                 }
                 if let Some(d) = deadline {
-                    q.expiry.push(Reverse((d, k, r.pos)));
+                    q.expiry.push(Reverse((d, k)));
                     self.expiring.store(true, Ordering::Relaxed);
                     want_timer = true;
                 }
@@ -415,7 +418,7 @@ impl Queue {
         let mut kick = false;
         if let Some(d) = deadline {
             self.expiring.store(true, Ordering::Relaxed);
-            q.expiry.push(Reverse((d, k, pos)));
+            q.expiry.push(Reverse((d, k)));
             kick = d < self.timer_deadline.load(Ordering::Acquire);
         }
         // drop-head: make room by dead-lettering from the head.
@@ -443,9 +446,11 @@ impl Queue {
             self.dispatch_locked(&mut q);
             pressure = q.ready_count > FLOW_HIGH;
         }
-        // TTL 0 (or already past): deliver now or never.
-        if deadline.is_some_and(|d| d <= now_ms()) {
-            self.expire_due(&mut q, now_ms());
+        // TTL 0: deliver now or never. (Deadlines are rounded up to the next
+        // ms, so this one may still lie a fraction of a ms ahead.)
+        let ttl_zero = info.expiration == Some(0) || self.args.message_ttl == Some(0);
+        if let Some(d) = deadline.filter(|d| ttl_zero || *d <= now_ms()) {
+            self.expire_due(&mut q, d.max(now_ms()));
         }
         let dead = std::mem::take(&mut q.dead);
         drop(q);
@@ -527,13 +532,13 @@ impl Queue {
     /// Remove every message whose deadline has passed (wherever it sits) and
     /// queue it for dead-lettering.
     fn expire_due(&self, q: &mut QueueInner, now: u64) {
-        while let Some(Reverse((d, k, pos))) = q.expiry.peek().copied() {
+        while let Some(Reverse((d, k))) = q.expiry.peek().copied() {
             if d > now {
                 break;
             }
             q.expiry.pop();
-            if q.requeued.get(&k).is_some_and(|r| r.pos == pos) {
-                q.requeued.remove(&k);
+            let pos = if let Some(r) = q.requeued.remove(&k) {
+                r.pos
             } else {
                 let lv = &mut q.levels[key_level(k) as usize];
                 let seq = key_seq(k);
@@ -541,16 +546,18 @@ impl Queue {
                     continue;
                 }
                 let i = (seq - lv.head_seq) as usize;
-                if lv.ready.get(i) != Some(&pos) {
-                    continue;
+                match lv.ready.get(i).copied() {
+                    None | Some(GONE) => continue,
+                    Some(_) if i == 0 => {
+                        lv.head_seq += 1;
+                        lv.ready.pop_front().expect("slot")
+                    }
+                    Some(p) => {
+                        lv.ready[i] = GONE;
+                        p
+                    }
                 }
-                if i == 0 {
-                    lv.ready.pop_front();
-                    lv.head_seq += 1;
-                } else {
-                    lv.ready[i] = GONE;
-                }
-            }
+            };
             q.ready_count -= 1;
             let len = if self.needs_sizes() {
                 q.sizes.remove(&k).unwrap_or(0)
@@ -604,11 +611,12 @@ impl Queue {
         if !q.expiry.is_empty() {
             self.expire_due(q, now_ms().saturating_sub(1));
         }
+        let mut seg_cache = None;
         while q.ready_count > 0 {
             let Some((idx, c)) = self.pick_consumer(q) else {
                 break;
             };
-            if !self.deliver_locked(q, &c) {
+            if !self.deliver_locked(q, &c, &mut seg_cache) {
                 // Its channel cannot take more (flow or global prefetch): try
                 // the others once, then stop.
                 let others: Vec<_> = q
@@ -618,7 +626,9 @@ impl Queue {
                     .cloned()
                     .collect();
                 if !others.iter().any(|o| {
-                    o.has_credit() && !o.channel.conn.is_full() && self.deliver_locked(q, o)
+                    o.has_credit()
+                        && !o.channel.conn.is_full()
+                        && self.deliver_locked(q, o, &mut seg_cache)
                 }) {
                     break;
                 }
@@ -633,7 +643,12 @@ impl Queue {
     }
 
     /// Deliver the next message to `c`; false if its channel cannot take it.
-    fn deliver_locked(self: &Arc<Self>, q: &mut QueueInner, c: &Arc<Consumer>) -> bool {
+    fn deliver_locked(
+        self: &Arc<Self>,
+        q: &mut QueueInner,
+        c: &Arc<Consumer>,
+        seg_cache: &mut Option<Arc<crate::store::segment::Segment>>,
+    ) -> bool {
         let ch = &c.channel;
         let mut st = ch.state.lock();
         if st.closed || !st.flow {
@@ -649,7 +664,7 @@ impl Queue {
         st.next_tag += 1;
         let frame_max = ch.conn.frame_max();
         let count_header = self.args.delivery_limit.is_some() && deliveries > 0;
-        let wrote = self.store.with_message(pos, |m| {
+        let wrote = self.store.with_message_cached(seg_cache, pos, |m| {
             let mut out = ch.conn.outbox();
             fast::put_deliver(
                 &mut out,
@@ -781,8 +796,9 @@ impl Queue {
 
     /// Messages acked: gone for good.
     pub fn ack(self: &Arc<Self>, entries: &[Unacked]) {
+        let positions: Vec<MsgPos> = entries.iter().map(|e| e.pos).collect();
+        self.store.release_many(&positions, self.id);
         for e in entries {
-            self.store.release(e.pos, self.id);
             if let Some(c) = &e.consumer {
                 c.unacked.fetch_sub(1, Ordering::Relaxed);
             }
@@ -853,7 +869,7 @@ impl Queue {
                             });
                             continue;
                         }
-                        q.expiry.push(Reverse((d, e.seq, e.pos)));
+                        q.expiry.push(Reverse((d, e.seq)));
                         if d < self.timer_deadline.load(Ordering::Acquire) {
                             self.timer.notify_one();
                         }
@@ -1024,11 +1040,12 @@ impl Queue {
     /// fresh records, in place (order kept). Returns the old positions, to be
     /// released once the copies are synced.
     pub fn relocate(&self, seg: u32) -> Vec<MsgPos> {
-        let mut q = self.inner.lock();
-        let mut old = vec![];
+        // In batches, so the queue lock is never held for long: publishers,
+        // consumers and the expiry timer interleave with compaction.
+        const BATCH: usize = 1024;
         let ids = [self.id];
-        let mut moved: HashMap<MsgPos, MsgPos> = HashMap::new();
-        let mut relocate_one = |pos: &mut MsgPos, deliveries: u32| {
+        let mut old = vec![];
+        let relocate_one = |pos: &mut MsgPos, deliveries: u32, old: &mut Vec<MsgPos>| {
             if *pos == GONE || pos.segment() != seg {
                 return;
             }
@@ -1040,24 +1057,31 @@ impl Queue {
             if logged && deliveries > 0 {
                 self.store.mark_delivered(new, self.id);
             }
-            moved.insert(*pos, new);
             old.push(*pos);
             *pos = new;
         };
-        for lv in q.levels.iter_mut() {
-            for pos in lv.ready.iter_mut() {
-                relocate_one(pos, 0);
+        let levels = self.inner.lock().levels.len();
+        for l in 0..levels {
+            // Walk by sequence number: the head may move between batches.
+            let mut next_seq = 0u64;
+            loop {
+                let mut q = self.inner.lock();
+                let lv = &mut q.levels[l];
+                let start = next_seq.max(lv.head_seq);
+                let from = (start - lv.head_seq) as usize;
+                if from >= lv.ready.len() {
+                    break;
+                }
+                let to = (from + BATCH).min(lv.ready.len());
+                for i in from..to {
+                    relocate_one(&mut lv.ready[i], 0, &mut old);
+                }
+                next_seq = lv.head_seq + to as u64;
             }
         }
+        let mut q = self.inner.lock();
         for r in q.requeued.values_mut() {
-            relocate_one(&mut r.pos, r.deliveries);
-        }
-        if !moved.is_empty() && !q.expiry.is_empty() {
-            let heap = std::mem::take(&mut q.expiry);
-            q.expiry = heap
-                .into_iter()
-                .map(|Reverse((d, k, p))| Reverse((d, k, moved.get(&p).copied().unwrap_or(p))))
-                .collect();
+            relocate_one(&mut r.pos, r.deliveries, &mut old);
         }
         old
     }
@@ -1097,7 +1121,7 @@ impl Queue {
     /// Next deadline in ms: earliest message expiry, or queue expiry.
     fn next_deadline(&self) -> Option<u64> {
         let q = self.inner.lock();
-        let msg = q.expiry.peek().map(|Reverse((d, _, _))| *d);
+        let msg = q.expiry.peek().map(|Reverse((d, _))| *d);
         let queue = match self.args.expires {
             Some(e) if q.consumers.is_empty() => Some(q.last_used_ms.saturating_add(e)),
             _ => None,

@@ -441,6 +441,53 @@ impl Store {
         Some(f(&view))
     }
 
+    /// [`Self::with_message`] with a caller-held segment cache, for loops that
+    /// read many messages (dispatch): one segment lookup per segment, not
+    /// per message. Keep the cache short-lived: it pins the segment's map.
+    pub fn with_message_cached<R>(
+        &self,
+        cache: &mut Option<Arc<Segment>>,
+        pos: MsgPos,
+        f: impl FnOnce(&MessageView) -> R,
+    ) -> Option<R> {
+        if cache.as_ref().is_none_or(|s| s.id != pos.segment()) {
+            *cache = Some(self.segment(pos.segment())?);
+        }
+        let seg = cache.as_ref()?;
+        let p = seg.record(pos.offset() as usize, false)?;
+        let view = MessageView::decode(p)?;
+        Some(f(&view))
+    }
+
+    /// Release many positions of one queue (acks): one segment lookup and one
+    /// reference update per run of positions in the same segment.
+    pub fn release_many(&self, positions: &[MsgPos], queue_id: u32) {
+        let logged: Vec<(u32, [u8; 8])> = positions
+            .iter()
+            .filter(|p| p.logged())
+            .map(|p| (p.segment(), ack_entry(*p, queue_id, false)))
+            .collect();
+        if !logged.is_empty() {
+            self.pending_acks.lock().extend(logged);
+        }
+        let mut i = 0;
+        while i < positions.len() {
+            let seg_id = positions[i].segment();
+            let mut n = 0u64;
+            while i < positions.len() && positions[i].segment() == seg_id {
+                n += 1;
+                i += 1;
+            }
+            if let Some(seg) = self.segment(seg_id) {
+                let before = seg.refs.fetch_sub(n, Ordering::SeqCst);
+                debug_assert!(before >= n, "segment reference count underflow");
+                if before == n && seg.sealed.load(Ordering::SeqCst) {
+                    self.delete_segment(&seg);
+                }
+            }
+        }
+    }
+
     /// Size of the stored message body (for byte limits and stats).
     pub fn body_len(&self, pos: MsgPos) -> u64 {
         self.with_message(pos, |m| m.body.len() as u64).unwrap_or(0)
@@ -468,10 +515,7 @@ impl Store {
     }
 
     fn log(&self, pos: MsgPos, queue_id: u32, delivered: bool) {
-        let mut e = [0u8; 8];
-        e[..4].copy_from_slice(&queue_id.to_le_bytes());
-        let v = pos.offset() | if delivered { 1 << 31 } else { 0 };
-        e[4..].copy_from_slice(&v.to_le_bytes());
+        let e = ack_entry(pos, queue_id, delivered);
         self.pending_acks.lock().push((pos.segment(), e));
     }
 
@@ -674,6 +718,15 @@ impl Store {
         let active = self.writer.lock().active.clone();
         let _ = self.io.sync(active.file());
     }
+}
+
+/// An ack-log entry: queue id, then the offset with bit 31 for "delivered".
+fn ack_entry(pos: MsgPos, queue_id: u32, delivered: bool) -> [u8; 8] {
+    let mut e = [0u8; 8];
+    e[..4].copy_from_slice(&queue_id.to_le_bytes());
+    let v = pos.offset() | if delivered { 1 << 31 } else { 0 };
+    e[4..].copy_from_slice(&v.to_le_bytes());
+    e
 }
 
 const ACK_REMOVED: u8 = 1;
