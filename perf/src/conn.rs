@@ -8,7 +8,7 @@
 use crate::uri::AmqpUri;
 use crate::wire::{self, FrameBuf, FRAME_HEARTBEAT, FRAME_METHOD};
 use amq_protocol::frame::{parse_frame, AMQPFrame};
-use amq_protocol::protocol::{basic, channel, confirm, connection, queue, AMQPClass};
+use amq_protocol::protocol::{basic, channel, confirm, connection, exchange, queue, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use std::fmt;
 use std::time::Duration;
@@ -337,16 +337,30 @@ impl Conn {
 
     /// Declare the queue; returns its current message count.
     pub async fn queue_declare(&mut self, ch: u16, name: &str, durable: bool) -> Result<u32> {
+        self.queue_declare_with(ch, name, durable, false, FieldTable::default())
+            .await
+    }
+
+    /// queue.declare with arguments, or passive (a 404 closes the channel);
+    /// returns the queue's message count.
+    pub async fn queue_declare_with(
+        &mut self,
+        ch: u16,
+        name: &str,
+        durable: bool,
+        passive: bool,
+        arguments: FieldTable,
+    ) -> Result<u32> {
         self.call(
             ch,
             AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
                 queue: name.into(),
-                passive: false,
+                passive,
                 durable,
                 exclusive: false,
                 auto_delete: false,
                 nowait: false,
-                arguments: FieldTable::default(),
+                arguments,
             })),
             |m| match m {
                 AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)) => Some(ok.message_count),
@@ -367,6 +381,44 @@ impl Conn {
                 arguments: FieldTable::default(),
             })),
             |m| matches!(m, AMQPClass::Queue(queue::AMQPMethod::BindOk(_))).then_some(()),
+        )
+        .await
+    }
+
+    pub async fn exchange_declare(
+        &mut self,
+        ch: u16,
+        name: &str,
+        kind: &str,
+        durable: bool,
+        arguments: FieldTable,
+    ) -> Result<()> {
+        self.call(
+            ch,
+            AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
+                exchange: name.into(),
+                kind: kind.into(),
+                passive: false,
+                durable,
+                auto_delete: false,
+                internal: false,
+                nowait: false,
+                arguments,
+            })),
+            |m| matches!(m, AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(_))).then_some(()),
+        )
+        .await
+    }
+
+    pub async fn exchange_delete(&mut self, ch: u16, name: &str) -> Result<()> {
+        self.call(
+            ch,
+            AMQPClass::Exchange(exchange::AMQPMethod::Delete(exchange::Delete {
+                exchange: name.into(),
+                if_unused: false,
+                nowait: false,
+            })),
+            |m| matches!(m, AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(_))).then_some(()),
         )
         .await
     }

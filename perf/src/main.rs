@@ -10,6 +10,7 @@ mod conn;
 mod consumer;
 mod producer;
 mod stats;
+mod timing;
 mod uri;
 mod wire;
 
@@ -44,9 +45,10 @@ struct Args {
     /// Message body size in bytes (>= 8 to measure end-to-end latency)
     #[arg(long, default_value_t = 16)]
     size: usize,
-    /// Publisher confirms with at most WINDOW unconfirmed messages per producer (0 = off)
-    #[arg(long, value_name = "WINDOW", default_value_t = 0)]
-    confirm: u64,
+    /// Publisher confirms with at most WINDOW unconfirmed messages per producer
+    /// (0 = off; default off, but 1000 in the ttl and delay modes)
+    #[arg(long, value_name = "WINDOW")]
+    confirm: Option<u64>,
     /// Publish with delivery mode 2 (persistent)
     #[arg(long)]
     persistent: bool,
@@ -96,6 +98,47 @@ struct Args {
     /// Tokio worker threads (default: number of CPUs)
     #[arg(long)]
     threads: Option<usize>,
+    /// Scenario: throughput (publish/consume load), ttl (per-message TTL +
+    /// dead-lettering lateness) or delay (delayed-exchange lateness)
+    #[arg(long, value_enum, default_value_t = Mode::Throughput)]
+    mode: Mode,
+    /// ttl/delay: messages to publish (default 100000 for ttl, 1000000 for delay)
+    #[arg(long, value_name = "N")]
+    messages: Option<u64>,
+    /// ttl: each message's TTL is a random integer in [0, MAX] ms
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    max_ttl: u32,
+    /// delay: each message's x-delay is a random integer in [0, SPREAD] ms
+    #[arg(long, value_name = "MS", default_value_t = 60000)]
+    spread: u32,
+    /// ttl/delay: seed of the random delays (same seed, same delays)
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// ttl/delay: publish just two messages, delay 5000 ms then 100 ms, and
+    /// report when each arrives
+    #[arg(long)]
+    head_of_line: bool,
+    /// delay: emulate the delays with per-message TTL on a holding queue
+    /// dead-lettering to the target queue (for brokers without x-delayed-message)
+    #[arg(long)]
+    via_ttl: bool,
+    /// ttl/delay: sample this broker process's RSS (peak and end) and CPU
+    #[arg(long, value_name = "PID")]
+    broker_pid: Option<u32>,
+    /// ttl/delay: wait for messages until MAX (or SPREAD) + GRACE seconds
+    /// after the last publish
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    grace: f64,
+    /// ttl/delay: write one line per message (seq,delay_ms,lateness_ms) to PATH
+    #[arg(long, value_name = "PATH")]
+    lateness_csv: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Throughput,
+    Ttl,
+    Delay,
 }
 
 #[derive(Serialize)]
@@ -125,13 +168,22 @@ struct Summary {
 fn main() -> ExitCode {
     stats::init_clock();
     let args = Args::parse();
-    if args.producers == 0 && args.consumers == 0 {
-        eprintln!("lepus-perf: nothing to do with 0 producers and 0 consumers");
-        return ExitCode::FAILURE;
-    }
-    if args.duration <= 0.0 || !args.duration.is_finite() {
-        eprintln!("lepus-perf: --duration must be positive");
-        return ExitCode::FAILURE;
+    let timing = match timing_config(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("lepus-perf: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if timing.is_none() {
+        if args.producers == 0 && args.consumers == 0 {
+            eprintln!("lepus-perf: nothing to do with 0 producers and 0 consumers");
+            return ExitCode::FAILURE;
+        }
+        if args.duration <= 0.0 || !args.duration.is_finite() {
+            eprintln!("lepus-perf: --duration must be positive");
+            return ExitCode::FAILURE;
+        }
     }
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -149,7 +201,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = match rt.block_on(run(args)) {
+    let result = match timing {
+        Some(cfg) => rt.block_on(timing::run(cfg)),
+        None => rt.block_on(run(args)),
+    };
+    let code = match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -160,6 +216,63 @@ fn main() -> ExitCode {
     // Tasks stuck on a dead socket must not keep the process alive.
     rt.shutdown_timeout(Duration::from_secs(1));
     code
+}
+
+/// Confirm window of the ttl and delay modes: it bounds how long a message
+/// can wait in socket buffers before the broker takes it (and starts its
+/// clock), which would otherwise count as lateness.
+const DEFAULT_TIMING_CONFIRM: u64 = 1000;
+
+/// The timing scenario the arguments ask for, None for the throughput mode.
+fn timing_config(args: &Args) -> Result<Option<timing::TimingConfig>> {
+    let scenario = match (args.mode, args.via_ttl) {
+        (Mode::Throughput, _) => {
+            if args.head_of_line || args.via_ttl || args.messages.is_some() {
+                return Err(
+                    "--head-of-line, --via-ttl and --messages need --mode ttl or --mode delay"
+                        .into(),
+                );
+            }
+            return Ok(None);
+        }
+        (Mode::Ttl, true) => return Err("--via-ttl goes with --mode delay".into()),
+        (Mode::Ttl, false) => timing::Scenario::Ttl,
+        (Mode::Delay, false) => timing::Scenario::Delay,
+        (Mode::Delay, true) => timing::Scenario::DelayViaTtl,
+    };
+    let (default_n, max_ms) = match args.mode {
+        Mode::Ttl => (100_000, args.max_ttl),
+        _ => (1_000_000, args.spread),
+    };
+    let messages = args.messages.unwrap_or(default_n);
+    if messages == 0 {
+        return Err("--messages must be at least 1".into());
+    }
+    if args.head_of_line && args.messages.is_some() {
+        return Err("--head-of-line publishes exactly two messages; drop --messages".into());
+    }
+    if args.grace < 0.0 || !args.grace.is_finite() {
+        return Err("--grace must be a non-negative number of seconds".into());
+    }
+    Ok(Some(timing::TimingConfig {
+        uri: args.uri.parse()?,
+        scenario,
+        messages,
+        max_ms,
+        seed: args.seed,
+        head_of_line: args.head_of_line,
+        base: args.queue.clone(),
+        durable: args.durable_queue,
+        persistent: args.persistent,
+        rate: args.rate,
+        confirm_window: args.confirm.unwrap_or(DEFAULT_TIMING_CONFIRM),
+        batch_bytes: args.batch_bytes,
+        grace: Duration::from_secs_f64(args.grace),
+        broker_pid: args.broker_pid,
+        keep: args.keep_queue,
+        json: args.json,
+        csv: args.lateness_csv.clone(),
+    }))
 }
 
 fn ms(ns: Option<u64>) -> Option<f64> {
@@ -176,6 +289,7 @@ fn fmt_ms(ns: Option<u64>) -> String {
 /// Returns Ok(true) on success, Ok(false) if a task failed during the run.
 async fn run(args: Args) -> Result<bool> {
     let uri: AmqpUri = args.uri.parse()?;
+    let confirm = args.confirm.unwrap_or(0);
     let n_prod = if args.consume_only { 0 } else { args.producers };
     let n_cons = if args.publish_only { 0 } else { args.consumers };
     // Filling a queue and then deleting it would be pointless.
@@ -209,8 +323,8 @@ async fn run(args: Args) -> Result<bool> {
         n_cons,
         args.size,
         if args.persistent { ", persistent" } else { "" },
-        if args.confirm > 0 {
-            format!(", confirm window {}", args.confirm)
+        if confirm > 0 {
+            format!(", confirm window {confirm}")
         } else {
             String::new()
         }
@@ -222,7 +336,7 @@ async fn run(args: Args) -> Result<bool> {
         routing_key: args.queue.clone(),
         size: args.size,
         persistent: args.persistent,
-        confirm_window: args.confirm,
+        confirm_window: confirm,
         rate: args.rate,
         pmessages: args.pmessages,
         batch_bytes: args.batch_bytes.max(1),
@@ -432,7 +546,7 @@ async fn run(args: Args) -> Result<bool> {
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
-        print_summary(&summary, &lat, &conf, args.confirm > 0);
+        print_summary(&summary, &lat, &conf, confirm > 0);
     }
     Ok(!failed)
 }
