@@ -33,10 +33,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
-/// In-memory entries before they are sorted and written as a run.
-pub const SPILL: usize = 65_536;
-/// Runs are merged into one when there are more than this many.
-const MAX_RUNS: usize = 64;
+/// In-memory entries before they are sorted and written as a run (6 MiB).
+pub const SPILL: usize = 262_144;
+/// Runs are merged into one when there are more than this many (about 134M
+/// pending messages): merging rewrites every entry, under the index lock.
+const MAX_RUNS: usize = 512;
 /// Entries read ahead per run.
 const READ_AHEAD: usize = 256;
 /// At most this many releases per batch; the release task yields between
@@ -46,9 +47,13 @@ const RELEASE_BATCH: usize = 2_000;
 type Entry = (u64, u64, MsgPos);
 const ENTRY: usize = 24;
 
+/// A sorted run on disk. No file stays open (hundreds of runs must not use
+/// hundreds of descriptors): each refill opens, seeks and reads READ_AHEAD
+/// entries.
 struct Run {
     path: PathBuf,
-    file: File,
+    /// Byte offset of the next unread entry.
+    offset: u64,
     /// Entries not yet read from the file.
     unread: u64,
     buf: VecDeque<Entry>,
@@ -59,11 +64,16 @@ impl Run {
         if self.buf.is_empty() && self.unread > 0 {
             let n = (self.unread as usize).min(READ_AHEAD);
             let mut bytes = vec![0u8; n * ENTRY];
-            if self.file.read_exact(&mut bytes).is_err() {
+            let read = File::open(&self.path).and_then(|mut f| {
+                f.seek(SeekFrom::Start(self.offset))?;
+                f.read_exact(&mut bytes)
+            });
+            if read.is_err() {
                 tracing::error!(path = %self.path.display(), "delay index run unreadable; its entries are skipped until restart");
                 self.unread = 0;
                 return None;
             }
+            self.offset += (n * ENTRY) as u64;
             self.unread -= n as u64;
             for e in bytes.chunks_exact(ENTRY) {
                 self.buf.push_back(decode(e));
@@ -159,11 +169,9 @@ impl DelayIndex {
             }
             w.flush()?;
         }
-        let mut file = File::open(&path)?;
-        file.seek(SeekFrom::Start(0))?;
         self.runs.push(Run {
             path,
-            file,
+            offset: 0,
             unread: entries.len() as u64,
             buf: VecDeque::new(),
         });
@@ -201,10 +209,10 @@ impl DelayIndex {
         for r in &runs {
             let _ = std::fs::remove_file(&r.path);
         }
-        match result.and_then(|n| Ok((File::open(&path)?, n))) {
-            Ok((file, n)) => self.runs.push(Run {
+        match result {
+            Ok(n) => self.runs.push(Run {
                 path,
-                file,
+                offset: 0,
                 unread: n,
                 buf: VecDeque::new(),
             }),
@@ -254,10 +262,8 @@ impl DelayIndex {
             out.extend(r.buf.iter().copied());
             if r.unread > 0 {
                 if let Ok(mut f) = File::open(&r.path) {
-                    let total = f.metadata().map(|m| m.len()).unwrap_or(0);
-                    let start = total - r.unread * ENTRY as u64;
                     let mut bytes = vec![];
-                    if f.seek(SeekFrom::Start(start)).is_ok() && f.read_to_end(&mut bytes).is_ok() {
+                    if f.seek(SeekFrom::Start(r.offset)).is_ok() && f.read_to_end(&mut bytes).is_ok() {
                         out.extend(bytes.chunks_exact(ENTRY).map(decode));
                     }
                 }
