@@ -478,7 +478,9 @@ impl Conn {
         } else {
             Duration::from_secs(3600)
         };
-        let mut ticker = tokio::time::interval(hb);
+        // Tick at half the interval, as RabbitMQ: a heartbeat goes out on
+        // every tick that saw no other traffic.
+        let mut ticker = tokio::time::interval(hb / 2);
         ticker.tick().await;
         let mut last_read = Instant::now();
         let mut last_bytes_out = 0u64;
@@ -563,8 +565,11 @@ impl Conn {
                         let out = self.ctx.conn.bytes_out.load(Ordering::Relaxed);
                         if out == last_bytes_out {
                             self.ctx.conn.send(protocol::put_heartbeat);
+                            // The heartbeat's own 8 bytes are not traffic.
+                            last_bytes_out = out + 8;
+                        } else {
+                            last_bytes_out = out;
                         }
-                        last_bytes_out = self.ctx.conn.bytes_out.load(Ordering::Relaxed);
                     }
                     if let Some(d) = close_deadline {
                         if Instant::now() > d { return; }
