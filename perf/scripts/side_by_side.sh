@@ -18,6 +18,7 @@ scenarios=(
   "16B-transient|--size 16"
   "1KiB-transient|--size 1024"
   "1KiB-persistent-confirm256|--size 1024 --persistent --durable-queue --confirm 256"
+  "1KiB-persistent-confirm1|--size 1024 --persistent --durable-queue --confirm 1"
 )
 for s in "${scenarios[@]}"; do
   name=${s%%|*}; args=${s#*|}
