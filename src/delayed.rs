@@ -263,7 +263,9 @@ impl DelayIndex {
             if r.unread > 0 {
                 if let Ok(mut f) = File::open(&r.path) {
                     let mut bytes = vec![];
-                    if f.seek(SeekFrom::Start(r.offset)).is_ok() && f.read_to_end(&mut bytes).is_ok() {
+                    if f.seek(SeekFrom::Start(r.offset)).is_ok()
+                        && f.read_to_end(&mut bytes).is_ok()
+                    {
                         out.extend(bytes.chunks_exact(ENTRY).map(decode));
                     }
                 }
