@@ -229,34 +229,11 @@ fn republish(
     if targets.is_empty() {
         return;
     }
-    let durable_ids: Vec<u32> = targets
-        .iter()
-        .filter(|t| t.logs(persistent))
-        .map(|t| t.id)
-        .collect();
-    let mut prefix = Vec::with_capacity(64 + header.len());
-    store::encode_prefix(
-        &mut prefix,
-        persistent,
-        crate::channel::now_ms_ceil(),
-        &durable_ids,
-        &ex.name,
-        keys[0],
-        &header,
-    );
-    let Ok((pos, _)) = store.append(
-        &prefix,
-        &body,
-        targets.len() as u64,
-        !durable_ids.is_empty(),
-    ) else {
-        tracing::error!(queue = %queue.name, "dead-lettered message not stored");
-        return;
-    };
     let info = EnqueueInfo::from_header(&header, body.len() as u64, priority);
-    for t in targets {
-        let logged = t.logs(persistent);
-        t.enqueue_with(pos.with_logged(logged), &info);
+    if !crate::queue::store_and_enqueue(
+        store, targets, &ex.name, keys[0], &header, &body, persistent, &info,
+    ) {
+        tracing::error!(queue = %queue.name, "dead-lettered message not stored");
     }
 }
 

@@ -20,7 +20,7 @@
 use crate::channel::now_ms;
 use crate::exchange::Exchange;
 use crate::queue::EnqueueInfo;
-use crate::store::{self, MsgPos, Store};
+use crate::store::{MsgPos, Store};
 use crate::vhost::VHost;
 use amq_protocol::types::{AMQPValue, FieldTable};
 use parking_lot::Mutex;
@@ -486,34 +486,11 @@ fn route_released(store: &Arc<Store>, vh: &Arc<VHost>, ex: &Arc<Exchange>, pos: 
     if targets.is_empty() {
         return;
     }
-    let durable_ids: Vec<u32> = targets
-        .iter()
-        .filter(|t| t.logs(persistent))
-        .map(|t| t.id)
-        .collect();
-    let mut prefix = Vec::with_capacity(64 + header.len());
-    store::encode_prefix(
-        &mut prefix,
-        persistent,
-        crate::channel::now_ms_ceil(),
-        &durable_ids,
-        &ex.name,
-        &rk,
-        &header,
-    );
-    let Ok((new_pos, _)) = store.append(
-        &prefix,
-        &body,
-        targets.len() as u64,
-        !durable_ids.is_empty(),
-    ) else {
-        tracing::error!(exchange = %ex.name, "released delayed message not stored");
-        return;
-    };
     let info = EnqueueInfo::from_header(&header, body.len() as u64, 0);
-    for t in targets {
-        let logged = t.logs(persistent);
-        t.enqueue_with(new_pos.with_logged(logged), &info);
+    if !crate::queue::store_and_enqueue(
+        store, targets, &ex.name, &rk, &header, &body, persistent, &info,
+    ) {
+        tracing::error!(exchange = %ex.name, "released delayed message not stored");
     }
 }
 

@@ -1189,6 +1189,50 @@ async fn timer_loop(weak: Weak<Queue>) {
     }
 }
 
+/// Store a message made inside the broker (a dead-lettered copy, a released
+/// delayed message) once, naming the durable `targets` that take it, and
+/// enqueue it into each of them. No confirm waits on it (at-most-once, as
+/// RabbitMQ's internal republishing). False if it could not be stored.
+#[allow(clippy::too_many_arguments)]
+pub fn store_and_enqueue(
+    store: &Store,
+    targets: Vec<Arc<Queue>>,
+    exchange: &str,
+    routing_key: &str,
+    header: &[u8],
+    body: &[u8],
+    persistent: bool,
+    info: &EnqueueInfo,
+) -> bool {
+    if targets.is_empty() {
+        return true;
+    }
+    let durable_ids: Vec<u32> = targets
+        .iter()
+        .filter(|t| t.logs(persistent))
+        .map(|t| t.id)
+        .collect();
+    let mut prefix = Vec::with_capacity(64 + header.len());
+    crate::store::encode_prefix(
+        &mut prefix,
+        persistent,
+        crate::channel::now_ms_ceil(),
+        &durable_ids,
+        exchange,
+        routing_key,
+        header,
+    );
+    let Ok((pos, _)) = store.append(&prefix, body, targets.len() as u64, !durable_ids.is_empty())
+    else {
+        return false;
+    };
+    for t in targets {
+        let logged = t.logs(persistent);
+        t.enqueue_with(pos.with_logged(logged), info);
+    }
+    true
+}
+
 /// The content header with an x-delivery-count header (quorum-queue style).
 fn with_delivery_count(header: &[u8], body_size: u64, deliveries: u32) -> Vec<u8> {
     let mut p = crate::channel::full_properties(header).unwrap_or_default();
