@@ -42,6 +42,8 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = socket.set_nodelay(true);
+    // RabbitMQ names a connection "client -> server" with the real ports.
+    let local_port = socket.local_addr().map(|a| a.port()).unwrap_or(broker.config.port);
     let conn_id = broker.next_connection_id();
     let (mut rd, mut wr) = socket.into_split();
     // Buffers start small (idle connections cost little) and grow with traffic.
@@ -70,7 +72,7 @@ pub async fn serve(
         .store(hs.cancel_notify, Ordering::Relaxed);
     let info = ConnInfo {
         id: conn_id,
-        name: format!("{peer} -> {}", broker.config.port),
+        name: format!("{peer} -> {local_port}"),
         user: hs.user.clone(),
         vhost: hs.vhost.name.clone(),
         peer: peer.to_string(),
