@@ -545,7 +545,7 @@ impl Conn {
                             // Flow control: let slow consumers catch up before reading more.
                             let pressured: Vec<_> = self.channels.values_mut().flat_map(|c| c.pressure.drain(..)).collect();
                             for q in pressured {
-                                q.flow_wait().await;
+                                q.flow_wait(self.ctx.conn_id).await;
                             }
                         }
                     }

@@ -462,7 +462,10 @@ impl Queue {
     }
 
     /// Wait until the queue's consumers have caught up (see [`FLOW_HIGH`]).
-    pub async fn flow_wait(&self) {
+    /// `conn_id` is the waiting publisher's connection: if one of the
+    /// consumers is on it too, its acks are behind us in the same socket, so
+    /// waiting would only stall both.
+    pub async fn flow_wait(&self, conn_id: u64) {
         loop {
             let delivered = Counters::get(&self.counters.delivered);
             let notified = self.flow.notified();
@@ -470,7 +473,11 @@ impl Queue {
             notified.as_mut().enable();
             {
                 let q = self.inner.lock();
-                if q.ready_count <= FLOW_LOW || q.consumers.is_empty() || self.is_deleted() {
+                if q.ready_count <= FLOW_LOW
+                    || q.consumers.is_empty()
+                    || self.is_deleted()
+                    || q.consumers.iter().any(|c| c.channel.conn.id == conn_id)
+                {
                     return;
                 }
                 self.throttling.store(true, Ordering::Release);
