@@ -559,6 +559,11 @@ impl Conn {
                 }
                 _ = alarm.changed() => {}
                 _ = ticker.tick() => {
+                    if blocked {
+                        // We are not reading while blocked: the client's
+                        // heartbeats wait in the socket, it is not silent.
+                        last_read = Instant::now();
+                    }
                     if self.heartbeat > 0 {
                         if last_read.elapsed() > hb * 2 {
                             tracing::warn!(conn = self.ctx.conn_id, "missed heartbeats from client, timeout: {}s", self.heartbeat);

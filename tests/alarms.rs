@@ -117,3 +117,52 @@ async fn disk_limit_raises_the_alarm() {
     assert!(b.broker().alarm_reasons.lock()[0].contains("disk"));
     b.stop().await;
 }
+
+/// While blocked the broker does not read the socket, so the client's
+/// heartbeats wait there: the connection must not be closed for missed
+/// heartbeats (RabbitMQ pauses heartbeat monitoring too).
+#[tokio::test]
+async fn a_blocked_connection_survives_its_heartbeat_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.limits.check_interval_ms = 3_600_000;
+    let b = TestBroker::start_with(dir, config).await;
+    let c = connect(&format!("{}?heartbeat=1", b.uri())).await;
+    let ch = c.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    ch.queue_declare(
+        "hb".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let publish = |body: &'static [u8]| {
+        let ch = ch.clone();
+        async move {
+            ch.basic_publish(
+                "".into(),
+                "hb".into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .is_ack()
+        }
+    };
+    assert!(publish(b"before").await);
+    b.broker().set_alarm(vec!["test".into()]);
+    assert!(eventually(5, || c.status().blocked()).await);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    b.broker().set_alarm(vec![]);
+    assert!(eventually(5, || !c.status().blocked()).await);
+    assert!(c.status().connected(), "closed while blocked");
+    assert!(within(5, publish(b"after")).await);
+    b.stop().await;
+}
