@@ -172,6 +172,16 @@ impl Config {
         if let Some(v) = get("LEPUS_MEMORY_HIGH_WATERMARK")? {
             self.limits.memory_high_watermark = v;
         }
+        if let Some(v) = get("LEPUS_CHECK_INTERVAL_MS")? {
+            self.limits.check_interval_ms = v;
+        }
+        if let Some(v) = get::<String>("LEPUS_LOOPBACK_USERS")? {
+            self.loopback_users = v
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
         Ok(())
     }
 
@@ -208,6 +218,31 @@ mod tests {
         assert_eq!(c.store.segment_size, d.store.segment_size);
         assert_eq!(c.max_message_size, d.max_message_size);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        // One test sets and reads the variables, so tests cannot race on them.
+        std::env::set_var("LEPUS_PORT", "5999");
+        std::env::set_var("LEPUS_CHECK_INTERVAL_MS", "250");
+        std::env::set_var("LEPUS_LOOPBACK_USERS", "guest, admin");
+        let mut c = Config::default();
+        c.apply_env().unwrap();
+        assert_eq!(c.port, 5999);
+        assert_eq!(c.limits.check_interval_ms, 250);
+        assert_eq!(
+            c.loopback_users,
+            vec!["guest".to_string(), "admin".to_string()]
+        );
+        std::env::set_var("LEPUS_PORT", "not a port");
+        assert!(Config::default().apply_env().is_err());
+        for k in [
+            "LEPUS_PORT",
+            "LEPUS_CHECK_INTERVAL_MS",
+            "LEPUS_LOOPBACK_USERS",
+        ] {
+            std::env::remove_var(k);
+        }
     }
 
     #[test]
