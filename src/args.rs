@@ -142,9 +142,12 @@ fn check(rule: &Rule, v: &AMQPValue) -> Result<(), String> {
             }
             Ok(())
         }
-        Rule::Str => str_value(v)
-            .map(|_| ())
-            .ok_or_else(|| format!("{{unacceptable_type,{}}}", type_name(v))),
+        // Names and routing keys are shortstrs on the wire and in the store.
+        Rule::Str => match str_value(v) {
+            Some(s) if s.len() > 255 => Err(format!("{{too_long,{}}}", s.len())),
+            Some(_) => Ok(()),
+            None => Err(format!("{{unacceptable_type,{}}}", type_name(v))),
+        },
         Rule::Bool => match v {
             AMQPValue::Boolean(_) => Ok(()),
             _ => Err(format!("{{unacceptable_type,{}}}", type_name(v))),

@@ -113,6 +113,9 @@ pub struct Broker {
     pub alarm: watch::Sender<bool>,
     pub alarm_reasons: Mutex<Vec<String>>,
     me: std::sync::OnceLock<std::sync::Weak<Broker>>,
+    /// Originals of compaction copies whose sync failed: released after the
+    /// next successful one (never before their copies are on disk).
+    compaction_pending: Mutex<Vec<(Arc<Queue>, Vec<crate::store::MsgPos>)>>,
 }
 
 impl Broker {
@@ -183,12 +186,13 @@ impl Broker {
             vhosts: RwLock::new(HashMap::new()),
             users: RwLock::new(HashMap::new()),
             permissions: RwLock::new(HashMap::new()),
-            next_queue_id: AtomicU32::new(max_id + 1),
+            next_queue_id: AtomicU32::new(max_id.max(store.max_recorded_id) + 1),
             next_conn_id: AtomicU64::new(1),
             connections: Mutex::new(HashMap::new()),
             alarm,
             alarm_reasons: Mutex::new(vec![]),
             me: std::sync::OnceLock::new(),
+            compaction_pending: Mutex::new(vec![]),
         });
         let _ = broker.me.set(Arc::downgrade(&broker));
         // Build the live objects from the model.
@@ -267,6 +271,7 @@ impl Broker {
                 src.bind(d, &b.routing_key, b.arguments.clone());
             }
         }
+        remove_stale_dedup_logs(&broker.config.data_dir, &live);
         tracing::info!(messages = total, queues = live.len(), "recovered");
         Ok(broker)
     }
@@ -438,6 +443,11 @@ impl Broker {
             return Err(AmqpError::access_refused(format!(
                 "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
+        }
+        if name.len() > 255 {
+            return Err(AmqpError::precondition(
+                "exchange name is longer than 255 bytes",
+            ));
         }
         let (k, _) = exchange_kind(kind, &arguments)?;
         crate::args::validate_exchange_args(&arguments, name, &vhost.name)?;
@@ -625,6 +635,11 @@ impl Broker {
             // RabbitMQ: a passive declare counts as use (x-expires starts over).
             q.touch();
             return Ok(q);
+        }
+        if name.len() > 255 {
+            return Err(AmqpError::precondition(
+                "queue name is longer than 255 bytes",
+            ));
         }
         let name = if name.is_empty() {
             server_queue_name()
@@ -934,10 +949,19 @@ impl Broker {
             for c in consumers {
                 crate::channel::server_cancel(&c);
             }
+            if let Some(d) = &q.dedup {
+                d.forget();
+            }
         }
         v.queues.write().clear();
         for e in v.exchanges.read().values() {
             e.deleted.store(true, Ordering::Release);
+            if let Some(d) = &e.delayed {
+                d.purge();
+            }
+            if let Some(d) = &e.dedup {
+                d.forget();
+            }
         }
         v.exchanges.write().clear();
         self.permissions.write().retain(|(_, vh), _| vh != name);
@@ -950,7 +974,8 @@ impl Broker {
     /// messages moved.
     pub fn compact(&self) -> usize {
         let sparse = self.store.sparse_segments();
-        if sparse.is_empty() {
+        let mut pending = std::mem::take(&mut *self.compaction_pending.lock());
+        if sparse.is_empty() && pending.is_empty() {
             return 0;
         }
         let queues: Vec<Arc<Queue>> = self
@@ -959,7 +984,6 @@ impl Broker {
             .values()
             .flat_map(|v| v.queues.read().values().cloned().collect::<Vec<_>>())
             .collect();
-        let mut pending: Vec<(Arc<Queue>, Vec<crate::store::MsgPos>)> = vec![];
         for seg in &sparse {
             for q in &queues {
                 let old = q.relocate(*seg);
@@ -969,8 +993,10 @@ impl Broker {
             }
         }
         if let Err(e) = self.store.sync_now() {
-            // Keep both copies: a duplicate after a crash beats a loss.
-            tracing::error!(error = %e, "compaction: sync failed; originals kept");
+            // Keep the originals until a sync succeeds: a duplicate after a
+            // crash beats a loss.
+            tracing::error!(error = %e, "compaction: sync failed; originals kept for now");
+            *self.compaction_pending.lock() = pending;
             return 0;
         }
         let mut n = 0;
@@ -1007,6 +1033,26 @@ pub fn check_exclusive(q: &Queue, conn_id: u64) -> AmqpResult<()> {
             q.name, q.vhost_name
         ))),
         _ => Ok(()),
+    }
+}
+
+/// Deduplication logs of queues that no longer exist (deleted while the
+/// broker was down, or with their vhost).
+fn remove_stale_dedup_logs(data_dir: &std::path::Path, live: &HashSet<u32>) {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("dedup")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(id) = name
+            .strip_prefix('q')
+            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            if !live.contains(&id) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 }
 

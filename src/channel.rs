@@ -82,6 +82,15 @@ pub struct Message {
     pub body: Bytes,
 }
 
+/// What [`Channel::check_publish`] found.
+struct Checked {
+    ex: Arc<Exchange>,
+    headers: Option<FieldTable>,
+    expiration: Option<u64>,
+    persistent: bool,
+    priority: u8,
+}
+
 enum ConfirmState {
     Ready(bool),
     Wait(SyncSeq),
@@ -265,8 +274,9 @@ impl Channel {
             body,
         };
         if self.tx.is_some() {
-            // Validate now (404, 403) so errors come at publish time, as in RabbitMQ.
-            self.lookup_exchange(ctx, &msg.exchange)?;
+            // Validate now (404, 403, 406) so errors come at publish time, as
+            // in RabbitMQ, and tx.commit cannot fail half-way.
+            self.check_publish(ctx, &msg)?;
             self.tx.as_mut().unwrap().push(TxOp::Publish(msg));
             return Ok(());
         }
@@ -306,7 +316,10 @@ impl Channel {
     }
 
     /// Route and store one message. Returns how its confirm is decided.
-    fn publish(&mut self, ctx: &ConnCtx, msg: &Message) -> AmqpResult<ConfirmState> {
+    /// Every check a publish must pass, with what they parse. Also run when
+    /// a publish is queued in a transaction, so that tx.commit cannot fail
+    /// half-way.
+    fn check_publish(&mut self, ctx: &ConnCtx, msg: &Message) -> AmqpResult<Checked> {
         let ex = self.lookup_exchange(ctx, &msg.exchange)?;
         let peek = props::peek(&msg.header)
             .ok_or_else(|| AmqpError::frame_error("malformed content header"))?;
@@ -333,6 +346,23 @@ impl Channel {
             })?),
             None => None,
         };
+        Ok(Checked {
+            ex,
+            headers,
+            expiration,
+            persistent: peek.persistent(),
+            priority: peek.priority.unwrap_or(0),
+        })
+    }
+
+    fn publish(&mut self, ctx: &ConnCtx, msg: &Message) -> AmqpResult<ConfirmState> {
+        let Checked {
+            ex,
+            headers,
+            expiration,
+            persistent,
+            priority,
+        } = self.check_publish(ctx, msg)?;
         if let Some(d) = &ex.dedup {
             if d.is_duplicate(&msg.header) {
                 return Ok(ConfirmState::Ready(true));
@@ -375,7 +405,7 @@ impl Channel {
         if let Some(d) = &ex.delayed {
             if let Some(delay) = crate::delayed::x_delay(headers.as_ref()) {
                 self.route_buf = queues;
-                return self.publish_delayed(ctx, &ex, d, msg, delay, peek.persistent());
+                return self.publish_delayed(ctx, &ex, d, msg, delay, persistent);
             }
         }
         if queues.is_empty() {
@@ -399,7 +429,7 @@ impl Channel {
             self.route_buf = queues;
             return Ok(ConfirmState::Ready(true));
         }
-        let persistent = peek.persistent();
+
         self.durable_ids.clear();
         for q in &queues {
             if q.logs(persistent) {
@@ -434,13 +464,15 @@ impl Channel {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "publish not stored");
+                // Nacked: a retry with the same id must not count as a duplicate.
+                forget_dedup(&ex, &queues, &msg.header);
                 self.route_buf = queues;
                 return Ok(ConfirmState::Ready(false));
             }
         };
         let info = EnqueueInfo {
             expiration,
-            priority: peek.priority.unwrap_or(0),
+            priority,
             body_len: msg.body.len() as u64,
             arrival_ms: now,
         };
@@ -454,10 +486,20 @@ impl Channel {
                     }
                 }
                 Enqueued::Accepted { pressure: false } => {}
-                Enqueued::Rejected => rejected = true,
+                Enqueued::Rejected => {
+                    rejected = true;
+                    if let Some(d) = &q.dedup {
+                        d.forget_message(&msg.header);
+                    }
+                }
             }
         }
         self.route_buf = queues;
+        if rejected {
+            if let Some(d) = &ex.dedup {
+                d.forget_message(&msg.header);
+            }
+        }
         Ok(match seq {
             _ if rejected => ConfirmState::Ready(false),
             Some(s) => ConfirmState::Wait(s),
@@ -1000,13 +1042,19 @@ impl Channel {
                     return Err(AmqpError::precondition("channel is not transactional"));
                 };
                 let mut wait = None;
-                for op in ops {
+                let mut ops = ops.into_iter();
+                while let Some(op) = ops.next() {
                     match op {
-                        TxOp::Publish(msg) => {
-                            if let ConfirmState::Wait(s) = self.publish(ctx, &msg)? {
-                                wait = Some(s);
+                        TxOp::Publish(msg) => match self.publish(ctx, &msg) {
+                            Ok(ConfirmState::Wait(s)) => wait = Some(s),
+                            Ok(_) => {}
+                            Err(e) => {
+                                // The rest of the transaction never happened:
+                                // its settlements go back to the unacked list.
+                                self.tx_rollback(ops.collect());
+                                return Err(e);
                             }
-                        }
+                        },
                         TxOp::Settle(entries, how) => self.settle(entries, how),
                     }
                 }
@@ -1195,6 +1243,18 @@ pub fn server_cancel(c: &Arc<Consumer>) {
                 })),
             )
         });
+    }
+}
+
+/// A nacked publish was remembered by deduplication caches: forget it.
+fn forget_dedup(ex: &Exchange, queues: &[Arc<Queue>], header: &[u8]) {
+    if let Some(d) = &ex.dedup {
+        d.forget_message(header);
+    }
+    for q in queues {
+        if let Some(d) = &q.dedup {
+            d.forget_message(header);
+        }
     }
 }
 

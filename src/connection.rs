@@ -43,7 +43,10 @@ pub async fn serve(
 ) {
     let _ = socket.set_nodelay(true);
     // RabbitMQ names a connection "client -> server" with the real ports.
-    let local_port = socket.local_addr().map(|a| a.port()).unwrap_or(broker.config.port);
+    let local_port = socket
+        .local_addr()
+        .map(|a| a.port())
+        .unwrap_or(broker.config.port);
     let conn_id = broker.next_connection_id();
     let (mut rd, mut wr) = socket.into_split();
     // Buffers start small (idle connections cost little) and grow with traffic.
@@ -528,7 +531,6 @@ impl Conn {
                             return;
                         }
                         Ok(_) => {
-                            last_read = Instant::now();
                             self.process(buf);
                             let s = *synced.borrow();
                             for ch in self.channels.values_mut() {
@@ -545,8 +547,11 @@ impl Conn {
                             // Flow control: let slow consumers catch up before reading more.
                             let pressured: Vec<_> = self.channels.values_mut().flat_map(|c| c.pressure.drain(..)).collect();
                             for q in pressured {
-                                q.flow_wait(self.ctx.conn_id).await;
+                                q.flow_wait(self.ctx.conn_id, (hb / 2).min(Duration::from_secs(1))).await;
                             }
+                            // Set after any flow-control wait: not reading
+                            // while we waited is not the client's silence.
+                            last_read = Instant::now();
                         }
                     }
                 }

@@ -105,6 +105,16 @@ impl Dedup {
         false
     }
 
+    /// Forget a message remembered by [`Self::is_duplicate`] (its publish
+    /// was refused after all). Its log entry stays: if the broker restarts
+    /// before the publisher retries, the retry still counts as a duplicate
+    /// until the entry's cache TTL (a narrow case, left as is).
+    pub fn forget_message(&self, header: &[u8]) {
+        if let Some(k) = self.key(header) {
+            self.cache.lock().seen.remove(&k);
+        }
+    }
+
     fn insert(&self, c: &mut Cache, k: Vec<u8>, exp: u64) {
         c.seen.insert(k.clone(), exp);
         c.order.push_back((k, exp));

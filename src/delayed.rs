@@ -370,7 +370,8 @@ impl Delayed {
                 .store
                 .with_message(r.pos, |m| {
                     let h = crate::channel::full_headers(m.header);
-                    m.timestamp_ms + x_delay(h.as_ref()).unwrap_or(0)
+                    m.timestamp_ms
+                        .saturating_add(x_delay(h.as_ref()).unwrap_or(0))
                 })
                 .unwrap_or(0);
             idx.insert(due, r.pos);
@@ -399,10 +400,17 @@ impl Delayed {
     }
 
     /// Cancel the pending messages with this message-id; returns how many.
+    /// Ownership is decided under the index lock (lock order: index, then
+    /// cancelled), so a message being released at the same moment is either
+    /// released or cancelled, never both.
     pub fn cancel(&self, message_id: &str) -> usize {
-        let all = self.list(usize::MAX);
-        let mut n = 0;
-        for (_, pos) in all {
+        let idx = self.index.lock();
+        let mut cancelled = self.cancelled.lock();
+        let mut gone = vec![];
+        for (_, _, pos) in idx.all() {
+            if cancelled.contains(&pos) {
+                continue;
+            }
             let hit = self
                 .store
                 .with_message(pos, |m| {
@@ -410,54 +418,85 @@ impl Delayed {
                         == Some(message_id)
                 })
                 .unwrap_or(false);
-            if hit && self.cancelled.lock().insert(pos) {
-                self.store.release(pos, self.id);
-                n += 1;
+            if hit {
+                cancelled.insert(pos);
+                gone.push(pos);
             }
         }
+        drop(cancelled);
+        drop(idx);
+        for pos in &gone {
+            self.store.release(*pos, self.id);
+        }
         self.store.flush_acks();
-        n
+        gone.len()
     }
 
     /// Drop every pending message; returns how many.
     pub fn purge(&self) -> usize {
-        let all = {
-            let mut idx = self.index.lock();
-            let all = idx.all();
-            idx.clear();
-            all
-        };
+        let mut idx = self.index.lock();
+        let all = idx.all();
+        idx.clear();
         let mut cancelled = self.cancelled.lock();
-        let mut n = 0;
-        for (_, _, pos) in all {
-            if !cancelled.remove(&pos) {
-                self.store.release(pos, self.id);
-                n += 1;
-            }
+        let mine: Vec<MsgPos> = all
+            .into_iter()
+            .map(|(_, _, pos)| pos)
+            .filter(|pos| !cancelled.remove(pos))
+            .collect();
+        drop(cancelled);
+        drop(idx);
+        for pos in &mine {
+            self.store.release(*pos, self.id);
         }
         self.store.flush_acks();
-        n
+        mine.len()
     }
 
     /// Release every message due by `now`, at most `max`; returns how many.
+    ///
+    /// Each due message is copied into a record naming the queues that take
+    /// it; the originals are released only after the copies are on disk
+    /// (when an original was durable), so a power loss cannot keep the
+    /// removal and lose the copy. A copy that cannot be stored (disk full)
+    /// is rescheduled a second later instead of dropped.
     fn release_due(&self, ex: &Arc<Exchange>, vh: &Arc<VHost>, now: u64, max: usize) -> usize {
         let mut n = 0;
+        let mut done: Vec<MsgPos> = vec![];
         while n < max {
-            let entry = {
+            let pos = {
                 let mut idx = self.index.lock();
-                match idx.peek() {
+                let due = match idx.peek() {
                     Some(e) if e.0 <= now => idx.pop(),
                     _ => None,
+                };
+                let Some((_, _, pos)) = due else { break };
+                // Under the index lock: a cancel either got it first or never will.
+                if self.cancelled.lock().remove(&pos) {
+                    n += 1;
+                    continue;
                 }
+                pos
             };
-            let Some((_, _, pos)) = entry else { break };
             n += 1;
-            if self.cancelled.lock().remove(&pos) {
-                continue;
+            if route_released(&self.store, vh, ex, pos) {
+                done.push(pos);
+                self.released.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.index.lock().insert(now.saturating_add(1000), pos);
             }
-            route_released(&self.store, vh, ex, pos);
-            self.store.release(pos, self.id);
-            self.released.fetch_add(1, Ordering::Relaxed);
+        }
+        if done.iter().any(|p| p.logged()) {
+            if let Err(e) = self.store.sync_now() {
+                tracing::error!(error = %e, "delayed release: sync failed; originals kept and rescheduled");
+                let mut idx = self.index.lock();
+                for pos in done {
+                    idx.insert(now.saturating_add(1000), pos);
+                }
+                return n;
+            }
+        }
+        for pos in &done {
+            self.store.release(*pos, self.id);
         }
         if n > 0 {
             self.store.flush_acks();
@@ -467,7 +506,8 @@ impl Delayed {
 }
 
 /// Route a due message through the exchange's bindings as they are now.
-fn route_released(store: &Arc<Store>, vh: &Arc<VHost>, ex: &Arc<Exchange>, pos: MsgPos) {
+/// False if it had to be stored and could not be.
+fn route_released(store: &Arc<Store>, vh: &Arc<VHost>, ex: &Arc<Exchange>, pos: MsgPos) -> bool {
     let copied = store.with_message(pos, |m| {
         (
             m.header.to_vec(),
@@ -478,20 +518,22 @@ fn route_released(store: &Arc<Store>, vh: &Arc<VHost>, ex: &Arc<Exchange>, pos: 
     });
     let Some((header, body, rk, persistent)) = copied else {
         tracing::error!(exchange = %ex.name, ?pos, "delayed message missing from the store");
-        return;
+        return true;
     };
     let headers = crate::channel::full_headers(&header);
     let mut targets = vec![];
     vh.route(ex, &[&rk], headers.as_ref(), &header, &mut targets);
     if targets.is_empty() {
-        return;
+        return true;
     }
     let info = EnqueueInfo::from_header(&header, body.len() as u64, 0);
-    if !crate::queue::store_and_enqueue(
+    let stored = crate::queue::store_and_enqueue(
         store, targets, &ex.name, &rk, &header, &body, persistent, &info,
-    ) {
-        tracing::error!(exchange = %ex.name, "released delayed message not stored");
+    );
+    if !stored {
+        tracing::error!(exchange = %ex.name, "released delayed message not stored; retried in 1 s");
     }
+    stored
 }
 
 async fn release_loop(ex: Weak<Exchange>) {

@@ -102,11 +102,23 @@ impl ConnShared {
         std::mem::swap(&mut *self.out.lock(), spare);
     }
 
-    pub fn pause(&self, q: &Arc<Queue>) {
-        let mut p = self.paused.lock();
-        if !p.iter().any(|w| w.as_ptr() == Arc::as_ptr(q)) {
-            p.push(Arc::downgrade(q));
+    /// Register `q` for [`Self::resume`]; returns whether the outbox is
+    /// still full. If the writer drained it between the caller's check and
+    /// this registration, its resume may already have run: the caller then
+    /// delivers right away instead of waiting for a resume that won't come.
+    pub fn pause(&self, q: &Arc<Queue>) -> bool {
+        {
+            let mut p = self.paused.lock();
+            if !p.iter().any(|w| w.as_ptr() == Arc::as_ptr(q)) {
+                p.push(Arc::downgrade(q));
+            }
         }
+        self.is_full()
+    }
+
+    /// Full, and registered for a resume (see [`Self::pause`]).
+    pub fn full_and_paused(&self, q: &Arc<Queue>) -> bool {
+        self.is_full() && self.pause(q)
     }
 
     /// Called by the writer once the outbox has drained.

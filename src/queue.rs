@@ -465,8 +465,14 @@ impl Queue {
     /// `conn_id` is the waiting publisher's connection: if one of the
     /// consumers is on it too, its acks are behind us in the same socket, so
     /// waiting would only stall both.
-    pub async fn flow_wait(&self, conn_id: u64) {
+    /// Returns after `max` at the latest: the caller must keep its
+    /// heartbeats going.
+    pub async fn flow_wait(&self, conn_id: u64, max: Duration) {
+        let until = tokio::time::Instant::now() + max;
         loop {
+            if tokio::time::Instant::now() >= until {
+                return;
+            }
             let delivered = Counters::get(&self.counters.delivered);
             let notified = self.flow.notified();
             tokio::pin!(notified);
@@ -588,11 +594,8 @@ impl Queue {
         }
         if self.args.single_active_consumer {
             let c = q.consumers[0].clone();
-            if c.has_credit() && !c.channel.conn.is_full() {
+            if c.has_credit() && !c.channel.conn.full_and_paused(self) {
                 return Some((0, c));
-            }
-            if c.channel.conn.is_full() {
-                c.channel.conn.pause(self);
             }
             return None;
         }
@@ -603,8 +606,7 @@ impl Queue {
             if best.is_some_and(|(p, _)| c.priority <= p) || !c.has_credit() {
                 continue;
             }
-            if c.channel.conn.is_full() {
-                c.channel.conn.pause(self);
+            if c.channel.conn.full_and_paused(self) {
                 continue;
             }
             best = Some((c.priority, idx));
@@ -1024,6 +1026,10 @@ impl Queue {
         let dead = {
             let mut q = self.inner.lock();
             for (k, pos, deliveries) in taken {
+                if self.is_deleted() {
+                    self.store.release(pos, self.id);
+                    continue;
+                }
                 q.requeued.insert(k, Requeued { pos, deliveries });
                 q.ready_count += 1;
                 if self.needs_sizes() {

@@ -435,3 +435,66 @@ async fn double_ack_inside_a_transaction_is_406_at_once() {
     );
     b.stop().await;
 }
+
+/// A publish that would fail at commit (an invalid expiration) fails when
+/// it is queued in the transaction, and an ack queued before it is not
+/// lost: the channel closes and the message comes back, redelivered.
+#[tokio::test]
+async fn an_invalid_publish_in_a_tx_fails_at_once_and_loses_no_ack() {
+    let b = TestBroker::start().await;
+    let (c, ch) = b.channel().await;
+    ch.queue_declare(
+        "txv".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.basic_publish(
+        "".into(),
+        "txv".into(),
+        BasicPublishOptions::default(),
+        b"m",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    ch.tx_select().await.unwrap();
+    let m = within(
+        5,
+        ch.basic_get("txv".into(), BasicGetOptions { no_ack: false }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default())
+        .await
+        .unwrap();
+    let _ = ch
+        .basic_publish(
+            "".into(),
+            "txv".into(),
+            BasicPublishOptions::default(),
+            b"bad",
+            BasicProperties::default().with_expiration("abc".into()),
+        )
+        .await;
+    // The channel is closed by the publish (406); the commit then fails either
+    // with that close or because the channel is already closed.
+    let e = within(5, ch.tx_commit()).await.unwrap_err();
+    assert!(
+        reply_code(&e).is_none_or(|code| code == 406),
+        "unexpected error {e}"
+    );
+    let ch2 = c.create_channel().await.unwrap();
+    let m = within(
+        5,
+        ch2.basic_get("txv".into(), BasicGetOptions { no_ack: true }),
+    )
+    .await
+    .unwrap()
+    .expect("the uncommitted ack did not take the message away");
+    assert_eq!(m.delivery.data, b"m");
+    assert!(m.delivery.redelivered);
+    b.stop().await;
+}

@@ -511,3 +511,84 @@ async fn sparse_segments_are_compacted_and_survive_restart() {
     assert_eq!(ids, (0..600).filter(|i| i % 20 == 0).collect::<Vec<_>>());
     b.stop().await;
 }
+
+/// Ids of deleted queues and delayed exchanges are never given to new
+/// queues: records naming them may survive in shared segments, and a new
+/// queue with the same id would inherit them at the next restart.
+#[tokio::test]
+async fn ids_are_not_reused_after_deletion() {
+    let mut b = TestBroker::start().await;
+    let broker = b.broker().clone();
+    broker.add_vhost("v").unwrap();
+    broker
+        .set_permissions("guest", "v", ".*", ".*", ".*")
+        .unwrap();
+    {
+        // A message in "/" keeps the shared segment alive.
+        let (_c, ch) = b.channel().await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        ch.queue_declare("keep".into(), durable(), FieldTable::default())
+            .await
+            .unwrap();
+        assert!(publish_confirmed(&ch, "", "keep", b"keep", persistent()).await);
+        // The highest id: a durable delayed exchange in vhost v with a pending persistent message.
+        let c = connect(&format!("amqp://guest:guest@{}/v", b.addr())).await;
+        let vch = c.create_channel().await.unwrap();
+        vch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-delayed-type".into(),
+            lapin::types::AMQPValue::LongString("fanout".into()),
+        );
+        vch.exchange_declare(
+            "later".into(),
+            lapin::ExchangeKind::Custom("x-delayed-message".into()),
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+        let mut h = FieldTable::default();
+        h.insert(
+            "x-delay".into(),
+            lapin::types::AMQPValue::LongInt(3_600_000),
+        );
+        assert!(publish_confirmed(&vch, "later", "", b"ghost", persistent().with_headers(h)).await);
+        let _ = c.close(200, "bye".into()).await;
+    }
+    broker.delete_vhost("v").unwrap();
+    drop(broker);
+    b.restart().await;
+    {
+        let (_c, ch) = b.channel().await;
+        ch.queue_declare("fresh".into(), durable(), FieldTable::default())
+            .await
+            .unwrap();
+    }
+    b.restart().await;
+    let (_c, ch) = b.channel().await;
+    let q = ch
+        .queue_declare(
+            "fresh".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        q.message_count(),
+        0,
+        "a deleted exchange's message came back in a new queue"
+    );
+    b.stop().await;
+}

@@ -870,6 +870,11 @@ pub async fn publish(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let req: PublishReq = parse_body(&body)?;
+    if req.routing_key.as_ref().is_some_and(|k| k.len() > 255) {
+        return Err(ApiError::bad_request(
+            "routing_key is longer than 255 bytes",
+        ));
+    }
     let b = app.broker.clone();
     let v = caller.vhost(&b, &vhost)?;
     let ex_name = exchange_name(&name);

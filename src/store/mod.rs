@@ -162,10 +162,16 @@ pub fn encode_prefix_ordered(
     for q in durable_queues {
         out.extend_from_slice(&q.to_le_bytes());
     }
+    // Both are shortstrs everywhere they come from (the wire, validated
+    // arguments, the management API); cut defensively rather than write a
+    // length that disagrees with the bytes.
+    let exchange = &exchange.as_bytes()[..exchange.len().min(255)];
+    let routing_key = &routing_key.as_bytes()[..routing_key.len().min(255)];
+    debug_assert!(exchange.len() < 256 && routing_key.len() < 256);
     out.push(exchange.len() as u8);
-    out.extend_from_slice(exchange.as_bytes());
+    out.extend_from_slice(exchange);
     out.push(routing_key.len() as u8);
-    out.extend_from_slice(routing_key.as_bytes());
+    out.extend_from_slice(routing_key);
     out.extend_from_slice(&(header.len() as u32).to_le_bytes());
     out.extend_from_slice(header);
 }
@@ -226,6 +232,8 @@ pub struct Store {
     pending_acks: Mutex<Vec<(u32, [u8; 8])>>,
     pub fsync_histogram: crate::metrics::Histogram,
     stopped: AtomicBool,
+    /// The highest queue id any record named at start.
+    pub max_recorded_id: u32,
 }
 
 impl Store {
@@ -251,6 +259,9 @@ impl Store {
         }
         ids.sort_unstable();
         let mut recovered: HashMap<u32, Vec<Recovered>> = HashMap::new();
+        // Ids named by any surviving record: a new queue must never get one,
+        // or it would inherit a deleted queue's messages at the next restart.
+        let mut max_recorded = 0u32;
         let mut segments = BTreeMap::new();
         for &id in &ids {
             let seg = match Segment::open(&dir, id) {
@@ -270,6 +281,7 @@ impl Store {
                 if let Some(view) = MessageView::decode(p) {
                     if view.persistent {
                         for q in view.queue_ids() {
+                            max_recorded = max_recorded.max(q);
                             if !live_queues.contains(&q) {
                                 continue;
                             }
@@ -339,6 +351,7 @@ impl Store {
             pending_acks: Mutex::new(vec![]),
             fsync_histogram: crate::metrics::Histogram::new_latency(),
             stopped: AtomicBool::new(false),
+            max_recorded_id: max_recorded,
         });
         let s = store.clone();
         std::thread::Builder::new()
