@@ -527,34 +527,19 @@ impl Channel {
             });
             return Ok(ConfirmState::Ready(true));
         }
-        let logged = d.logs(persistent);
-        let ids: &[u32] = if logged {
-            std::slice::from_ref(&d.id)
-        } else {
-            &[]
-        };
-        let now = now_ms_ceil();
-        store::encode_prefix(
-            &mut self.prefix_buf,
-            persistent,
-            now,
-            ids,
+        match d.store_and_schedule(
             &ex.name,
             &msg.routing_key,
             &msg.header,
-        );
-        match ctx
-            .broker
-            .store
-            .append(&self.prefix_buf, &msg.body, 1, logged)
-        {
-            Ok((pos, seq)) => {
-                d.schedule(now.saturating_add(delay), pos.with_logged(logged));
-                Ok(match seq {
-                    Some(s) => ConfirmState::Wait(s),
-                    None => ConfirmState::Ready(true),
-                })
-            }
+            &msg.body,
+            persistent,
+            delay,
+            &mut self.prefix_buf,
+        ) {
+            Ok(seq) => Ok(match seq {
+                Some(s) => ConfirmState::Wait(s),
+                None => ConfirmState::Ready(true),
+            }),
             Err(e) => {
                 tracing::error!(error = %e, "delayed publish not stored");
                 Ok(ConfirmState::Ready(false))

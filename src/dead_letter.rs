@@ -230,9 +230,11 @@ fn republish(
         return;
     }
     let info = EnqueueInfo::from_header(&header, body.len() as u64, priority);
-    if !crate::queue::store_and_enqueue(
+    if crate::queue::store_and_enqueue(
         store, targets, &ex.name, keys[0], &header, &body, persistent, &info,
-    ) {
+    )
+    .is_none()
+    {
         tracing::error!(queue = %queue.name, "dead-lettered message not stored");
     }
 }

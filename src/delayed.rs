@@ -354,6 +354,32 @@ impl Delayed {
         self.durable && persistent && self.id != 0
     }
 
+    /// Store a message published to this exchange with an x-delay and
+    /// schedule it; returns the sync its confirm waits for, if any.
+    #[allow(clippy::too_many_arguments)]
+    pub fn store_and_schedule(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        header: &[u8],
+        body: &[u8],
+        persistent: bool,
+        delay: u64,
+        prefix: &mut Vec<u8>,
+    ) -> Result<Option<crate::store::SyncSeq>, crate::store::AppendError> {
+        let logged = self.logs(persistent);
+        let ids: &[u32] = if logged {
+            std::slice::from_ref(&self.id)
+        } else {
+            &[]
+        };
+        let now = crate::channel::now_ms_ceil();
+        crate::store::encode_prefix(prefix, persistent, now, ids, exchange, routing_key, header);
+        let (pos, seq) = self.store.append(prefix, body, 1, logged)?;
+        self.schedule(now.saturating_add(delay), pos.with_logged(logged));
+        Ok(seq)
+    }
+
     /// Schedule a stored message (one store reference is ours now).
     pub fn schedule(&self, due: u64, pos: MsgPos) {
         self.index.lock().insert(due, pos);
@@ -529,7 +555,8 @@ fn route_released(store: &Arc<Store>, vh: &Arc<VHost>, ex: &Arc<Exchange>, pos: 
     let info = EnqueueInfo::from_header(&header, body.len() as u64, 0);
     let stored = crate::queue::store_and_enqueue(
         store, targets, &ex.name, &rk, &header, &body, persistent, &info,
-    );
+    )
+    .is_some();
     if !stored {
         tracing::error!(exchange = %ex.name, "released delayed message not stored; retried in 1 s");
     }

@@ -1205,7 +1205,8 @@ async fn timer_loop(weak: Weak<Queue>) {
 /// Store a message made inside the broker (a dead-lettered copy, a released
 /// delayed message) once, naming the durable `targets` that take it, and
 /// enqueue it into each of them. No confirm waits on it (at-most-once, as
-/// RabbitMQ's internal republishing). False if it could not be stored.
+/// RabbitMQ's internal republishing). `None` if it could not be stored;
+/// else the sync a caller that does want durability can wait for.
 #[allow(clippy::too_many_arguments)]
 pub fn store_and_enqueue(
     store: &Store,
@@ -1216,9 +1217,9 @@ pub fn store_and_enqueue(
     body: &[u8],
     persistent: bool,
     info: &EnqueueInfo,
-) -> bool {
+) -> Option<Option<crate::store::SyncSeq>> {
     if targets.is_empty() {
-        return true;
+        return Some(None);
     }
     let durable_ids: Vec<u32> = targets
         .iter()
@@ -1235,15 +1236,14 @@ pub fn store_and_enqueue(
         routing_key,
         header,
     );
-    let Ok((pos, _)) = store.append(&prefix, body, targets.len() as u64, !durable_ids.is_empty())
-    else {
-        return false;
-    };
+    let (pos, seq) = store
+        .append(&prefix, body, targets.len() as u64, !durable_ids.is_empty())
+        .ok()?;
     for t in targets {
         let logged = t.logs(persistent);
         t.enqueue_with(pos.with_logged(logged), info);
     }
-    true
+    Some(seq)
 }
 
 /// The content header with an x-delivery-count header (quorum-queue style).

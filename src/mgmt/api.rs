@@ -10,7 +10,7 @@ use crate::delivery::{ChannelShared, ConnShared, Consumer};
 use crate::exchange::{Dest, Exchange};
 use crate::metrics::Counters;
 use crate::queue::Queue;
-use crate::store::{self, SyncSeq};
+use crate::store::SyncSeq;
 use crate::vhost::VHost;
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::FieldTable;
@@ -788,32 +788,21 @@ pub fn publish_message(
     }
     let mut queues = vec![];
     v.route(ex, &[routing_key], headers.as_ref(), &header, &mut queues);
-    let mut prefix = vec![];
     let not_stored =
         |e: crate::store::AppendError| ApiError::internal(format!("message not stored: {e}"));
     if let Some(d) = &ex.delayed {
         if let Some(delay) = crate::delayed::x_delay(headers.as_ref()) {
-            let logged = d.logs(persistent);
-            let ids: &[u32] = if logged {
-                std::slice::from_ref(&d.id)
-            } else {
-                &[]
-            };
-            let now = crate::channel::now_ms();
-            store::encode_prefix(
-                &mut prefix,
-                persistent,
-                now,
-                ids,
-                &ex.name,
-                routing_key,
-                &header,
-            );
-            let (pos, seq) = broker
-                .store
-                .append(&prefix, body, 1, logged)
+            let seq = d
+                .store_and_schedule(
+                    &ex.name,
+                    routing_key,
+                    &header,
+                    body,
+                    persistent,
+                    delay,
+                    &mut vec![],
+                )
                 .map_err(not_stored)?;
-            d.schedule(now.saturating_add(delay), pos.with_logged(logged));
             return Ok((!queues.is_empty(), seq));
         }
     }
@@ -824,33 +813,22 @@ pub fn publish_message(
     if queues.is_empty() {
         return Ok((true, None));
     }
-    let durable_ids: Vec<u32> = queues
-        .iter()
-        .filter(|q| q.logs(persistent))
-        .map(|q| q.id)
-        .collect();
-    store::encode_prefix(
-        &mut prefix,
-        persistent,
-        crate::channel::now_ms(),
-        &durable_ids,
-        &ex.name,
-        routing_key,
-        &header,
-    );
-    let (pos, seq) = broker
-        .store
-        .append(&prefix, body, queues.len() as u64, !durable_ids.is_empty())
-        .map_err(not_stored)?;
     let info = crate::queue::EnqueueInfo::from_header(
         &header,
         body.len() as u64,
         props.priority().unwrap_or(0),
     );
-    for q in queues {
-        let logged = q.logs(persistent);
-        q.enqueue_with(pos.with_logged(logged), &info);
-    }
+    let seq = crate::queue::store_and_enqueue(
+        &broker.store,
+        queues,
+        &ex.name,
+        routing_key,
+        &header,
+        body,
+        persistent,
+        &info,
+    )
+    .ok_or_else(|| ApiError::internal("message not stored: cannot allocate a new segment"))?;
     Ok((true, seq))
 }
 
