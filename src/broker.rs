@@ -102,7 +102,9 @@ pub struct ConnInfo {
 pub struct Broker {
     pub config: Config,
     pub store: Arc<Store>,
-    defs: Mutex<DefinitionsLog>,
+    /// The definitions log and the state it describes (kept in step under
+    /// one lock, so compaction writes exactly what the log says).
+    defs: Mutex<Defs>,
     pub vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     pub users: RwLock<HashMap<String, User>>,
     pub permissions: RwLock<HashMap<(String, String), Permission>>,
@@ -182,7 +184,10 @@ impl Broker {
         let broker = Arc::new(Broker {
             config,
             store: store.clone(),
-            defs: Mutex::new(defs),
+            defs: Mutex::new(Defs {
+                log: defs,
+                model: Model::default(),
+            }),
             vhosts: RwLock::new(HashMap::new()),
             users: RwLock::new(HashMap::new()),
             permissions: RwLock::new(HashMap::new()),
@@ -272,6 +277,7 @@ impl Broker {
             }
         }
         remove_stale_dedup_logs(&broker.config.data_dir, &live);
+        broker.defs.lock().model = model;
         tracing::info!(messages = total, queues = live.len(), "recovered");
         Ok(broker)
     }
@@ -286,86 +292,19 @@ impl Broker {
 
     fn persist(&self, op: DefOp) -> AmqpResult<()> {
         let mut d = self.defs.lock();
-        d.append(&op).map_err(|e| {
+        d.log.append(&op).map_err(|e| {
             tracing::error!(error = %e, "cannot write definitions");
             AmqpError::internal(format!("cannot write definitions: {e}"))
         })?;
-        if d.ops_since_compaction() > 10_000 {
-            let ops = self.snapshot_ops();
+        d.model.apply(op);
+        if d.log.ops_since_compaction() > 10_000 {
+            let ops = d.model.to_ops();
             match DefinitionsLog::rewrite(&self.config.data_dir, &ops) {
-                Ok(n) => *d = n,
+                Ok(n) => d.log = n,
                 Err(e) => tracing::warn!(error = %e, "definitions compaction failed"),
             }
         }
         Ok(())
-    }
-
-    /// The whole durable state as ops (for compaction and export).
-    pub fn snapshot_ops(&self) -> Vec<DefOp> {
-        let mut ops = vec![];
-        for u in self.users.read().values() {
-            ops.push(DefOp::PutUser {
-                name: u.name.clone(),
-                password_hash: u.password_hash.clone(),
-                tags: u.tags.clone(),
-            });
-        }
-        let vhosts: Vec<_> = self.vhosts.read().values().cloned().collect();
-        for v in &vhosts {
-            ops.push(DefOp::AddVhost {
-                name: v.name.clone(),
-            });
-        }
-        for ((u, v), p) in self.permissions.read().iter() {
-            ops.push(DefOp::SetPermissions {
-                user: u.clone(),
-                vhost: v.clone(),
-                configure: p.configure.clone(),
-                write: p.write.clone(),
-                read: p.read.clone(),
-            });
-        }
-        for v in &vhosts {
-            for e in v.exchanges.read().values() {
-                if e.durable && !e.name.is_empty() && !e.name.starts_with("amq.") {
-                    ops.push(DefOp::DeclareExchange {
-                        vhost: v.name.clone(),
-                        name: e.name.clone(),
-                        kind: e.type_name.clone(),
-                        auto_delete: e.auto_delete,
-                        internal: e.internal,
-                        arguments: e.arguments.clone(),
-                        id: e.delayed.as_ref().map(|d| d.id).unwrap_or(0),
-                    });
-                }
-            }
-            for q in v.queues.read().values() {
-                if q.durable {
-                    ops.push(DefOp::DeclareQueue {
-                        vhost: v.name.clone(),
-                        name: q.name.clone(),
-                        id: q.id,
-                        auto_delete: q.auto_delete,
-                        arguments: q.arguments.clone(),
-                    });
-                }
-            }
-            for e in v.exchanges.read().values() {
-                for b in e.bindings.read().all.iter() {
-                    if e.durable && b.dest.is_durable() {
-                        ops.push(DefOp::Bind {
-                            vhost: v.name.clone(),
-                            source: e.name.clone(),
-                            destination: b.dest.name().to_owned(),
-                            destination_type: b.dest.kind().into(),
-                            routing_key: b.routing_key.clone(),
-                            arguments: b.arguments.clone(),
-                        });
-                    }
-                }
-            }
-        }
-        ops
     }
 
     // ----- authentication and access -----
@@ -594,7 +533,9 @@ impl Broker {
         if let Some(d) = &ex.dedup {
             d.forget();
         }
-        ex.bindings.write().all.clear();
+        // Reset the whole index, not just the list: a route still holding
+        // this exchange must not find indexes into an emptied list.
+        *ex.bindings.write() = crate::exchange::Bindings::default();
         let gone = vhost.unbind_everywhere(&Dest::Exchange(ex.clone()));
         let sources: Vec<_> = gone.into_iter().map(|(s, _)| s).collect();
         self.auto_delete_cascade(vhost, &sources);
@@ -603,6 +544,12 @@ impl Broker {
 
     fn auto_delete_cascade(&self, vhost: &VHost, sources: &[Arc<Exchange>]) {
         for ex in vhost.auto_delete_exchanges(sources) {
+            if let Some(d) = &ex.delayed {
+                d.purge();
+            }
+            if let Some(d) = &ex.dedup {
+                d.forget();
+            }
             if ex.durable {
                 let _ = self.persist(DefOp::DeleteExchange {
                     vhost: vhost.name.clone(),
@@ -799,18 +746,28 @@ impl Broker {
                 }
             }
         }
-        let durable = source.durable && dest.is_durable();
-        let op = DefOp::Bind {
-            vhost: vhost.name.clone(),
-            source: source.name.clone(),
-            destination: dest.name().to_owned(),
-            destination_type: dest.kind().into(),
-            routing_key: routing_key.into(),
-            arguments: arguments.clone(),
-        };
-        if source.bind(dest, routing_key, arguments) && durable {
-            self.persist(op)?;
+        if source.kind == ExchangeKind::ConsistentHash {
+            let weight = routing_key.trim().parse::<u32>().ok();
+            if weight.is_none_or(|w| w > crate::exchange::MAX_HASH_WEIGHT) {
+                return Err(AmqpError::precondition(format!(
+                    "binding key '{routing_key}' of an x-consistent-hash exchange must be a weight from 0 to {}",
+                    crate::exchange::MAX_HASH_WEIGHT
+                )));
+            }
         }
+        let durable = source.durable && dest.is_durable();
+        // Log first, then change the maps (a failed write changes nothing).
+        if durable && !source.has_binding(&dest, routing_key, &arguments) {
+            self.persist(DefOp::Bind {
+                vhost: vhost.name.clone(),
+                source: source.name.clone(),
+                destination: dest.name().to_owned(),
+                destination_type: dest.kind().into(),
+                routing_key: routing_key.into(),
+                arguments: arguments.clone(),
+            })?;
+        }
+        source.bind(dest, routing_key, arguments);
         Ok(())
     }
 
@@ -836,10 +793,14 @@ impl Broker {
             routing_key: routing_key.into(),
             arguments: arguments.clone(),
         };
+        // Log first, then change the maps (a failed write changes nothing).
+        if !source.has_binding(&dest, routing_key, &arguments) {
+            return Ok(());
+        }
+        if durable {
+            self.persist(op)?;
+        }
         if source.unbind(&dest, routing_key, &arguments) {
-            if durable {
-                self.persist(op)?;
-            }
             self.auto_delete_cascade(vhost, std::slice::from_ref(source));
         }
         Ok(())
@@ -1098,6 +1059,11 @@ fn server_queue_name() -> String {
     )
 }
 
+struct Defs {
+    log: DefinitionsLog,
+    model: Model,
+}
+
 /// The durable state as replayed from the definitions log.
 #[derive(Default)]
 struct Model {
@@ -1185,6 +1151,11 @@ impl Model {
                 arguments,
                 id,
             } => {
+                self.bindings.retain(|b| {
+                    !(b.vhost == vhost
+                        && (b.source == name
+                            || (b.destination_type == "exchange" && b.destination == name)))
+                });
                 self.exchanges.insert(
                     (vhost, name),
                     ExModel {
@@ -1211,6 +1182,11 @@ impl Model {
                 auto_delete,
                 arguments,
             } => {
+                // A new queue of an old name starts with no bindings (a
+                // binding logged for an earlier queue of that name is stale).
+                self.bindings.retain(|b| {
+                    !(b.vhost == vhost && b.destination_type == "queue" && b.destination == name)
+                });
                 self.queues.insert(
                     (vhost, name),
                     QModel {

@@ -73,7 +73,7 @@ impl Dest {
     }
     pub fn is_durable(&self) -> bool {
         match self {
-            Dest::Queue(q) => q.durable,
+            Dest::Queue(q) => q.is_durable(),
             Dest::Exchange(e) => e.durable,
         }
     }
@@ -97,17 +97,28 @@ pub struct Bindings {
     buckets: Vec<usize>,
 }
 
+/// The largest x-consistent-hash weight a binding may have (buckets are
+/// allocated per unit of weight).
+pub const MAX_HASH_WEIGHT: u32 = 1024;
+
 impl Bindings {
-    fn reindex(&mut self) {
+    fn reindex(&mut self, kind: ExchangeKind) {
         self.direct.clear();
         self.buckets.clear();
         for (i, b) in self.all.iter().enumerate() {
-            self.direct
-                .entry(b.routing_key.clone())
-                .or_default()
-                .push(i);
-            let weight: u32 = b.routing_key.trim().parse().unwrap_or(0);
-            self.buckets.extend(std::iter::repeat_n(i, weight as usize));
+            match kind {
+                ExchangeKind::Direct => self
+                    .direct
+                    .entry(b.routing_key.clone())
+                    .or_default()
+                    .push(i),
+                ExchangeKind::ConsistentHash => {
+                    let weight: u32 = b.routing_key.trim().parse().unwrap_or(0);
+                    self.buckets
+                        .extend(std::iter::repeat_n(i, weight.min(MAX_HASH_WEIGHT) as usize));
+                }
+                _ => {}
+            }
         }
     }
 }
@@ -216,8 +227,16 @@ impl Exchange {
             routing_key: routing_key.to_owned(),
             arguments,
         });
-        b.reindex();
+        b.reindex(self.kind);
         true
+    }
+
+    pub fn has_binding(&self, dest: &Dest, routing_key: &str, arguments: &FieldTable) -> bool {
+        self.bindings
+            .read()
+            .all
+            .iter()
+            .any(|x| x.dest.same(dest) && x.routing_key == routing_key && &x.arguments == arguments)
     }
 
     /// Remove a binding; false if there was none.
@@ -229,7 +248,7 @@ impl Exchange {
         });
         let removed = b.all.len() != before;
         if removed {
-            b.reindex();
+            b.reindex(self.kind);
         }
         removed
     }
@@ -239,7 +258,7 @@ impl Exchange {
         let mut b = self.bindings.write();
         let (gone, keep): (Vec<_>, Vec<_>) = b.all.drain(..).partition(|x| x.dest.same(dest));
         b.all = keep;
-        b.reindex();
+        b.reindex(self.kind);
         gone
     }
 
@@ -334,24 +353,35 @@ pub fn topic_matches(pattern: &str, key: &str) -> bool {
             s.split('.').collect()
         }
     }
-    let p: Vec<&str> = words(pattern);
+    let mut p: Vec<&str> = words(pattern);
+    // "#.#" matches what "#" matches.
+    p.dedup_by(|a, b| *a == "#" && *b == "#");
     let k: Vec<&str> = words(key);
-    fn go(p: &[&str], k: &[&str]) -> bool {
-        match p.first() {
-            None => k.is_empty(),
-            Some(&"#") => {
-                // '#' swallows 0..=k.len() words; collapse consecutive '#'.
-                let rest = &p[1..];
-                if rest.is_empty() {
-                    return true;
+    // ok[j]: the pattern words seen so far match exactly the first j key
+    // words. One row per pattern word: O(pattern × key), whatever the
+    // pattern (a recursive matcher is exponential in the number of '#').
+    let mut ok = vec![false; k.len() + 1];
+    ok[0] = true;
+    for w in &p {
+        let mut next = vec![false; k.len() + 1];
+        match *w {
+            "#" => {
+                let mut any = false;
+                for j in 0..=k.len() {
+                    any |= ok[j];
+                    next[j] = any;
                 }
-                (0..=k.len()).any(|i| go(rest, &k[i..]))
             }
-            Some(&"*") => !k.is_empty() && go(&p[1..], &k[1..]),
-            Some(w) => !k.is_empty() && k[0] == *w && go(&p[1..], &k[1..]),
+            "*" => next[1..].copy_from_slice(&ok[..k.len()]),
+            word => {
+                for j in 1..=k.len() {
+                    next[j] = ok[j - 1] && k[j - 1] == word;
+                }
+            }
         }
+        ok = next;
     }
-    go(&p, &k)
+    ok[k.len()]
 }
 
 /// Headers exchange matching: x-match all (default), any, all-with-x, any-with-x.
@@ -494,5 +524,20 @@ mod tests {
             &table(&[("a", AMQPValue::LongInt(5))]),
             Some(&table(&[("a", AMQPValue::ShortShortUInt(5))]))
         ));
+    }
+}
+
+#[cfg(test)]
+mod topic_cost_tests {
+    use super::topic_matches;
+
+    #[test]
+    fn many_hashes_stay_fast() {
+        // A recursive matcher takes about 4e15 steps here (the test would hang).
+        let pattern = format!("{}.x", vec!["#"; 20].join(".#.a."));
+        let key = vec!["a"; 60].join(".");
+        assert!(!topic_matches(&pattern, &key));
+        assert!(topic_matches("#.#.#.a", "a"));
+        assert!(topic_matches("a.#.#.b.#", "a.x.b"));
     }
 }

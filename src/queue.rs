@@ -269,9 +269,15 @@ impl Queue {
         &self.store
     }
 
+    /// Durable and not exclusive: survives a restart (an exclusive queue
+    /// dies with its connection, whatever its durable flag says).
+    pub fn is_durable(&self) -> bool {
+        self.durable && self.exclusive_owner.is_none()
+    }
+
     /// Whether a message in this queue must have its removal logged.
     pub fn logs(&self, persistent: bool) -> bool {
-        self.durable && persistent
+        self.is_durable() && persistent
     }
 
     fn needs_sizes(&self) -> bool {

@@ -592,3 +592,83 @@ async fn ids_are_not_reused_after_deletion() {
     );
     b.stop().await;
 }
+
+/// An exclusive queue dies with its connection whatever its durable flag:
+/// its bindings must not survive into a later durable queue of that name.
+#[tokio::test]
+async fn exclusive_durable_queue_leaves_no_binding_behind() {
+    let mut b = TestBroker::start().await;
+    {
+        let (c, ch) = b.channel().await;
+        ch.exchange_declare(
+            "dx2".into(),
+            lapin::ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_declare(
+            "ghost".into(),
+            QueueDeclareOptions {
+                durable: true,
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_bind(
+            "ghost".into(),
+            "dx2".into(),
+            "k".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        c.close(200, "bye".into()).await.unwrap();
+    }
+    assert!(
+        eventually(5, || b
+            .broker()
+            .vhost("/")
+            .unwrap()
+            .queue("ghost")
+            .is_none())
+        .await
+    );
+    {
+        let (_c, ch) = b.channel().await;
+        ch.queue_declare("ghost".into(), durable(), FieldTable::default())
+            .await
+            .unwrap();
+    }
+    b.restart().await;
+    let (_c, ch) = b.channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    assert!(publish_confirmed(&ch, "dx2", "k", b"x", persistent()).await);
+    let q = ch
+        .queue_declare(
+            "ghost".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        q.message_count(),
+        0,
+        "a binding of the exclusive queue came back"
+    );
+    b.stop().await;
+}
