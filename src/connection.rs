@@ -468,6 +468,20 @@ struct Conn {
     done: bool,
 }
 
+/// Runs on every exit, a panic in a handler included: unacked messages go
+/// back to their queues, consumers and exclusive queues go away. (After a
+/// normal exit `serve` has done all this already; doing it again is a no-op.)
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.teardown();
+        self.ctx.conn.closed.store(true, Ordering::SeqCst);
+        self.ctx.conn.wake();
+        self.ctx
+            .broker
+            .connection_closed(self.ctx.conn_id, &self.ctx.vhost);
+    }
+}
+
 impl Conn {
     async fn run(
         &mut self,

@@ -935,6 +935,12 @@ pub async fn get_messages(
     let b = app.broker.clone();
     let v = caller.vhost(&b, &vhost)?;
     let q = v.queue(&name).ok_or_else(ApiError::not_found)?;
+    if q.exclusive_owner.is_some() {
+        // As over AMQP (405): only the owning connection may use it.
+        return Err(ApiError::bad_request(format!(
+            "resource_locked: queue '{name}' in vhost '{vhost}' is exclusive to another connection"
+        )));
+    }
     let count = req
         .count
         .ok_or_else(|| ApiError::bad_request("count must be set"))?;
