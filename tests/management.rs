@@ -1653,6 +1653,21 @@ async fn invalid_definitions_change_nothing() {
             d["exchanges"][0]["type"] = json!("x-delayed-message");
             d
         }),
+        ("headers binding with an invalid x-match", {
+            let mut d = valid.clone();
+            d["exchanges"][0]["type"] = json!("headers");
+            d["bindings"][0]["arguments"] = json!({"x-match": "most"});
+            d
+        }),
+        (
+            "consistent-hash binding with a weight that is not a number",
+            {
+                let mut d = valid.clone();
+                d["exchanges"][0]["type"] = json!("x-consistent-hash");
+                d["bindings"][0]["routing_key"] = json!("heavy");
+                d
+            },
+        ),
         ("md5 password hash", {
             let mut d = valid.clone();
             d["users"][0]["hashing_algorithm"] = json!("rabbit_password_hashing_md5");

@@ -1357,6 +1357,15 @@ pub async fn create_binding(
     let b = app.broker.clone();
     let v = caller.vhost(&b, &vhost)?;
     let (src, d) = binding_ends(&v, &source, &kind, &dest)?;
+    if let crate::exchange::Dest::Queue(q) = &d {
+        if q.exclusive_owner.is_some() {
+            // As over AMQP (405): only the owning connection may use it.
+            return Err(ApiError::bad_request(format!(
+                "resource_locked: queue '{}' in vhost '{vhost}' is exclusive to another connection",
+                q.name
+            )));
+        }
+    }
     let args = json_to_table(&req.arguments)
         .map_err(|e| ApiError::bad_request(format!("arguments: {e}")))?;
     let rk = req.routing_key.unwrap_or_default();

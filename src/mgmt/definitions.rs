@@ -589,6 +589,48 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
             }
         };
         let arguments = json_to_table(&b.arguments).map_err(|x| bad(&what, x))?;
+        // What Broker::bind would refuse, refused here, before anything is applied.
+        let source_kind = planned_ex
+            .get(&(vhost.clone(), b.source.clone()))
+            .map(|e| {
+                crate::exchange::ExchangeKind::parse(&e.kind).or_else(|| {
+                    crate::args::get_str(&e.arguments, "x-delayed-type")
+                        .and_then(|t| crate::exchange::ExchangeKind::parse(&t))
+                })
+            })
+            .unwrap_or_else(|| {
+                v.as_ref()
+                    .and_then(|v| v.exchange(&b.source))
+                    .map(|e| e.kind)
+            });
+        match source_kind {
+            Some(crate::exchange::ExchangeKind::Headers) => {
+                if let Some(m) = arguments.inner().get("x-match") {
+                    let ok = crate::args::str_value(m).is_some_and(|m| {
+                        matches!(m.as_str(), "all" | "any" | "all-with-x" | "any-with-x")
+                    });
+                    if !ok {
+                        return Err(bad(
+                            &what,
+                            "x-match must be all, any, all-with-x or any-with-x",
+                        ));
+                    }
+                }
+            }
+            Some(crate::exchange::ExchangeKind::ConsistentHash) => {
+                let w = b.routing_key.trim().parse::<u32>().ok();
+                if w.is_none_or(|w| w > crate::exchange::MAX_HASH_WEIGHT) {
+                    return Err(bad(
+                        &what,
+                        format!(
+                            "the routing key of an x-consistent-hash binding is a weight from 0 to {}",
+                            crate::exchange::MAX_HASH_WEIGHT
+                        ),
+                    ));
+                }
+            }
+            _ => {}
+        }
         p.bindings.push(BPlan {
             vhost,
             source: b.source,
