@@ -1098,6 +1098,22 @@ struct BModel {
 }
 
 impl Model {
+    /// Bindings to queue `name`.
+    fn drop_queue_bindings(&mut self, vhost: &str, name: &str) {
+        self.bindings.retain(|b| {
+            !(b.vhost == vhost && b.destination_type == "queue" && b.destination == name)
+        });
+    }
+
+    /// Bindings from or to exchange `name`.
+    fn drop_exchange_bindings(&mut self, vhost: &str, name: &str) {
+        self.bindings.retain(|b| {
+            !(b.vhost == vhost
+                && (b.source == name
+                    || (b.destination_type == "exchange" && b.destination == name)))
+        });
+    }
+
     fn apply(&mut self, op: DefOp) {
         match op {
             DefOp::AddVhost { name } => {
@@ -1151,11 +1167,7 @@ impl Model {
                 arguments,
                 id,
             } => {
-                self.bindings.retain(|b| {
-                    !(b.vhost == vhost
-                        && (b.source == name
-                            || (b.destination_type == "exchange" && b.destination == name)))
-                });
+                self.drop_exchange_bindings(&vhost, &name);
                 self.exchanges.insert(
                     (vhost, name),
                     ExModel {
@@ -1169,11 +1181,7 @@ impl Model {
             }
             DefOp::DeleteExchange { vhost, name } => {
                 self.exchanges.remove(&(vhost.clone(), name.clone()));
-                self.bindings.retain(|b| {
-                    !(b.vhost == vhost
-                        && (b.source == name
-                            || (b.destination_type == "exchange" && b.destination == name)))
-                });
+                self.drop_exchange_bindings(&vhost, &name);
             }
             DefOp::DeclareQueue {
                 vhost,
@@ -1184,9 +1192,7 @@ impl Model {
             } => {
                 // A new queue of an old name starts with no bindings (a
                 // binding logged for an earlier queue of that name is stale).
-                self.bindings.retain(|b| {
-                    !(b.vhost == vhost && b.destination_type == "queue" && b.destination == name)
-                });
+                self.drop_queue_bindings(&vhost, &name);
                 self.queues.insert(
                     (vhost, name),
                     QModel {
@@ -1198,9 +1204,7 @@ impl Model {
             }
             DefOp::DeleteQueue { vhost, name } => {
                 self.queues.remove(&(vhost.clone(), name.clone()));
-                self.bindings.retain(|b| {
-                    !(b.vhost == vhost && b.destination_type == "queue" && b.destination == name)
-                });
+                self.drop_queue_bindings(&vhost, &name);
             }
             DefOp::Bind {
                 vhost,

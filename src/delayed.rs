@@ -451,9 +451,7 @@ impl Delayed {
         }
         drop(cancelled);
         drop(idx);
-        for pos in &gone {
-            self.store.release(*pos, self.id);
-        }
+        self.store.release_many(&gone, self.id);
         self.store.flush_acks();
         gone.len()
     }
@@ -471,9 +469,7 @@ impl Delayed {
             .collect();
         drop(cancelled);
         drop(idx);
-        for pos in &mine {
-            self.store.release(*pos, self.id);
-        }
+        self.store.release_many(&mine, self.id);
         self.store.flush_acks();
         mine.len()
     }
@@ -521,9 +517,7 @@ impl Delayed {
                 return n;
             }
         }
-        for pos in &done {
-            self.store.release(*pos, self.id);
-        }
+        self.store.release_many(&done, self.id);
         if n > 0 {
             self.store.flush_acks();
         }

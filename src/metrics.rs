@@ -63,8 +63,6 @@ pub struct Counters {
     pub delivered: AtomicU64,
     pub acked: AtomicU64,
     pub redelivered: AtomicU64,
-    pub returned: AtomicU64,
-    pub confirmed: AtomicU64,
 }
 
 impl Counters {

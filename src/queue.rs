@@ -990,12 +990,9 @@ impl Queue {
             q.expiry.clear();
             out
         };
-        let n = taken.len();
-        for pos in taken {
-            self.store.release(pos, self.id);
-        }
+        self.store.release_many(&taken, self.id);
         self.store.flush_acks();
-        n as u32
+        taken.len() as u32
     }
 
     /// Mark deleted, drop the messages; returns (message count, consumers to notify).
@@ -1107,9 +1104,7 @@ impl Queue {
 
     /// Release positions handed out by [`Self::relocate`].
     pub fn release_relocated(&self, old: Vec<MsgPos>) {
-        for p in old {
-            self.store.release(p, self.id);
-        }
+        self.store.release_many(&old, self.id);
     }
 
     // ----- the timer: message expiry and queue expiry -----
