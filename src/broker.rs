@@ -256,7 +256,6 @@ impl Broker {
                     total += msgs.len();
                     queue.restore(msgs);
                 }
-                queue.start_timers();
                 vh.queues.write().insert(name.clone(), queue);
             }
         }
@@ -278,6 +277,19 @@ impl Broker {
         }
         remove_stale_dedup_logs(&broker.config.data_dir, &live);
         broker.defs.lock().model = model;
+        // Only now, with every queue and binding in place, may anything
+        // expire or be released: a due message routed any earlier would
+        // find no queue and be dropped.
+        for vh in broker.vhosts.read().values() {
+            for q in vh.queues.read().values() {
+                q.start_timers();
+            }
+            for ex in vh.exchanges.read().values() {
+                if let Some(d) = &ex.delayed {
+                    d.start(ex, vh);
+                }
+            }
+        }
         tracing::info!(messages = total, queues = live.len(), "recovered");
         Ok(broker)
     }
@@ -446,8 +458,9 @@ impl Broker {
                 id,
             })?;
         }
+        let vh = vhost.arc();
         let ex = self.make_exchange(
-            &vhost.arc(),
+            &vh,
             name,
             kind,
             durable,
@@ -457,6 +470,9 @@ impl Broker {
             id,
         )?;
         vhost.exchanges.write().insert(name.to_owned(), ex.clone());
+        if let Some(d) = &ex.delayed {
+            d.start(&ex, &vh);
+        }
         Ok(ex)
     }
 
@@ -494,11 +510,7 @@ impl Broker {
                 dir,
             ));
         }
-        let ex = Arc::new(ex);
-        if let Some(d) = &ex.delayed {
-            d.start(&ex, vhost);
-        }
-        Ok(ex)
+        Ok(Arc::new(ex))
     }
 
     pub fn delete_exchange(&self, vhost: &VHost, name: &str, if_unused: bool) -> AmqpResult<()> {

@@ -382,10 +382,25 @@ impl Delayed {
 
     /// Schedule a stored message (one store reference is ours now).
     pub fn schedule(&self, due: u64, pos: MsgPos) {
-        self.index.lock().insert(due, pos);
-        if due < self.sleeping_until.load(Ordering::Acquire) {
+        let sleeping_until = {
+            let mut idx = self.index.lock();
+            idx.insert(due, pos);
+            // Read under the lock the release task records it under.
+            self.sleeping_until.load(Ordering::Acquire)
+        };
+        if due < sleeping_until {
             self.wake.notify_one();
         }
+    }
+
+    /// The earliest due time, recorded as what the release task sleeps
+    /// towards, under the index lock (see `schedule`).
+    fn arm(&self) -> Option<u64> {
+        let mut idx = self.index.lock();
+        let next = idx.peek().map(|e| e.0);
+        self.sleeping_until
+            .store(next.unwrap_or(u64::MAX), Ordering::Release);
+        next
     }
 
     /// Rebuild from recovered records: due = arrival + x-delay.
@@ -402,6 +417,9 @@ impl Delayed {
                 .unwrap_or(0);
             idx.insert(due, r.pos);
         }
+        drop(idx);
+        // The release task may have looked at the empty index already.
+        self.wake.notify_one();
     }
 
     pub fn pending(&self) -> u64 {
@@ -568,9 +586,7 @@ async fn release_loop(ex: Weak<Exchange>) {
         let notified = wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let next = d.next_due();
-        d.sleeping_until
-            .store(next.unwrap_or(u64::MAX), Ordering::Release);
+        let next = d.arm();
         match next {
             None => {
                 drop(e);

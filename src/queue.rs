@@ -311,7 +311,6 @@ impl Queue {
     pub fn restore(self: &Arc<Self>, msgs: Vec<Recovered>) {
         let mut q = self.inner.lock();
         let mut seq = 0;
-        let mut want_timer = false;
         let timed = self.args.message_ttl.is_some();
         let prio = self.args.max_priority > 0;
         let sizes = self.needs_sizes();
@@ -363,14 +362,11 @@ impl Queue {
                 if let Some(d) = deadline {
                     q.expiry.push(Reverse((d, k)));
                     self.expiring.store(true, Ordering::Relaxed);
-                    want_timer = true;
                 }
             }
         }
         drop(q);
-        if want_timer || self.args.expires.is_some() {
-            self.kick_timer();
-        }
+        // The timer starts from `start_timers`, once everything is restored.
     }
 
     /// Take a message (already in the store, with one reference for us).
@@ -1125,25 +1121,31 @@ impl Queue {
         self.timer.notify_one();
     }
 
-    /// Start the timer if this queue has any timed behaviour (x-expires).
+    /// Start the timer if this queue has any timed behaviour (x-expires,
+    /// or restored messages that expire).
     pub fn start_timers(self: &Arc<Self>) {
-        if self.args.expires.is_some() {
+        if self.args.expires.is_some() || self.expiring.load(Ordering::Relaxed) {
             self.kick_timer();
         }
     }
 
-    /// Next deadline in ms: earliest message expiry, or queue expiry.
-    fn next_deadline(&self) -> Option<u64> {
+    /// The timer's next deadline, recorded in `timer_deadline` under the
+    /// queue lock: whoever adds an earlier deadline holds that lock too, so
+    /// it either is seen here or sees the recorded value and wakes the timer.
+    fn arm_deadline(&self) -> Option<u64> {
         let q = self.inner.lock();
         let msg = q.expiry.peek().map(|Reverse((d, _))| *d);
         let queue = match self.args.expires {
             Some(e) if q.consumers.is_empty() => Some(q.last_used_ms.saturating_add(e)),
             _ => None,
         };
-        match (msg, queue) {
+        let next = match (msg, queue) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
-        }
+        };
+        self.timer_deadline
+            .store(next.unwrap_or(u64::MAX), Ordering::Release);
+        next
     }
 
     fn on_timer(self: &Arc<Self>) {
@@ -1179,9 +1181,7 @@ async fn timer_loop(weak: Weak<Queue>) {
         let notified = timer.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let deadline = q.next_deadline();
-        q.timer_deadline
-            .store(deadline.unwrap_or(u64::MAX), Ordering::Release);
+        let deadline = q.arm_deadline();
         match deadline {
             Some(d) => {
                 let now = now_ms();

@@ -672,3 +672,123 @@ async fn exclusive_durable_queue_leaves_no_binding_behind() {
     );
     b.stop().await;
 }
+
+/// Messages that fell due while the broker was down (delayed releases, TTL
+/// expiries with a dead-letter exchange) are handled only once every queue
+/// and binding is back: routed any earlier they would find no queue and be
+/// dropped. A backlog in other queues makes recovery take long enough for
+/// an early start to show (this failed every time before the fix).
+#[tokio::test]
+async fn work_due_at_restart_waits_until_every_queue_is_back() {
+    use lapin::types::AMQPValue;
+    let mut b = TestBroker::start().await;
+    const N: usize = 50;
+    {
+        let (_c, ch) = b.channel().await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        // A backlog in other queues makes recovery take a while.
+        for i in 0..20 {
+            ch.queue_declare(
+                format!("pad{i}").as_str().into(),
+                durable(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        }
+        let mut last = None;
+        for i in 0..40_000 {
+            last = Some(
+                ch.basic_publish(
+                    "".into(),
+                    format!("pad{}", i % 20).as_str().into(),
+                    BasicPublishOptions::default(),
+                    b"x",
+                    persistent(),
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        assert!(last.unwrap().await.unwrap().is_ack());
+        let mut dargs = FieldTable::default();
+        dargs.insert(
+            "x-delayed-type".into(),
+            AMQPValue::LongString("direct".into()),
+        );
+        ch.exchange_declare(
+            "later-x".into(),
+            lapin::ExchangeKind::Custom("x-delayed-message".into()),
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            dargs,
+        )
+        .await
+        .unwrap();
+        let mut ttl = FieldTable::default();
+        ttl.insert("x-message-ttl".into(), AMQPValue::LongInt(100));
+        ttl.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        ttl.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString("expired-q".into()),
+        );
+        ch.queue_declare("ttl-q".into(), durable(), ttl)
+            .await
+            .unwrap();
+        for q in ["released-q", "expired-q"] {
+            ch.queue_declare(q.into(), durable(), FieldTable::default())
+                .await
+                .unwrap();
+        }
+        ch.queue_bind(
+            "released-q".into(),
+            "later-x".into(),
+            "k".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        let mut h = FieldTable::default();
+        h.insert("x-delay".into(), AMQPValue::LongInt(100));
+        for i in 0..N {
+            let body = format!("{i}");
+            assert!(
+                publish_confirmed(
+                    &ch,
+                    "later-x",
+                    "k",
+                    body.as_bytes(),
+                    persistent().with_headers(h.clone())
+                )
+                .await
+            );
+            assert!(publish_confirmed(&ch, "", "ttl-q", body.as_bytes(), persistent()).await);
+        }
+    }
+    b.handle.take().unwrap().shutdown().await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    b.restart().await;
+    let vh = b.broker().vhost("/").unwrap();
+    let counts = || {
+        (
+            vh.queue("released-q").unwrap().message_count(),
+            vh.queue("expired-q").unwrap().message_count(),
+        )
+    };
+    eventually(10, || counts() == (N as u32, N as u32)).await;
+    assert_eq!(
+        counts(),
+        (N as u32, N as u32),
+        "released and expired copies all arrive"
+    );
+    assert_eq!(vh.queue("ttl-q").unwrap().message_count(), 0);
+    b.stop().await;
+}
