@@ -118,12 +118,38 @@ pub struct Broker {
     /// Originals of compaction copies whose sync failed: released after the
     /// next successful one (never before their copies are on disk).
     compaction_pending: Mutex<Vec<(Arc<Queue>, Vec<crate::store::MsgPos>)>>,
+    /// The data dir's lock file, held (locked) from open to shutdown.
+    dir_lock: Mutex<Option<std::fs::File>>,
+}
+
+/// Lock the data dir for this broker: two brokers writing the same segments
+/// and definitions log would destroy each other's data.
+fn lock_data_dir(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let path = dir.join("lepus.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!(
+                "data dir {} is in use by another lepus (lock held on {})",
+                dir.display(),
+                path.display()
+            ),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
 }
 
 impl Broker {
     /// Open the data dir: replay definitions, recover messages, compact.
     pub fn open(config: Config, io: Arc<dyn StoreIo>) -> std::io::Result<Arc<Broker>> {
         std::fs::create_dir_all(&config.data_dir)?;
+        let dir_lock = lock_data_dir(&config.data_dir)?;
         let ops = DefinitionsLog::read_all(&config.data_dir)?;
         let fresh = ops.is_empty();
         let mut model = Model::default();
@@ -198,6 +224,7 @@ impl Broker {
             alarm_reasons: Mutex::new(vec![]),
             me: std::sync::OnceLock::new(),
             compaction_pending: Mutex::new(vec![]),
+            dir_lock: Mutex::new(Some(dir_lock)),
         });
         let _ = broker.me.set(Arc::downgrade(&broker));
         // Build the live objects from the model.
@@ -294,6 +321,15 @@ impl Broker {
         Ok(broker)
     }
 
+    /// Sync and close the store and give up the data dir. Whatever still
+    /// holds this broker afterwards can no longer change what is on disk.
+    pub fn shutdown(&self) {
+        // Under the definitions lock: no definitions write is half done.
+        let _defs = self.defs.lock();
+        self.store.shutdown();
+        self.dir_lock.lock().take();
+    }
+
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
         self.vhosts.read().get(name).cloned()
     }
@@ -304,6 +340,9 @@ impl Broker {
 
     fn persist(&self, op: DefOp) -> AmqpResult<()> {
         let mut d = self.defs.lock();
+        if self.store.is_closed() {
+            return Err(AmqpError::internal("the broker is shut down"));
+        }
         d.log.append(&op).map_err(|e| {
             tracing::error!(error = %e, "cannot write definitions");
             AmqpError::internal(format!("cannot write definitions: {e}"))

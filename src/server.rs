@@ -71,7 +71,7 @@ pub async fn run_with_mgmt(
     if let Some(m) = mgmt {
         m.abort();
     }
-    broker.store.shutdown();
+    broker.shutdown();
 }
 
 /// Once a second: resource alarms, and trimming mapped segment pages from

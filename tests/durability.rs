@@ -792,3 +792,30 @@ async fn work_due_at_restart_waits_until_every_queue_is_back() {
     assert_eq!(vh.queue("ttl-q").unwrap().message_count(), 0);
     b.stop().await;
 }
+
+/// Two brokers on one data dir would destroy each other's data: the second
+/// is refused with a clear error. A clean shutdown gives the dir up, and the
+/// stopped broker is gone (nothing left running that could still write).
+#[tokio::test]
+async fn data_dir_is_locked_while_a_broker_uses_it() {
+    let mut b = TestBroker::start().await;
+    {
+        let (_c, ch) = b.channel().await;
+        ch.queue_declare("q".into(), durable(), FieldTable::default())
+            .await
+            .unwrap();
+    }
+    let err = lepus::server::start(b.config.clone())
+        .await
+        .err()
+        .expect("a second broker on the same data dir is refused");
+    assert!(err.to_string().contains("in use by another lepus"), "{err}");
+    let old = Arc::downgrade(b.broker());
+    b.restart().await;
+    assert!(
+        eventually(5, || old.upgrade().is_none()).await,
+        "the stopped broker is still alive"
+    );
+    assert!(b.broker().vhost("/").unwrap().queue("q").is_some());
+    b.stop().await;
+}

@@ -196,12 +196,15 @@ struct Writer {
 pub enum AppendError {
     /// No space for a new segment.
     DiskFull(std::io::Error),
+    /// The store was shut down.
+    Closed,
 }
 
 impl std::fmt::Display for AppendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AppendError::DiskFull(e) => write!(f, "cannot allocate a new segment: {e}"),
+            AppendError::Closed => write!(f, "the store is shut down"),
         }
     }
 }
@@ -232,6 +235,9 @@ pub struct Store {
     pending_acks: Mutex<Vec<(u32, [u8; 8])>>,
     pub fsync_histogram: crate::metrics::Histogram,
     stopped: AtomicBool,
+    /// Set at the end of [`Store::shutdown`]: from then on nothing touches
+    /// the files (another store may own the directory by now).
+    closed: AtomicBool,
     /// The highest queue id any record named at start.
     pub max_recorded_id: u32,
 }
@@ -351,6 +357,7 @@ impl Store {
             pending_acks: Mutex::new(vec![]),
             fsync_histogram: crate::metrics::Histogram::new_latency(),
             stopped: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             max_recorded_id: max_recorded,
         });
         let s = store.clone();
@@ -375,6 +382,9 @@ impl Store {
         persistent_sync: bool,
     ) -> Result<(MsgPos, Option<SyncSeq>), AppendError> {
         let mut w = self.writer.lock();
+        if self.is_closed() {
+            return Err(AppendError::Closed);
+        }
         let off = match w.active.append(&[prefix, body]) {
             Some(off) => off,
             None => {
@@ -432,7 +442,7 @@ impl Store {
     }
 
     fn delete_segment(&self, seg: &Arc<Segment>) {
-        if seg.deleted.swap(true, Ordering::SeqCst) {
+        if self.is_closed() || seg.deleted.swap(true, Ordering::SeqCst) {
             return;
         }
         self.segments.write().remove(&seg.id);
@@ -542,7 +552,7 @@ impl Store {
     /// redelivery, which at-least-once allows).
     pub fn flush_acks(&self) {
         let mut pending = std::mem::take(&mut *self.pending_acks.lock());
-        if pending.is_empty() {
+        if pending.is_empty() || self.is_closed() {
             return;
         }
         pending.sort_by_key(|(s, _)| *s);
@@ -730,6 +740,13 @@ impl Store {
         self.flush_acks();
         let active = self.writer.lock().active.clone();
         let _ = self.io.sync(active.file());
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Store::shutdown`] has finished: appends fail, releases and
+    /// acks are no longer written, no file is deleted.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 }
 
