@@ -116,12 +116,12 @@ async fn delays_in_all_forms_and_immediate_when_missing_or_non_positive() {
         .unwrap();
     let start = Instant::now();
     let sends: Vec<(&str, BasicProperties)> = vec![
-        ("int-300", delay(AMQPValue::LongInt(300))),
+        ("int-1500", delay(AMQPValue::LongInt(1500))),
         (
-            "str-200",
-            delay(AMQPValue::LongString(LongString::from("200"))),
+            "str-1000",
+            delay(AMQPValue::LongString(LongString::from("1000"))),
         ),
-        ("float-100", delay(AMQPValue::Double(100.0))),
+        ("float-500", delay(AMQPValue::Double(500.0))),
         ("zero", delay(AMQPValue::LongInt(0))),
         ("negative", delay(AMQPValue::LongInt(-100))),
         ("none", BasicProperties::default()),
@@ -153,21 +153,22 @@ async fn delays_in_all_forms_and_immediate_when_missing_or_non_positive() {
             "zero",
             "negative",
             "none",
-            "float-100",
-            "str-200",
-            "int-300"
+            "float-500",
+            "str-1000",
+            "int-1500"
         ]
     );
     for (n, t) in &got {
         let want = match n.as_str() {
-            "int-300" => 300,
-            "str-200" => 200,
-            "float-100" => 100,
+            "int-1500" => 1500,
+            "str-1000" => 1000,
+            "float-500" => 500,
             _ => 0,
         };
         assert!(t.as_millis() as u64 >= want, "{n} released early: {t:?}");
+        // Lateness is measured in the benchmark; here only "not held back".
         assert!(
-            (t.as_millis() as u64) < want + 250,
+            (t.as_millis() as u64) < want + 1000,
             "{n} released late: {t:?}"
         );
     }
@@ -212,11 +213,16 @@ async fn same_due_time_keeps_publish_order_and_mandatory_is_checked_now() {
         .unwrap();
     let returned = c.take_message().expect("basic.return");
     assert_eq!(returned.reply_code, 312);
-    tokio::time::sleep(Duration::from_millis(400)).await;
     let mut seen = vec![];
-    while let Some((_, body, _)) = get_one(&ch, "oq").await {
-        seen.push(body);
-    }
+    within(10, async {
+        while seen.len() < 200 {
+            match get_one(&ch, "oq").await {
+                Some((_, body, _)) => seen.push(body),
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
     assert_eq!(seen.len(), 200);
     let (_c2, ch2) = b.channel().await;
     let mut cons = ch2
@@ -248,7 +254,7 @@ async fn order_of_release_is_publish_order_within_a_millisecond() {
             "k".into(),
             BasicPublishOptions::default(),
             &i.to_be_bytes(),
-            delay(AMQPValue::LongInt(200)),
+            delay(AMQPValue::LongInt(1000)),
         )
         .await
         .unwrap();
@@ -256,15 +262,20 @@ async fn order_of_release_is_publish_order_within_a_millisecond() {
     ch.wait_for_confirms().await.unwrap();
     assert_eq!(d.pending(), 100);
     assert!(d.next_due().is_some());
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let mut ids = vec![];
-    while let Some(m) = ch
-        .basic_get("mq".into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-    {
-        ids.push(u32::from_be_bytes(m.delivery.data[..4].try_into().unwrap()));
-    }
+    within(10, async {
+        while ids.len() < 100 {
+            match ch
+                .basic_get("mq".into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+            {
+                Some(m) => ids.push(u32::from_be_bytes(m.delivery.data[..4].try_into().unwrap())),
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
     assert_eq!(ids, (0..100).collect::<Vec<_>>());
     assert_eq!(d.pending(), 0);
     b.stop().await;
@@ -302,7 +313,7 @@ async fn list_cancel_and_purge_pending() {
     assert_eq!(d.list(100).len(), 4);
     assert_eq!(d.purge(), 4);
     assert_eq!(d.pending(), 0);
-    assert!(eventually(2, || b.broker().store.segment_count() == 1).await);
+    assert!(eventually(10, || b.broker().store.segment_count() == 1).await);
     b.stop().await;
 }
 
@@ -425,7 +436,7 @@ async fn lavinmq_x_delayed_exchange_argument() {
         "".into(),
         BasicPublishOptions::default(),
         b"d",
-        delay(AMQPValue::LongInt(150)),
+        delay(AMQPValue::LongInt(1000)),
     )
     .await
     .unwrap();
@@ -435,12 +446,17 @@ async fn lavinmq_x_delayed_exchange_argument() {
         .await
         .unwrap()
         .is_none());
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    assert!(ch
-        .basic_get("lq".into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .is_some());
+    within(10, async {
+        while ch
+            .basic_get("lq".into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .is_none()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     b.stop().await;
 }
 
