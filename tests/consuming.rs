@@ -682,7 +682,7 @@ async fn unacked_messages_are_requeued_when_their_connection_closes() {
     assert_eq!(queue_counts(&pch, "ucc").await.0, 0);
     conn.close(200, "bye".into()).await.unwrap();
     let mut ready = false;
-    for _ in 0..100 {
+    for _ in 0..500 {
         if queue_counts(&pch, "ucc").await.0 == 2 {
             ready = true;
             break;
@@ -796,7 +796,7 @@ async fn multiple_ack_of_a_tag_above_all_outstanding_is_406() {
     assert!(eventually(5, || !ch.status().connected()).await);
     // Nothing was acked: all three come back.
     let mut n = 0;
-    for _ in 0..100 {
+    for _ in 0..500 {
         n = queue_counts(&pch, "mq").await.0;
         if n == 3 {
             break;

@@ -114,19 +114,21 @@ async fn delays_in_all_forms_and_immediate_when_missing_or_non_positive() {
         )
         .await
         .unwrap();
-    let start = Instant::now();
+    // The immediate ones first: a slow machine cannot reorder them.
     let sends: Vec<(&str, BasicProperties)> = vec![
-        ("int-1500", delay(AMQPValue::LongInt(1500))),
-        (
-            "str-1000",
-            delay(AMQPValue::LongString(LongString::from("1000"))),
-        ),
-        ("float-500", delay(AMQPValue::Double(500.0))),
         ("zero", delay(AMQPValue::LongInt(0))),
         ("negative", delay(AMQPValue::LongInt(-100))),
         ("none", BasicProperties::default()),
+        ("int-3000", delay(AMQPValue::LongInt(3000))),
+        (
+            "str-2000",
+            delay(AMQPValue::LongString(LongString::from("2000"))),
+        ),
+        ("float-1000", delay(AMQPValue::Double(1000.0))),
     ];
+    let mut sent = std::collections::HashMap::new();
     for (body, props) in sends {
+        sent.insert(body.to_string(), Instant::now());
         assert!(ch
             .basic_publish(
                 "dx".into(),
@@ -143,8 +145,10 @@ async fn delays_in_all_forms_and_immediate_when_missing_or_non_positive() {
     }
     let mut got = vec![];
     for _ in 0..6 {
-        let d = within(5, cons.next()).await.unwrap().unwrap();
-        got.push((String::from_utf8(d.data).unwrap(), start.elapsed()));
+        let d = within(10, cons.next()).await.unwrap().unwrap();
+        let name = String::from_utf8(d.data).unwrap();
+        let after = sent[&name].elapsed();
+        got.push((name, after));
     }
     let names: Vec<_> = got.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
@@ -153,22 +157,22 @@ async fn delays_in_all_forms_and_immediate_when_missing_or_non_positive() {
             "zero",
             "negative",
             "none",
-            "float-500",
-            "str-1000",
-            "int-1500"
+            "float-1000",
+            "str-2000",
+            "int-3000"
         ]
     );
     for (n, t) in &got {
         let want = match n.as_str() {
-            "int-1500" => 1500,
-            "str-1000" => 1000,
-            "float-500" => 500,
+            "int-3000" => 3000,
+            "str-2000" => 2000,
+            "float-1000" => 1000,
             _ => 0,
         };
         assert!(t.as_millis() as u64 >= want, "{n} released early: {t:?}");
         // Lateness is measured in the benchmark; here only "not held back".
         assert!(
-            (t.as_millis() as u64) < want + 1000,
+            (t.as_millis() as u64) < want + 2500,
             "{n} released late: {t:?}"
         );
     }
@@ -254,7 +258,7 @@ async fn order_of_release_is_publish_order_within_a_millisecond() {
             "k".into(),
             BasicPublishOptions::default(),
             &i.to_be_bytes(),
-            delay(AMQPValue::LongInt(1000)),
+            delay(AMQPValue::LongInt(5000)),
         )
         .await
         .unwrap();
@@ -263,7 +267,7 @@ async fn order_of_release_is_publish_order_within_a_millisecond() {
     assert_eq!(d.pending(), 100);
     assert!(d.next_due().is_some());
     let mut ids = vec![];
-    within(10, async {
+    within(20, async {
         while ids.len() < 100 {
             match ch
                 .basic_get("mq".into(), BasicGetOptions { no_ack: true })

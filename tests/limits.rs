@@ -128,7 +128,7 @@ async fn max_length_drop_head_dead_letters_with_reason_maxlen() {
     publish_all(&ch, "ml2", &["1", "2", "3", "4"]).await;
     assert_eq!(drain(&ch, "ml2").await, strs(&["3", "4"]));
     for expected in ["1", "2"] {
-        let m = wait_get(&ch, "ml-dlq", 2)
+        let m = wait_get(&ch, "ml-dlq", 10)
             .await
             .unwrap_or_else(|| panic!("{expected} dead-lettered"));
         assert_eq!(m.delivery.data, expected.as_bytes(), "oldest first");
@@ -161,7 +161,7 @@ async fn max_length_bytes_drop_head_counts_body_bytes() {
         "10 bytes hold two 5-byte bodies"
     );
     assert_eq!(drain(&ch, "mlb").await, strs(&["bbbbb", "ccccc"]));
-    let m = wait_get(&ch, "mlb-dlq", 2)
+    let m = wait_get(&ch, "mlb-dlq", 10)
         .await
         .expect("aaaaa dead-lettered");
     assert_eq!(m.delivery.data, b"aaaaa");
@@ -256,7 +256,7 @@ async fn reject_publish_dlx_nacks_and_dead_letters() {
         strs(&["1"]),
         "the refused one is not queued"
     );
-    let m = wait_get(&ch, "rpd-dlq", 2)
+    let m = wait_get(&ch, "rpd-dlq", 10)
         .await
         .expect("the refused one is dead-lettered");
     assert_eq!(m.delivery.data, b"2");
@@ -372,7 +372,7 @@ async fn the_delivery_limit_dead_letters_with_reason_delivery_limit() {
             Some(AMQPValue::LongLongInt(2))
         ]
     );
-    let m = wait_get(&ch, "dl-dlq", 2)
+    let m = wait_get(&ch, "dl-dlq", 10)
         .await
         .expect("dead-lettered after the third return");
     assert_eq!(m.delivery.data, b"poison");
@@ -401,7 +401,7 @@ async fn a_delivery_limit_of_zero_dead_letters_on_the_first_return() {
     ch.basic_reject(tag, BasicRejectOptions { requeue: true })
         .await
         .unwrap();
-    let m = wait_get(&ch, "dl0-dlq", 2).await.expect("dead-lettered");
+    let m = wait_get(&ch, "dl0-dlq", 10).await.expect("dead-lettered");
     assert_eq!(
         first_x_death(&m.delivery.properties),
         death_of("delivery_limit", "dl0")

@@ -572,37 +572,45 @@ async fn queues_stats_rates_and_purge() {
     assert_eq!(a.get("/api/queues/nope").await.status, 404);
     assert_eq!(a.get("/api/queues/%2F/nope").await.status, 404);
 
-    // rates: publish steadily for a bit more than two sampling periods
+    // rates: publish steadily until the samples (once a second) show a rate,
+    // for at most 15 s (a starved sampler may need more than two periods)
     let start = std::time::Instant::now();
-    let mut i = 0;
-    while start.elapsed() < Duration::from_millis(2500) {
-        ch.basic_publish(
-            "".into(),
-            "work".into(),
-            BasicPublishOptions::default(),
-            b"r",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-        i += 1;
-        if i % 20 == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    let q = a.get("/api/queues/%2F/work").await.body;
-    let rate = q["message_stats"]["publish_details"]["rate"]
-        .as_f64()
-        .unwrap();
-    assert!(rate > 0.0, "publish rate {rate} in {}", q["message_stats"]);
-    assert!(
-        a.get("/api/overview").await.body["message_stats"]["publish_details"]["rate"]
-            .as_f64()
+    let mut last_check = start;
+    loop {
+        for _ in 0..20 {
+            ch.basic_publish(
+                "".into(),
+                "work".into(),
+                BasicPublishOptions::default(),
+                b"r",
+                BasicProperties::default(),
+            )
+            .await
             .unwrap()
-            > 0.0
-    );
+            .await
+            .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if last_check.elapsed() < Duration::from_millis(250) {
+            continue;
+        }
+        last_check = std::time::Instant::now();
+        let q = a.get("/api/queues/%2F/work").await.body;
+        let rate = q["message_stats"]["publish_details"]["rate"]
+            .as_f64()
+            .unwrap();
+        let overall = a.get("/api/overview").await.body["message_stats"]["publish_details"]["rate"]
+            .as_f64()
+            .unwrap();
+        if rate > 0.0 && overall > 0.0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "publish rate {rate} (overview {overall}) in {}",
+            q["message_stats"]
+        );
+    }
 
     // purge takes the ready ones, not the unacked
     assert_eq!(a.delete("/api/queues/%2F/work/contents").await.status, 204);

@@ -99,7 +99,7 @@ async fn the_dedup_cache_forgets_after_x_cache_ttl() {
         &ch,
         "ddt",
         plain(),
-        dedup_args(&[("x-cache-ttl", int(200))]),
+        dedup_args(&[("x-cache-ttl", int(2000))]),
     )
     .await;
     publish_each(
@@ -109,7 +109,7 @@ async fn the_dedup_cache_forgets_after_x_cache_ttl() {
         vec![("1", with_id("a")), ("2", with_id("a"))],
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     publish_each(
         &ch,
         "",
@@ -470,11 +470,11 @@ async fn a_durable_queue_with_ttl_dlx_and_max_length_keeps_working_across_a_rest
             "",
             "dq",
             b"ttl",
-            persistent().with_expiration("1500".into()),
+            persistent().with_expiration("4000".into()),
         )
         .await;
         publish_confirmed(&ch, "", "dq", b"a", persistent()).await;
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        tokio::time::sleep(Duration::from_millis(3000)).await;
     }
     b.restart().await;
 
@@ -497,15 +497,15 @@ async fn a_durable_queue_with_ttl_dlx_and_max_length_keeps_working_across_a_rest
     let el = t0.elapsed();
     assert_eq!(text(&d), "ttl");
     assert!(
-        el >= Duration::from_millis(1490) && el < Duration::from_millis(2650),
-        "expired {el:?} after its publish; the 1500 ms count from the publish, not from the restart (that would be over 2700 ms)"
+        el >= Duration::from_millis(3990) && el < Duration::from_millis(6000),
+        "expired {el:?} after its publish; the 4000 ms count from the publish, not from the restart (that would be over 7000 ms)"
     );
     let x = x_deaths(&d.properties);
     assert_eq!(field_str(&x[0], "reason").as_deref(), Some("expired"));
     assert_eq!(field_str(&x[0], "queue").as_deref(), Some("dq"));
     assert_eq!(
         field_str(&x[0], "original-expiration").as_deref(),
-        Some("1500")
+        Some("4000")
     );
     assert_eq!(queue_counts(&ch, "dq").await.0, 1, "'a' is still there");
 

@@ -351,7 +351,7 @@ async fn exclusive_queue_is_deleted_when_its_connection_closes() {
     owner.close(200, "bye".into()).await.unwrap();
     let (_c, ch) = b.channel().await;
     let mut gone = false;
-    for _ in 0..100 {
+    for _ in 0..500 {
         if !queue_exists(&b, &name).await && !queue_exists(&b, "excl-named").await {
             gone = true;
             break;

@@ -355,7 +355,7 @@ pub async fn silent_for(consumer: &mut lapin::Consumer, ms: u64) -> bool {
 /// The next delivery of a consumer, failing the test after 5 s or if the
 /// consumer ended.
 pub async fn next_delivery(consumer: &mut lapin::Consumer) -> lapin::message::Delivery {
-    within(5, consumer.next())
+    within(10, consumer.next())
         .await
         .expect("consumer ended")
         .expect("delivery error")
