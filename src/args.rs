@@ -92,6 +92,56 @@ enum Rule {
     /// One of these strings; the reason RabbitMQ gives otherwise.
     OneOf(&'static [&'static str], &'static str),
     MaxPriority,
+    /// x-queue-type: a type lepus implements.
+    QueueType,
+}
+
+/// Queue types lepus implements. A quorum queue is a durable queue whose
+/// every message is stored and synced (whatever its delivery mode), with
+/// x-delivery-count on redeliveries; one node holds it (lepus does not
+/// cluster). Streams are not implemented.
+pub const QUEUE_TYPES: &[&str] = &["classic", "quorum"];
+
+/// Whether these arguments declare a quorum queue.
+pub fn is_quorum(args: &FieldTable) -> bool {
+    get_str(args, "x-queue-type").as_deref() == Some("quorum")
+}
+
+/// Arguments RabbitMQ 3.10 refuses on a quorum queue.
+const NOT_FOR_QUORUM: &[&str] = &["x-max-priority", "x-queue-mode"];
+
+/// RabbitMQ's checks for a new quorum queue, in its order: arguments the
+/// type does not take, then auto-delete, exclusive, non-durable.
+pub fn validate_quorum(
+    args: &FieldTable,
+    name: &str,
+    vhost: &str,
+    durable: bool,
+    exclusive: bool,
+    auto_delete: bool,
+) -> AmqpResult<()> {
+    for key in NOT_FOR_QUORUM {
+        if get(args, key).is_some() {
+            return Err(AmqpError::precondition(format!(
+                "invalid arg '{key}' for queue '{name}' in vhost '{vhost}' of queue type rabbit_quorum_queue"
+            )));
+        }
+    }
+    let property = if auto_delete {
+        Some("auto-delete")
+    } else if exclusive {
+        Some("exclusive-owner")
+    } else if !durable {
+        Some("non-durable")
+    } else {
+        None
+    };
+    match property {
+        Some(p) => Err(AmqpError::precondition(format!(
+            "invalid property '{p}' for queue '{name}' in vhost '{vhost}'"
+        ))),
+        None => Ok(()),
+    }
 }
 
 const QUEUE_ARGS: &[(&str, Rule)] = &[
@@ -113,10 +163,7 @@ const QUEUE_ARGS: &[(&str, Rule)] = &[
         "x-queue-mode",
         Rule::OneOf(&["default", "lazy"], "invalid_queue_mode"),
     ),
-    (
-        "x-queue-type",
-        Rule::OneOf(&["classic"], "invalid_queue_type"),
-    ),
+    ("x-queue-type", Rule::QueueType),
     ("x-single-active-consumer", Rule::Bool),
     ("x-delivery-limit", Rule::NonNegInt),
     ("x-message-deduplication", Rule::Bool),
@@ -151,6 +198,11 @@ fn check(rule: &Rule, v: &AMQPValue) -> Result<(), String> {
         Rule::Bool => match v {
             AMQPValue::Boolean(_) => Ok(()),
             _ => Err(format!("{{unacceptable_type,{}}}", type_name(v))),
+        },
+        Rule::QueueType => match str_value(v) {
+            Some(s) if QUEUE_TYPES.contains(&s.as_str()) => Ok(()),
+            Some(s) => Err(format!("\"unsupported queue type '{s}'\"")),
+            None => Err(format!("{{unacceptable_type,{}}}", type_name(v))),
         },
         Rule::OneOf(allowed, reason) => match str_value(v) {
             Some(s) if allowed.contains(&s.as_str()) => Ok(()),
@@ -222,6 +274,10 @@ pub fn check_equivalent(
         let same = match (c, r) {
             (None, None) => true,
             (Some(a), Some(b)) => crate::exchange::values_equal(a, b),
+            // No type is the default type, as RabbitMQ compares them.
+            (None, Some(v)) | (Some(v), None) if *key == "x-queue-type" => {
+                str_value(v).as_deref() == Some("classic")
+            }
             _ => false,
         };
         if !same {

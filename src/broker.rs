@@ -639,7 +639,13 @@ impl Broker {
                 "queue name is longer than 255 bytes",
             ));
         }
+        let quorum = crate::args::is_quorum(&arguments);
         let name = if name.is_empty() {
+            if quorum {
+                return Err(AmqpError::precondition(
+                    "Cannot declare a server-named queue for type rabbit_quorum_queue",
+                ));
+            }
             server_queue_name()
         } else {
             if name.starts_with("amq.") {
@@ -686,6 +692,16 @@ impl Broker {
             )?;
             existing.touch();
             return Ok(existing);
+        }
+        if quorum {
+            crate::args::validate_quorum(
+                &arguments,
+                &name,
+                &vhost.name,
+                durable,
+                exclusive,
+                auto_delete,
+            )?;
         }
         let id = self.next_queue_id.fetch_add(1, Ordering::Relaxed);
         // Exclusive queues are never durable in effect: they die with their connection.

@@ -447,7 +447,8 @@ impl Channel {
         let now = now_ms_ceil();
         store::encode_prefix(
             &mut self.prefix_buf,
-            persistent,
+            // Recovered for the queues it names (a quorum queue names transient ones too).
+            persistent || !self.durable_ids.is_empty(),
             now,
             &self.durable_ids,
             &msg.exchange,
@@ -1101,6 +1102,13 @@ impl Channel {
         let q = self.queue_for(ctx, c.queue.as_str())?;
         ctx.broker
             .check_access(&ctx.user, &ctx.vhost.name, Access::Read, "queue", &q.name)?;
+        if q.args.quorum && self.shared.state.lock().global_prefetch > 0 {
+            // RabbitMQ: a connection error.
+            return Err(AmqpError::not_implemented(format!(
+                "queue '{}' in vhost '{}' does not support global qos",
+                q.name, q.vhost_name
+            )));
+        }
         if q.consumer_conflict(c.exclusive) {
             return Err(AmqpError::access_refused(format!(
                 "queue '{}' in vhost '{}' in exclusive use",

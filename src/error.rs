@@ -143,6 +143,9 @@ impl AmqpError {
     pub fn internal(text: impl Into<String>) -> Self {
         Self::new(ReplyCode::InternalError, text)
     }
+    pub fn not_implemented(text: impl Into<String>) -> Self {
+        Self::new(ReplyCode::NotImplemented, text)
+    }
 }
 
 impl fmt::Display for AmqpError {

@@ -59,6 +59,8 @@ pub struct QueueArgs {
     pub max_priority: u8,
     pub single_active_consumer: bool,
     pub delivery_limit: Option<u32>,
+    /// x-queue-type quorum: every message stored and synced, x-delivery-count.
+    pub quorum: bool,
 }
 
 impl QueueArgs {
@@ -81,6 +83,7 @@ impl QueueArgs {
                 .unwrap_or(0),
             single_active_consumer: get_bool(a, "x-single-active-consumer").unwrap_or(false),
             delivery_limit: get_int(a, "x-delivery-limit").map(|v| v.max(0) as u32),
+            quorum: crate::args::is_quorum(a),
         }
     }
 }
@@ -276,8 +279,10 @@ impl Queue {
     }
 
     /// Whether a message in this queue must have its removal logged.
+    /// Whether this queue logs (recovers after a restart) a message: a
+    /// durable queue logs persistent ones, a quorum queue all of them.
     pub fn logs(&self, persistent: bool) -> bool {
-        self.is_durable() && persistent
+        self.is_durable() && (persistent || self.args.quorum)
     }
 
     fn needs_sizes(&self) -> bool {
@@ -674,7 +679,8 @@ impl Queue {
         let tag = st.next_tag;
         st.next_tag += 1;
         let frame_max = ch.conn.frame_max();
-        let count_header = self.args.delivery_limit.is_some() && deliveries > 0;
+        let count_header =
+            (self.args.delivery_limit.is_some() || self.args.quorum) && deliveries > 0;
         let wrote = self.store.with_message_cached(seg_cache, pos, |m| {
             let mut out = ch.conn.outbox();
             fast::put_deliver(
@@ -757,7 +763,8 @@ impl Queue {
         let tag = st.next_tag;
         st.next_tag += 1;
         let frame_max = ch.conn.frame_max();
-        let count_header = self.args.delivery_limit.is_some() && deliveries > 0;
+        let count_header =
+            (self.args.delivery_limit.is_some() || self.args.quorum) && deliveries > 0;
         let wrote = self.store.with_message(pos, |m| {
             let mut out = ch.conn.outbox();
             fast::put_get_ok(
@@ -1230,7 +1237,8 @@ pub fn store_and_enqueue(
     let mut prefix = Vec::with_capacity(64 + header.len());
     crate::store::encode_prefix(
         &mut prefix,
-        persistent,
+        // Recovered for the queues it names (a quorum queue names transient ones too).
+        persistent || !durable_ids.is_empty(),
         crate::channel::now_ms_ceil(),
         &durable_ids,
         exchange,

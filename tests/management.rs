@@ -1646,8 +1646,14 @@ async fn invalid_definitions_change_nothing() {
             d["queues"][0]["arguments"] = json!({"x-max-length": -1});
             d
         }),
-        ("quorum queue", {
+        ("stream queue (not implemented)", {
             let mut d = valid.clone();
+            d["queues"][0]["arguments"] = json!({"x-queue-type": "stream"});
+            d
+        }),
+        ("non-durable quorum queue", {
+            let mut d = valid.clone();
+            d["queues"][0]["durable"] = json!(false);
             d["queues"][0]["arguments"] = json!({"x-queue-type": "quorum"});
             d
         }),

@@ -532,3 +532,202 @@ async fn a_durable_queue_with_ttl_dlx_and_max_length_keeps_working_across_a_rest
     assert_eq!(expect_code(r), 406);
     b.stop().await;
 }
+
+// ----- quorum queues -----
+
+/// Declare with options on a fresh channel: the channel error (code, text).
+async fn declare_error_with(
+    b: &TestBroker,
+    name: &str,
+    opts: QueueDeclareOptions,
+    args: FieldTable,
+) -> (u16, String) {
+    let c = b.connect().await;
+    let ch = c.create_channel().await.unwrap();
+    let e = match within(5, ch.queue_declare(name.into(), opts, args)).await {
+        Ok(_) => panic!("declare of {name:?} was accepted"),
+        Err(e) => e,
+    };
+    (
+        reply_code(&e).unwrap_or_else(|| panic!("no reply code: {e}")),
+        reply_text(&e),
+    )
+}
+
+/// Texts as RabbitMQ 3.10.8 sends them (checked side by side with pika).
+#[tokio::test]
+async fn quorum_queue_declarations_are_checked_as_rabbitmq_does() {
+    let b = TestBroker::start().await;
+    let quorum = |more: &[(&str, AMQPValue)]| {
+        let mut pairs = vec![("x-queue-type", lstr("quorum"))];
+        pairs.extend(more.iter().cloned());
+        arg_table(&pairs)
+    };
+    let opts = |durable: bool, exclusive: bool, auto_delete: bool| QueueDeclareOptions {
+        durable,
+        exclusive,
+        auto_delete,
+        ..Default::default()
+    };
+    let pf = |t: &str| (406, format!("PRECONDITION_FAILED - {t}"));
+    let cases = [
+        ("q1", opts(false, false, false), quorum(&[]), "invalid property 'non-durable' for queue 'q1' in vhost '/'"),
+        ("q2", opts(true, true, false), quorum(&[]), "invalid property 'exclusive-owner' for queue 'q2' in vhost '/'"),
+        ("q3", opts(true, false, true), quorum(&[]), "invalid property 'auto-delete' for queue 'q3' in vhost '/'"),
+        ("q4", opts(true, true, true), quorum(&[]), "invalid property 'auto-delete' for queue 'q4' in vhost '/'"),
+        ("q5", opts(false, false, false), quorum(&[("x-max-priority", int(3))]), "invalid arg 'x-max-priority' for queue 'q5' in vhost '/' of queue type rabbit_quorum_queue"),
+        ("q6", opts(true, false, false), quorum(&[("x-queue-mode", lstr("lazy"))]), "invalid arg 'x-queue-mode' for queue 'q6' in vhost '/' of queue type rabbit_quorum_queue"),
+        ("", opts(true, false, false), quorum(&[]), "Cannot declare a server-named queue for type rabbit_quorum_queue"),
+        ("q7", opts(true, false, false), arg_table(&[("x-queue-type", lstr("bogus"))]), "invalid arg 'x-queue-type' for queue 'q7' in vhost '/': \"unsupported queue type 'bogus'\""),
+        ("q8", opts(true, false, false), arg_table(&[("x-queue-type", int(5))]), "invalid arg 'x-queue-type' for queue 'q8' in vhost '/': {unacceptable_type,signedint}"),
+    ];
+    for (name, o, args, text) in cases {
+        assert_eq!(
+            declare_error_with(&b, name, o, args).await,
+            pf(text),
+            "{name:?}"
+        );
+    }
+    for name in ["q1", "q2", "q3", "q4", "q5", "q6", "q7", "q8"] {
+        assert!(queue_missing(&b, name).await, "{name} was not declared");
+    }
+
+    // Everything else a quorum queue takes in 3.10 is accepted.
+    let (_c, ch) = b.channel().await;
+    declare_queue_with(
+        &ch,
+        "full",
+        durable(),
+        quorum(&[
+            ("x-message-ttl", int(60_000)),
+            ("x-expires", int(600_000)),
+            ("x-single-active-consumer", AMQPValue::Boolean(true)),
+            ("x-delivery-limit", int(3)),
+            ("x-max-length", int(10)),
+            ("x-dead-letter-exchange", lstr("dlx")),
+            ("x-overflow", lstr("reject-publish")),
+        ]),
+    )
+    .await;
+
+    // No type is the classic type on a redeclare; quorum is not.
+    declare_queue_with(&ch, "cl", durable(), FieldTable::default()).await;
+    declare_queue_with(
+        &ch,
+        "cl",
+        durable(),
+        arg_table(&[("x-queue-type", lstr("classic"))]),
+    )
+    .await;
+    assert_eq!(
+        declare_error_with(&b, "cl", durable(), quorum(&[])).await,
+        pf("inequivalent arg 'x-queue-type' for queue 'cl' in vhost '/': received the value 'quorum' of type 'longstr' but current is none")
+    );
+    declare_queue_with(&ch, "qq", durable(), quorum(&[])).await;
+    declare_queue_with(&ch, "qq", durable(), quorum(&[])).await;
+    assert_eq!(
+        declare_error_with(&b, "qq", durable(), FieldTable::default()).await,
+        pf("inequivalent arg 'x-queue-type' for queue 'qq' in vhost '/': received none but current is the value 'quorum' of type 'longstr'")
+    );
+    assert_eq!(
+        declare_error_with(&b, "qq", durable(), arg_table(&[("x-queue-type", lstr("classic"))])).await,
+        pf("inequivalent arg 'x-queue-type' for queue 'qq' in vhost '/': received 'classic' but current is 'quorum'")
+    );
+    b.stop().await;
+}
+
+/// A quorum queue keeps every message, transient or not, across a restart;
+/// redeliveries carry x-delivery-count; a global prefetch cannot consume
+/// from it (540, a connection error, as RabbitMQ).
+#[tokio::test]
+async fn quorum_queues_keep_transient_messages_and_count_deliveries() {
+    let mut b = TestBroker::start().await;
+    let qargs = || arg_table(&[("x-queue-type", lstr("quorum"))]);
+    {
+        let (_c, ch) = confirm_channel(&b).await;
+        declare_queue_with(&ch, "qq", durable(), qargs()).await;
+        declare_queue_with(&ch, "cq", durable(), FieldTable::default()).await;
+        for q in ["qq", "cq"] {
+            publish_confirmed(&ch, "", q, b"transient", BasicProperties::default()).await;
+        }
+    }
+    b.restart().await;
+    let (_c, ch) = confirm_channel(&b).await;
+    assert_eq!(
+        queue_counts(&ch, "qq").await.0,
+        1,
+        "kept by the quorum queue"
+    );
+    assert_eq!(
+        queue_counts(&ch, "cq").await.0,
+        0,
+        "a classic queue drops it"
+    );
+
+    // First delivery: no count; each redelivery counts up.
+    let count = |p: &BasicProperties| {
+        p.headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("x-delivery-count").cloned())
+    };
+    let (_c2, cch) = b.channel().await;
+    let mut cons = cch
+        .basic_consume(
+            "qq".into(),
+            "c".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let d = next_delivery(&mut cons).await;
+    assert_eq!((d.redelivered, count(&d.properties)), (false, None));
+    d.nack(BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let d = next_delivery(&mut cons).await;
+    assert_eq!(
+        (d.redelivered, count(&d.properties)),
+        (true, Some(AMQPValue::LongLongInt(1)))
+    );
+    d.nack(BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let d = next_delivery(&mut cons).await;
+    assert_eq!(count(&d.properties), Some(AMQPValue::LongLongInt(2)));
+    d.ack(BasicAckOptions::default()).await.unwrap();
+
+    // Global prefetch: consuming from a quorum queue is refused.
+    let c3 = b.connect().await;
+    let ch3 = c3.create_channel().await.unwrap();
+    ch3.basic_qos(10, BasicQosOptions { global: true })
+        .await
+        .unwrap();
+    let e = within(
+        5,
+        ch3.basic_consume(
+            "qq".into(),
+            "g".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(reply_code(&e), Some(540));
+    assert_eq!(
+        reply_text(&e),
+        "NOT_IMPLEMENTED - queue 'qq' in vhost '/' does not support global qos"
+    );
+    assert!(
+        eventually(5, || !c3.status().connected()).await,
+        "a connection error"
+    );
+    b.stop().await;
+}

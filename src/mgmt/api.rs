@@ -1029,7 +1029,7 @@ fn queue_json(app: &App, q: &Queue, owners: &HashMap<u64, String>) -> Value {
         "arguments": table_to_json(&q.arguments),
         "node": node_name(),
         "state": "running",
-        "type": "classic",
+        "type": if q.args.quorum { "quorum" } else { "classic" },
         "policy": null,
         "exclusive_consumer_tag": null,
         "messages": s.ready + s.unacked,

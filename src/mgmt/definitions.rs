@@ -541,6 +541,17 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
             .map_err(|x| bad(&what, x.text))?;
             continue;
         }
+        if crate::args::is_quorum(&plan.arguments) {
+            crate::args::validate_quorum(
+                &plan.arguments,
+                &q.name,
+                &vhost,
+                plan.durable,
+                false,
+                plan.auto_delete,
+            )
+            .map_err(|x| bad(&what, x.text))?;
+        }
         planned_q.insert(key, plan.clone());
         p.queues.push(plan);
     }
