@@ -86,15 +86,21 @@ pub fn get_bool(args: &FieldTable, key: &str) -> Option<bool> {
 
 enum Rule {
     NonNegInt,
-    PosInt,
     Str,
     Bool,
-    /// One of these strings; the reason RabbitMQ gives otherwise.
+    /// One of these strings; the reason RabbitMQ gives otherwise (`{}`
+    /// stands for the value).
     OneOf(&'static [&'static str], &'static str),
     MaxPriority,
     /// x-queue-type: a type lepus implements.
     QueueType,
+    /// x-message-ttl (non-negative) and x-expires (positive): at most ten years.
+    Ttl,
+    Expires,
 }
+
+/// The longest TTL, expiry or expiration RabbitMQ accepts: ten years in ms.
+pub const MAX_TTL_MS: u64 = 315_360_000_000;
 
 /// Queue types lepus implements. A quorum queue is a durable queue whose
 /// every message is stored and synced (whatever its delivery mode), with
@@ -145,8 +151,8 @@ pub fn validate_quorum(
 }
 
 const QUEUE_ARGS: &[(&str, Rule)] = &[
-    ("x-expires", Rule::PosInt),
-    ("x-message-ttl", Rule::NonNegInt),
+    ("x-expires", Rule::Expires),
+    ("x-message-ttl", Rule::Ttl),
     ("x-dead-letter-exchange", Rule::Str),
     ("x-dead-letter-routing-key", Rule::Str),
     ("x-max-length", Rule::NonNegInt),
@@ -161,7 +167,7 @@ const QUEUE_ARGS: &[(&str, Rule)] = &[
     ),
     (
         "x-queue-mode",
-        Rule::OneOf(&["default", "lazy"], "invalid_queue_mode"),
+        Rule::OneOf(&["default", "lazy"], "\"unsupported queue mode '{}'\""),
     ),
     ("x-queue-type", Rule::QueueType),
     ("x-single-active-consumer", Rule::Bool),
@@ -172,17 +178,36 @@ const QUEUE_ARGS: &[(&str, Rule)] = &[
     ("x-deduplication-header", Rule::Str),
 ];
 
+/// RabbitMQ's reason for a non-integer where an integer belongs.
+fn expected_integer(v: &AMQPValue) -> String {
+    format!("\"expected integer, got {}\"", type_name(v))
+}
+
+/// Consumer arguments (basic.consume): x-priority must be an integer.
+pub fn validate_consumer_args(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<()> {
+    match get(args, "x-priority") {
+        Some(v) if int_value(v).is_none() => Err(AmqpError::precondition(format!(
+            "invalid arg 'x-priority' for queue '{queue}' in vhost '{vhost}': {}",
+            expected_integer(v)
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn check(rule: &Rule, v: &AMQPValue) -> Result<(), String> {
     match rule {
-        Rule::NonNegInt | Rule::PosInt | Rule::MaxPriority => {
+        Rule::NonNegInt | Rule::MaxPriority | Rule::Ttl | Rule::Expires => {
             let Some(i) = int_value(v) else {
-                return Err(format!("{{unacceptable_type,{}}}", type_name(v)));
+                return Err(expected_integer(v));
             };
             if i < 0 {
                 return Err(format!("{{value_negative,{i}}}"));
             }
-            if matches!(rule, Rule::PosInt) && i == 0 {
+            if matches!(rule, Rule::Expires) && i == 0 {
                 return Err(format!("{{value_zero,{i}}}"));
+            }
+            if matches!(rule, Rule::Ttl | Rule::Expires) && i as u64 > MAX_TTL_MS {
+                return Err(format!("{{value_too_large,{i}}}"));
             }
             if matches!(rule, Rule::MaxPriority) && i > 255 {
                 return Err(format!("{{max_value_exceeded,{i}}}"));
@@ -206,13 +231,22 @@ fn check(rule: &Rule, v: &AMQPValue) -> Result<(), String> {
         },
         Rule::OneOf(allowed, reason) => match str_value(v) {
             Some(s) if allowed.contains(&s.as_str()) => Ok(()),
-            Some(_) => Err((*reason).to_string()),
+            Some(s) => Err(reason.replace("{}", &s)),
             None => Err(format!("{{unacceptable_type,{}}}", type_name(v))),
         },
     }
 }
 
 pub fn validate_queue_args(args: &FieldTable, name: &str, vhost: &str) -> AmqpResult<()> {
+    // An exchange name of the wrong type: RabbitMQ words this one differently.
+    if let Some(v) = get(args, "x-dead-letter-exchange") {
+        if str_value(v).is_none() {
+            return Err(AmqpError::precondition(format!(
+                "invalid type '{}' for arg 'x-dead-letter-exchange' in queue '{name}' in vhost '{vhost}'",
+                type_name(v)
+            )));
+        }
+    }
     for (key, rule) in QUEUE_ARGS {
         if let Some(v) = get(args, key) {
             check(rule, v).map_err(|reason| {
@@ -236,7 +270,7 @@ pub fn validate_exchange_args(args: &FieldTable, name: &str, vhost: &str) -> Amq
     if let Some(v) = get(args, "alternate-exchange") {
         if str_value(v).is_none() {
             return Err(AmqpError::precondition(format!(
-                "invalid arg 'alternate-exchange' for exchange '{name}' in vhost '{vhost}': {{unacceptable_type,{}}}",
+                "invalid type '{}' for arg 'alternate-exchange' in exchange '{name}' in vhost '{vhost}'",
                 type_name(v)
             )));
         }

@@ -557,7 +557,10 @@ impl Broker {
             return Err(AmqpError::access_refused(if name.is_empty() {
                 "operation not permitted on the default exchange".to_string()
             } else {
-                format!("exchange name '{name}' contains reserved prefix 'amq.*'")
+                format!(
+                    "deletion of system exchange '{name}' in vhost '{}' not allowed",
+                    vhost.name
+                )
             }));
         }
         let Some(ex) = vhost.exchange(name) else {
@@ -806,9 +809,13 @@ impl Broker {
                     matches!(m.as_str(), "all" | "any" | "all-with-x" | "any-with-x")
                 });
                 if !ok {
+                    // RabbitMQ prints a string as an Erlang binary.
+                    let shown = match crate::args::str_value(v) {
+                        Some(s) => format!("<<\"{s}\">>"),
+                        None => crate::args::show(v),
+                    };
                     return Err(AmqpError::precondition(format!(
-                        "Invalid x-match field value {}; expected all, any, all-with-x, or any-with-x",
-                        crate::args::show(v)
+                        "Invalid x-match field value {shown}; expected all, any, all-with-x, or any-with-x"
                     )));
                 }
             }

@@ -1132,7 +1132,10 @@ impl Channel {
                 )));
             }
         }
-        let priority = crate::args::get_int(&c.arguments, "x-priority").unwrap_or(0) as i32;
+        crate::args::validate_consumer_args(&c.arguments, &q.name, &q.vhost_name)?;
+        let priority = crate::args::get_int(&c.arguments, "x-priority")
+            .unwrap_or(0)
+            .clamp(i32::MIN as i64, i32::MAX as i64) as i32;
         let consumer = Arc::new(Consumer {
             tag: tag.clone(),
             channel: self.shared.clone(),
@@ -1266,9 +1269,20 @@ fn parse_expiration(e: &str) -> Result<u64, String> {
     if end < digits.len() {
         return Err(format!("{{leftover_string,\"{}\"}}", &digits[end..]));
     }
-    let v: u64 = digits.parse().map_err(|_| "no_integer".to_string())?;
+    let too_large = || format!("{{value_too_large,{digits}}}");
+    let Ok(v) = digits.parse::<u64>() else {
+        // Only digits, so it overflowed.
+        return Err(if neg {
+            format!("{{value_negative,-{digits}}}")
+        } else {
+            too_large()
+        });
+    };
     if neg && v > 0 {
         return Err(format!("{{value_negative,-{v}}}"));
+    }
+    if v > crate::args::MAX_TTL_MS {
+        return Err(too_large());
     }
     Ok(v)
 }

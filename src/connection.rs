@@ -15,7 +15,9 @@ use crate::protocol::{
     PROTOCOL_HEADER,
 };
 use amq_protocol::frame::parsing::parse_frame;
-use amq_protocol::protocol::{channel as chm, connection as cm, parse_class, AMQPClass};
+use amq_protocol::protocol::{
+    basic as bm, channel as chm, connection as cm, parse_class, AMQPClass,
+};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::BytesMut;
 use std::collections::HashMap;
@@ -760,6 +762,20 @@ impl Conn {
             }
         }
         let m = decode_method(&f.payload)?;
+        if let AMQPClass::Basic(bm::AMQPMethod::Qos(_)) = &m {
+            // amq-protocol drops prefetch_size; RabbitMQ refuses a non-zero one.
+            let size = f
+                .payload
+                .get(4..8)
+                .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+            if size != 0 {
+                return Err(
+                    AmqpError::not_implemented(format!("prefetch_size!=0 ({size})"))
+                        .with_method(60, 10)
+                        .hard(),
+                );
+            }
+        }
         match self.channels.get_mut(&id) {
             None => match m {
                 AMQPClass::Channel(chm::AMQPMethod::Open(_)) => {

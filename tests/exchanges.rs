@@ -1005,7 +1005,12 @@ async fn headers_binding_with_an_invalid_x_match_is_406() {
             table(&[("x-match", "bogus"), ("a", "1")]),
         )
         .await;
-    assert_eq!(expect_code(r), 406, "x-match 'bogus'");
+    let e = r.expect_err("x-match 'bogus' refused");
+    assert_eq!(reply_code(&e), Some(406), "x-match 'bogus'");
+    assert_eq!(
+        reply_text(&e),
+        "PRECONDITION_FAILED - Invalid x-match field value <<\"bogus\">>; expected all, any, all-with-x, or any-with-x"
+    );
     let ch = c.create_channel().await.unwrap();
     let mut args = table(&[("a", "1")]);
     args.insert("x-match".into(), AMQPValue::LongInt(1));
@@ -1088,10 +1093,19 @@ async fn deleting_the_default_or_an_amq_exchange_is_403() {
         "amq.match",
     ] {
         let ch = c.create_channel().await.unwrap();
-        let r = ch
+        let e = ch
             .exchange_delete(name.into(), ExchangeDeleteOptions::default())
-            .await;
-        assert_eq!(expect_code(r), 403, "delete {name:?}");
+            .await
+            .expect_err("refused");
+        assert_eq!(reply_code(&e), Some(403), "delete {name:?}");
+        let text = if name.is_empty() {
+            "ACCESS_REFUSED - operation not permitted on the default exchange".to_string()
+        } else {
+            format!(
+                "ACCESS_REFUSED - deletion of system exchange '{name}' in vhost '/' not allowed"
+            )
+        };
+        assert_eq!(reply_text(&e), text);
     }
     for name in [
         "amq.direct",
@@ -1152,5 +1166,30 @@ async fn cc_and_bcc_headers_add_routing_keys() {
         assert!(h.inner().contains_key("other"));
     }
     assert!(drain(&ch, "k4q").await.is_empty());
+    b.stop().await;
+}
+
+/// RabbitMQ 3.10.8 (checked live) words an alternate-exchange of the wrong
+/// type differently from other argument errors.
+#[tokio::test]
+async fn an_alternate_exchange_of_the_wrong_type_is_406() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = b.channel().await;
+    let mut args = FieldTable::default();
+    args.insert("alternate-exchange".into(), AMQPValue::Boolean(true));
+    let e = ch
+        .exchange_declare(
+            "aex".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            args,
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(reply_code(&e), Some(406));
+    assert_eq!(
+        reply_text(&e),
+        "PRECONDITION_FAILED - invalid type 'bool' for arg 'alternate-exchange' in exchange 'aex' in vhost '/'"
+    );
     b.stop().await;
 }

@@ -1686,3 +1686,26 @@ async fn random_and_mutated_frames_never_hang_or_crash_the_broker() {
     );
     b.stop().await;
 }
+
+/// basic.qos with a prefetch_size: RabbitMQ 3.10.8 closes the connection
+/// with 540 "prefetch_size!=0 (N)" (checked live). amq-protocol drops the
+/// field, so the frame is written by hand: class 60, method 10, size 7,
+/// count 0, global 0.
+#[tokio::test]
+async fn qos_with_a_prefetch_size_is_540() {
+    let b = TestBroker::start().await;
+    let mut c = RawConn::open(b.addr()).await;
+    let mut payload = vec![0, 60, 0, 10];
+    payload.extend_from_slice(&7u32.to_be_bytes());
+    payload.extend_from_slice(&0u16.to_be_bytes());
+    payload.push(0);
+    c.send(&raw_frame(1, 1, &payload)).await;
+    let close = c.expect_connection_close().await;
+    assert_close(&close, 540, "NOT_IMPLEMENTED");
+    assert_eq!(
+        close.reply_text.as_str(),
+        "NOT_IMPLEMENTED - prefetch_size!=0 (7)"
+    );
+    assert_eq!((close.class_id, close.method_id), (60, 10));
+    b.stop().await;
+}

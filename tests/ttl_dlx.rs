@@ -526,6 +526,33 @@ async fn a_negative_expiration_closes_the_channel_with_406() {
     b.stop().await;
 }
 
+/// Over ten years is too large, as RabbitMQ 3.10.8 answers (checked live);
+/// ten years exactly is accepted.
+#[tokio::test]
+async fn an_expiration_over_ten_years_closes_the_channel_with_406() {
+    let b = TestBroker::start().await;
+    let c = b.connect().await;
+    let mut closes = watch_closes(&c);
+    let ch = c.create_channel().await.unwrap();
+    declare_queue(&ch, "longexp").await;
+    publish_with(&ch, "", "longexp", b"ok", expiring("315360000000")).await;
+    for e in ["315360000001", "99999999999999999999"] {
+        let ch = c.create_channel().await.unwrap();
+        publish_with(&ch, "", "longexp", b"x", expiring(e)).await;
+        let (code, text) = closes.next_close().await;
+        assert_eq!(
+            (code, text),
+            (
+                406,
+                format!("PRECONDITION_FAILED - invalid expiration '{e}': {{value_too_large,{e}}}")
+            )
+        );
+    }
+    let ch = c.create_channel().await.unwrap();
+    assert_eq!(drain(&ch, "longexp").await, vec!["ok".to_string()]);
+    b.stop().await;
+}
+
 // ----- queue expiry (x-expires) -----
 
 async fn passive_code(b: &TestBroker, name: &str) -> Option<u16> {
