@@ -239,6 +239,78 @@ async fn overview_health_and_aliveness() {
     b.stop().await;
 }
 
+/// /api/nodes: this node with the fields monitoring tools read; monitoring
+/// and administrator users only. A queue's own page lists its consumers.
+#[tokio::test]
+async fn nodes_and_queue_consumer_details() {
+    let b = TestBroker::start().await;
+    let a = api(&b);
+    let node = a.get("/api/overview").await.body["node"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = a.get("/api/nodes").await;
+    assert_eq!(r.status, 200);
+    let n = &r.body[0];
+    assert_eq!(n["name"], json!(node));
+    assert_eq!(n["running"], json!(true));
+    for k in [
+        "mem_used",
+        "mem_limit",
+        "disk_free",
+        "fd_used",
+        "fd_total",
+        "uptime",
+    ] {
+        assert!(n[k].as_u64().is_some(), "{k} in {n}");
+    }
+    assert!(n["mem_used"].as_u64().unwrap() > 0);
+    assert!(n["fd_used"].as_u64().unwrap() > 0);
+    assert_eq!(n["mem_alarm"], json!(false));
+    assert_eq!(n["disk_free_alarm"], json!(false));
+    assert_eq!(
+        a.get(&format!("/api/nodes/{node}")).await.body["name"],
+        json!(node)
+    );
+    assert_eq!(a.get("/api/nodes/rabbit@elsewhere").await.status, 404);
+    assert_eq!(
+        a.put(
+            "/api/users/mgr",
+            json!({"password": "p", "tags": "management"})
+        )
+        .await
+        .status,
+        201
+    );
+    let r = a.as_user("mgr", "p").get("/api/nodes").await;
+    assert_eq!(
+        (r.status, r.body["reason"].as_str()),
+        (401, Some("Not monitor user"))
+    );
+
+    let (_c, ch) = b.channel().await;
+    ch.queue_declare(
+        "cq".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let _cons = ch
+        .basic_consume(
+            "cq".into(),
+            "watcher".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let q = a.get("/api/queues/%2F/cq").await.body;
+    assert_eq!(q["consumer_details"][0]["consumer_tag"], json!("watcher"));
+    assert_eq!(q["consumer_details"][0]["queue"]["name"], json!("cq"));
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn vhosts() {
     let b = TestBroker::start().await;

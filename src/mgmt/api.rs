@@ -172,6 +172,87 @@ pub async fn whoami(caller: Caller, State(app): State<App>) -> Json<Value> {
     Json(json!({"name": caller.name, "tags": tags}))
 }
 
+/// When this process started serving (for a node's uptime).
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+pub fn mark_started() {
+    STARTED.get_or_init(std::time::Instant::now);
+}
+
+/// The open-files limit (RLIMIT_NOFILE).
+fn fd_limit() -> u64 {
+    let mut r: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 {
+        r.rlim_cur
+    } else {
+        0
+    }
+}
+
+/// This node, in the shape of RabbitMQ's /api/nodes entries (the fields
+/// monitoring tools read: memory, disk, alarms, file descriptors, uptime).
+fn node_json(app: &App) -> Value {
+    let b = &app.broker;
+    let limits = &b.config.limits;
+    let reasons = b.alarm_reasons.lock().clone();
+    let mem_limit = crate::sys::total_memory()
+        .map(|t| (t as f64 * limits.memory_high_watermark) as u64)
+        .unwrap_or(0);
+    let fd_used = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let fd_total = fd_limit();
+    json!({
+        "name": node_name(),
+        "type": "disc",
+        "running": true,
+        "being_drained": false,
+        "os_pid": std::process::id().to_string(),
+        "processors": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "uptime": STARTED.get().map(|s| s.elapsed().as_millis() as u64).unwrap_or(0),
+        "mem_used": crate::sys::rss_bytes().unwrap_or(0),
+        "mem_limit": mem_limit,
+        "mem_alarm": reasons.iter().any(|r| r.starts_with("memory")),
+        "mem_calculation_strategy": "rss",
+        "disk_free": crate::sys::disk_free(&b.config.data_dir).unwrap_or(0),
+        "disk_free_limit": limits.disk_free_limit,
+        "disk_free_alarm": reasons.iter().any(|r| r.starts_with("disk")),
+        "fd_used": fd_used,
+        "fd_total": fd_total,
+        "sockets_used": b.connections.lock().len(),
+        "sockets_total": fd_total,
+        "partitions": [],
+        "net_ticktime": 60,
+        "db_dir": b.config.data_dir.display().to_string(),
+        "enabled_plugins": [],
+        "config_files": [],
+        "log_files": [],
+    })
+}
+
+/// GET /api/nodes: this one node (monitoring and administrator users).
+pub async fn list_nodes(State(app): State<App>, caller: Caller) -> ApiResult<Json<Value>> {
+    if !caller.sees_all {
+        return Err(ApiError::not_authorised("Not monitor user"));
+    }
+    Ok(Json(json!([node_json(&app)])))
+}
+
+pub async fn get_node(
+    State(app): State<App>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    if !caller.sees_all {
+        return Err(ApiError::not_authorised("Not monitor user"));
+    }
+    if name != node_name() {
+        return Err(ApiError::not_found());
+    }
+    Ok(Json(node_json(&app)))
+}
+
 pub async fn health_alarms(State(app): State<App>, _caller: Caller) -> Response {
     let reasons = app.broker.alarm_reasons.lock().clone();
     if reasons.is_empty() {
@@ -1099,7 +1180,22 @@ pub async fn get_queue(
 ) -> ApiResult<Json<Value>> {
     let v = caller.vhost(&app.broker, &vhost)?;
     let q = v.queue(&name).ok_or_else(ApiError::not_found)?;
-    Ok(Json(queue_json(&app, &q, &conn_names(&app.broker))))
+    let mut j = queue_json(&app, &q, &conn_names(&app.broker));
+    // As RabbitMQ: the single-queue view lists its consumers.
+    let conns: HashMap<u64, ConnInfo> = app
+        .broker
+        .connections
+        .lock()
+        .values()
+        .map(|(i, _)| (i.id, i.clone()))
+        .collect();
+    j["consumer_details"] = Value::Array(
+        q.consumers()
+            .iter()
+            .map(|c| consumer_json(c, &conns))
+            .collect(),
+    );
+    Ok(Json(j))
 }
 
 #[derive(Deserialize, Default)]

@@ -57,6 +57,7 @@ pub async fn serve(
     broker: Arc<Broker>,
     stop: watch::Receiver<bool>,
 ) {
+    api::mark_started();
     let stats = Arc::new(stats::Stats::default());
     stats.sample(&broker);
     let sampler = tokio::spawn(stats::sample_loop(
@@ -89,6 +90,8 @@ pub fn router(app: App) -> Router {
     use api::*;
     Router::new()
         .route("/api/overview", get(overview))
+        .route("/api/nodes", get(list_nodes))
+        .route("/api/nodes/{name}", get(get_node))
         .route("/api/whoami", get(whoami))
         .route("/api/health/checks/alarms", get(health_alarms))
         .route("/api/health/checks/local-alarms", get(health_alarms))
