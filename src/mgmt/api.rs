@@ -1182,13 +1182,7 @@ pub async fn get_queue(
     let q = v.queue(&name).ok_or_else(ApiError::not_found)?;
     let mut j = queue_json(&app, &q, &conn_names(&app.broker));
     // As RabbitMQ: the single-queue view lists its consumers.
-    let conns: HashMap<u64, ConnInfo> = app
-        .broker
-        .connections
-        .lock()
-        .values()
-        .map(|(i, _)| (i.id, i.clone()))
-        .collect();
+    let conns = conn_infos(&app.broker);
     j["consumer_details"] = Value::Array(
         q.consumers()
             .iter()
@@ -1715,14 +1709,17 @@ fn consumer_json(c: &Consumer, conns: &HashMap<u64, ConnInfo>) -> Value {
     })
 }
 
-fn consumers_in(app: &App, vhosts: &[Arc<VHost>]) -> Json<Value> {
-    let conns: HashMap<u64, ConnInfo> = app
-        .broker
-        .connections
+/// The open connections' info by id (for consumer JSON).
+fn conn_infos(b: &Broker) -> HashMap<u64, ConnInfo> {
+    b.connections
         .lock()
         .values()
         .map(|(i, _)| (i.id, i.clone()))
-        .collect();
+        .collect()
+}
+
+fn consumers_in(app: &App, vhosts: &[Arc<VHost>]) -> Json<Value> {
+    let conns = conn_infos(&app.broker);
     let mut out = vec![];
     for v in vhosts {
         for q in sorted_queues(v) {
