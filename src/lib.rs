@@ -20,22 +20,15 @@
 //! Beside the path: [`mgmt`] serves RabbitMQ's management HTTP API and
 //! Prometheus metrics on their own port; `lepusctl` (src/bin) uses them.
 
-pub mod args;
 pub mod broker;
 pub mod channel;
+pub mod clock;
 pub mod config;
 pub mod connection;
-pub mod dead_letter;
-pub mod dedup;
-pub mod delayed;
-pub mod delivery;
 pub mod error;
-pub mod exchange;
 pub mod metrics;
 pub mod mgmt;
 pub mod protocol;
-pub mod queue;
 pub mod server;
 pub mod store;
 pub mod sys;
-pub mod vhost;

@@ -407,7 +407,7 @@ async fn export_and_import() {
 }
 
 /// Read and remove everything in a queue, through the broker's own API.
-fn drain(q: &lepus::queue::Queue) -> Vec<Vec<u8>> {
+fn drain(q: &lepus::broker::queue::Queue) -> Vec<Vec<u8>> {
     let taken = q.take(usize::MAX);
     let mut out = Vec::with_capacity(taken.len());
     for (_, pos, _) in taken {

@@ -5,13 +5,13 @@ use super::json::{
 };
 use super::stats::{Rates, Sample};
 use super::{blocking, node_name, parse_body, ApiError, ApiResult, App, Caller};
+use crate::broker::delivery::{ChannelShared, ConnShared, Consumer};
+use crate::broker::exchange::{Dest, Exchange};
+use crate::broker::queue::Queue;
+use crate::broker::vhost::VHost;
 use crate::broker::{Access, Broker, ConnInfo};
-use crate::delivery::{ChannelShared, ConnShared, Consumer};
-use crate::exchange::{Dest, Exchange};
 use crate::metrics::Counters;
-use crate::queue::Queue;
 use crate::store::SyncSeq;
-use crate::vhost::VHost;
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::FieldTable;
 use axum::body::Bytes;
@@ -685,7 +685,7 @@ pub async fn list_delayed(
     let store = app.broker.store.clone();
     let rows = blocking(move || {
         let d = e.delayed.as_ref().expect("delayed");
-        let now = crate::channel::now_ms();
+        let now = crate::clock::now_ms();
         d.list(limit)
             .into_iter()
             .filter_map(|(due, pos)| {
@@ -859,7 +859,7 @@ pub fn publish_message(
     props: &BasicProperties,
     body: &[u8],
 ) -> ApiResult<(bool, Option<SyncSeq>)> {
-    let header = crate::channel::encode_header(body.len() as u64, props);
+    let header = crate::protocol::props::encode_header(body.len() as u64, props);
     let headers = props.headers().clone();
     let persistent = *props.delivery_mode() == Some(2);
     if let Some(d) = &ex.dedup {
@@ -872,7 +872,7 @@ pub fn publish_message(
     let not_stored =
         |e: crate::store::AppendError| ApiError::internal(format!("message not stored: {e}"));
     if let Some(d) = &ex.delayed {
-        if let Some(delay) = crate::delayed::x_delay(headers.as_ref()) {
+        if let Some(delay) = crate::broker::delayed::x_delay(headers.as_ref()) {
             let seq = d
                 .store_and_schedule(
                     &ex.name,
@@ -894,12 +894,12 @@ pub fn publish_message(
     if queues.is_empty() {
         return Ok((true, None));
     }
-    let info = crate::queue::EnqueueInfo::from_header(
+    let info = crate::broker::queue::EnqueueInfo::from_header(
         &header,
         body.len() as u64,
         props.priority().unwrap_or(0),
     );
-    let seq = crate::queue::store_and_enqueue(
+    let seq = crate::broker::queue::store_and_enqueue(
         &broker.store,
         queues,
         &ex.name,
@@ -1047,7 +1047,7 @@ pub async fn get_messages(
     let mut out = Vec::with_capacity(n);
     for (i, (_, pos, deliveries)) in taken.iter().enumerate() {
         let m = store.with_message(*pos, |m| {
-            let props = crate::channel::full_properties(m.header).unwrap_or_default();
+            let props = crate::protocol::props::full_properties(m.header).unwrap_or_default();
             let body = match req.truncate {
                 Some(t) if (t as usize) < m.body.len() => &m.body[..t as usize],
                 _ => m.body,
@@ -1447,7 +1447,7 @@ pub async fn create_binding(
     let b = app.broker.clone();
     let v = caller.vhost(&b, &vhost)?;
     let (src, d) = binding_ends(&v, &source, &kind, &dest)?;
-    if let crate::exchange::Dest::Queue(q) = &d {
+    if let crate::broker::exchange::Dest::Queue(q) = &d {
         if q.exclusive_owner.is_some() {
             // As over AMQP (405): only the owning connection may use it.
             return Err(ApiError::bad_request(format!(

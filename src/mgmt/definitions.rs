@@ -13,14 +13,14 @@
 use super::api::{check_password_hash, parse_tags};
 use super::json::{json_to_table, table_to_json};
 use super::{blocking, parse_body, ApiError, ApiResult, App, Caller};
+use crate::broker::exchange::{Dest, ExchangeKind};
 use crate::broker::{Broker, Permission};
-use crate::exchange::{Dest, ExchangeKind};
 
 /// The exchange types the broker declares: the four standard ones,
 /// x-consistent-hash, and x-delayed-message with a valid x-delayed-type.
 fn check_exchange_type(kind: &str, args: &FieldTable) -> Result<(), String> {
     if kind == "x-delayed-message" {
-        return match crate::args::get_str(args, "x-delayed-type")
+        return match crate::broker::args::get_str(args, "x-delayed-type")
             .as_deref()
             .and_then(ExchangeKind::parse)
         {
@@ -440,7 +440,7 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
         }
         let arguments = json_to_table(&e.arguments).map_err(|x| bad(&what, x))?;
         check_exchange_type(&e.kind, &arguments).map_err(|x| bad(&what, x))?;
-        crate::args::validate_exchange_args(&arguments, &e.name, &vhost)
+        crate::broker::args::validate_exchange_args(&arguments, &e.name, &vhost)
             .map_err(|x| bad(&what, x.text))?;
         let plan = ExPlan {
             vhost: vhost.clone(),
@@ -472,7 +472,7 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
             {
                 return Err(bad(&what, "inequivalent to the existing exchange (type, durable, auto_delete or internal differ)"));
             }
-            crate::args::check_equivalent(
+            crate::broker::args::check_equivalent(
                 &cur.arguments,
                 &plan.arguments,
                 "exchange",
@@ -503,7 +503,7 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
             return Err(bad(&what, "the 'amq.' prefix is reserved"));
         }
         let arguments = json_to_table(&q.arguments).map_err(|x| bad(&what, x))?;
-        crate::args::validate_queue_args(&arguments, &q.name, &vhost)
+        crate::broker::args::validate_queue_args(&arguments, &q.name, &vhost)
             .map_err(|x| bad(&what, x.text))?;
         let plan = QPlan {
             vhost: vhost.clone(),
@@ -531,7 +531,7 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
                     "inequivalent to the existing queue (durable or auto_delete differ)",
                 ));
             }
-            crate::args::check_equivalent(
+            crate::broker::args::check_equivalent(
                 &cur.arguments,
                 &plan.arguments,
                 "queue",
@@ -541,8 +541,8 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
             .map_err(|x| bad(&what, x.text))?;
             continue;
         }
-        if crate::args::is_quorum(&plan.arguments) {
-            crate::args::validate_quorum(
+        if crate::broker::args::is_quorum(&plan.arguments) {
+            crate::broker::args::validate_quorum(
                 &plan.arguments,
                 &q.name,
                 &vhost,
@@ -604,9 +604,9 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
         let source_kind = planned_ex
             .get(&(vhost.clone(), b.source.clone()))
             .map(|e| {
-                crate::exchange::ExchangeKind::parse(&e.kind).or_else(|| {
-                    crate::args::get_str(&e.arguments, "x-delayed-type")
-                        .and_then(|t| crate::exchange::ExchangeKind::parse(&t))
+                crate::broker::exchange::ExchangeKind::parse(&e.kind).or_else(|| {
+                    crate::broker::args::get_str(&e.arguments, "x-delayed-type")
+                        .and_then(|t| crate::broker::exchange::ExchangeKind::parse(&t))
                 })
             })
             .unwrap_or_else(|| {
@@ -615,9 +615,9 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
                     .map(|e| e.kind)
             });
         match source_kind {
-            Some(crate::exchange::ExchangeKind::Headers) => {
+            Some(crate::broker::exchange::ExchangeKind::Headers) => {
                 if let Some(m) = arguments.inner().get("x-match") {
-                    let ok = crate::args::str_value(m).is_some_and(|m| {
+                    let ok = crate::broker::args::str_value(m).is_some_and(|m| {
                         matches!(m.as_str(), "all" | "any" | "all-with-x" | "any-with-x")
                     });
                     if !ok {
@@ -628,14 +628,14 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
                     }
                 }
             }
-            Some(crate::exchange::ExchangeKind::ConsistentHash) => {
+            Some(crate::broker::exchange::ExchangeKind::ConsistentHash) => {
                 let w = b.routing_key.trim().parse::<u32>().ok();
-                if w.is_none_or(|w| w > crate::exchange::MAX_HASH_WEIGHT) {
+                if w.is_none_or(|w| w > crate::broker::exchange::MAX_HASH_WEIGHT) {
                     return Err(bad(
                         &what,
                         format!(
                             "the routing key of an x-consistent-hash binding is a weight from 0 to {}",
-                            crate::exchange::MAX_HASH_WEIGHT
+                            crate::broker::exchange::MAX_HASH_WEIGHT
                         ),
                     ));
                 }

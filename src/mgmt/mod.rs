@@ -23,9 +23,9 @@ pub mod json;
 mod prometheus;
 pub mod stats;
 
+use crate::broker::vhost::VHost;
 use crate::broker::{Access, Broker};
 use crate::error::{AmqpError, ReplyCode};
-use crate::vhost::VHost;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};

@@ -4,9 +4,9 @@
 //! Counters of deleted queues are kept in `gone`, so the broker-wide totals
 //! (overview, /metrics) never go backwards.
 
+use crate::broker::queue::Queue;
 use crate::broker::Broker;
 use crate::metrics::Counters;
-use crate::queue::Queue;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -97,6 +97,60 @@ pub fn peek(h: &[u8]) -> Option<Peek<'_>> {
     Some(p)
 }
 
+/// Parse the full properties of a raw content header.
+pub fn full_properties(header: &[u8]) -> Option<amq_protocol::protocol::BasicProperties> {
+    amq_protocol::frame::parsing::parse_content_header(header)
+        .ok()
+        .map(|(_, h)| h.properties)
+}
+
+pub fn full_headers(header: &[u8]) -> Option<amq_protocol::types::FieldTable> {
+    full_properties(header).and_then(|p| p.headers().clone())
+}
+
+/// Re-encode a content header with new properties.
+pub fn encode_header(body_size: u64, props: &amq_protocol::protocol::BasicProperties) -> Vec<u8> {
+    use amq_protocol::frame::{gen_frame, AMQPContentHeader, AMQPFrame, WriteContext};
+    let f = AMQPFrame::Header(
+        0,
+        AMQPContentHeader {
+            class_id: 60,
+            body_size,
+            properties: props.clone(),
+        },
+    );
+    let b = gen_frame(&f)(WriteContext::from(Vec::new()))
+        .map(|c| c.write)
+        .unwrap_or_default();
+    b.get(7..b.len().saturating_sub(1))
+        .map(|s| s.to_vec())
+        .unwrap_or_default()
+}
+
+/// The content header without its BCC header (RabbitMQ strips it before delivery).
+pub fn strip_bcc(header: &[u8]) -> Option<Vec<u8>> {
+    let peek = peek(header)?;
+    let mut p = full_properties(header)?;
+    let mut h = p.headers().clone()?;
+    let mut inner = h.inner().clone();
+    inner.remove("BCC");
+    h = amq_protocol::types::FieldTable::from(inner);
+    p = p.with_headers(h);
+    Some(encode_header(peek.body_size, &p))
+}
+
+/// The content header with an x-delivery-count header (quorum-queue style).
+pub fn with_delivery_count(header: &[u8], body_size: u64, deliveries: u32) -> Vec<u8> {
+    let mut p = full_properties(header).unwrap_or_default();
+    let mut h = p.headers().clone().unwrap_or_default();
+    h.insert(
+        "x-delivery-count".into(),
+        amq_protocol::types::AMQPValue::LongLongInt(deliveries as i64),
+    );
+    p = p.with_headers(h);
+    encode_header(body_size, &p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

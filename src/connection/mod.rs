@@ -6,9 +6,9 @@
 //! the shared outbox, one write. Errors on a channel close that channel;
 //! errors at connection level (5xx) close the connection, as RabbitMQ does.
 
+use crate::broker::delivery::ConnShared;
 use crate::broker::{Broker, ConnInfo};
 use crate::channel::{Channel, ConnCtx};
-use crate::delivery::ConnShared;
 use crate::error::{AmqpError, AmqpResult, ReplyCode};
 use crate::protocol::{
     self, fast, put_method, RawFrame, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
@@ -82,7 +82,7 @@ pub async fn serve(
         vhost: hs.vhost.name.clone(),
         peer: peer.to_string(),
         channels: 0,
-        connected_at: crate::channel::now_ms(),
+        connected_at: crate::clock::now_ms(),
         client_properties: hs.client_properties.clone(),
     };
     broker
@@ -119,7 +119,7 @@ pub async fn serve(
 
 struct Handshake {
     user: String,
-    vhost: Arc<crate::vhost::VHost>,
+    vhost: Arc<crate::broker::vhost::VHost>,
     channel_max: u16,
     frame_max: u32,
     heartbeat: u16,
@@ -236,8 +236,8 @@ fn sasl_credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)
             let mut framed = (response.len() as u32).to_be_bytes().to_vec();
             framed.extend_from_slice(response);
             let (_, t) = amq_protocol::types::parsing::parse_field_table(&framed[..]).ok()?;
-            let user = crate::args::get_str(&t, "LOGIN")?;
-            let pass = crate::args::get_str(&t, "PASSWORD")?;
+            let user = crate::broker::args::get_str(&t, "LOGIN")?;
+            let pass = crate::broker::args::get_str(&t, "PASSWORD")?;
             Some((user, pass))
         }
         _ => None,

@@ -3,9 +3,9 @@
 //! Owns the name -> object maps. Persistence of durable objects is the
 //! broker's job ([`crate::broker`]), which calls in here after validating.
 
+use crate::broker::exchange::{Dest, Exchange, ExchangeKind};
+use crate::broker::queue::Queue;
 use crate::error::{AmqpError, AmqpResult};
-use crate::exchange::{Dest, Exchange, ExchangeKind};
-use crate::queue::Queue;
 use amq_protocol::types::FieldTable;
 use parking_lot::RwLock;
 use std::collections::HashMap;
@@ -155,7 +155,10 @@ impl VHost {
 
     /// Remove `dest` from every exchange's bindings; returns the removed
     /// bindings as (source exchange, binding).
-    pub fn unbind_everywhere(&self, dest: &Dest) -> Vec<(Arc<Exchange>, crate::exchange::Binding)> {
+    pub fn unbind_everywhere(
+        &self,
+        dest: &Dest,
+    ) -> Vec<(Arc<Exchange>, crate::broker::exchange::Binding)> {
         let mut gone = vec![];
         for ex in self.exchanges.read().values() {
             for b in ex.unbind_all_to(dest) {

@@ -3,9 +3,9 @@
 //! Bindings hold `Arc`s of their destinations, so routing needs no lookups;
 //! deleting a queue or exchange removes the bindings that point at it.
 //! Exchange-to-exchange bindings and alternate exchanges are followed by
-//! [`crate::vhost::VHost::route`], with a visited set against cycles.
+//! [`crate::broker::vhost::VHost::route`], with a visited set against cycles.
 
-use crate::queue::Queue;
+use crate::broker::queue::Queue;
 use amq_protocol::types::{AMQPValue, FieldTable};
 use parking_lot::RwLock;
 use std::collections::HashMap;
@@ -164,9 +164,9 @@ pub struct Exchange {
     pub bindings: RwLock<Bindings>,
     pub deleted: AtomicBool,
     /// x-message-deduplication on the exchange: duplicates are not routed.
-    pub dedup: Option<crate::dedup::Dedup>,
+    pub dedup: Option<crate::broker::dedup::Dedup>,
     /// Delayed delivery (x-delayed-message, or x-delayed-exchange=true).
-    pub delayed: Option<crate::delayed::Delayed>,
+    pub delayed: Option<crate::broker::delayed::Delayed>,
     /// x-consistent-hash: hash this header instead of the routing key...
     pub hash_header: Option<String>,
     /// ...or this property (message_id, correlation_id, timestamp, ...).
@@ -189,8 +189,8 @@ impl Exchange {
             Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
             _ => None,
         };
-        let hash_header = crate::args::get_str(&arguments, "hash-header");
-        let hash_property = crate::args::get_str(&arguments, "hash-property");
+        let hash_header = crate::broker::args::get_str(&arguments, "hash-header");
+        let hash_property = crate::broker::args::get_str(&arguments, "hash-property");
         Exchange {
             name: name.to_owned(),
             type_name: kind.as_str().to_owned(),
@@ -318,10 +318,10 @@ impl Exchange {
     ) -> Option<Vec<u8>> {
         if let Some(h) = &self.hash_header {
             let v = headers?.inner().get(h.as_str())?;
-            return Some(crate::args::show(v).into_bytes());
+            return Some(crate::broker::args::show(v).into_bytes());
         }
         if let Some(p) = &self.hash_property {
-            let props = crate::channel::full_properties(raw_header)?;
+            let props = crate::protocol::props::full_properties(raw_header)?;
             let v = match p.as_str() {
                 "message_id" => props.message_id().as_ref().map(|s| s.as_str().to_owned()),
                 "correlation_id" => props
@@ -408,7 +408,7 @@ pub fn headers_match(args: &FieldTable, headers: Option<&FieldTable>) -> bool {
         considered += 1;
         let ok = match (v, headers.get(k)) {
             (AMQPValue::Void, Some(_)) => true,
-            (_, Some(h)) => values_equal(v, h),
+            (_, Some(h)) => crate::broker::args::values_equal(v, h),
             (_, None) => false,
         };
         if ok {
@@ -426,38 +426,6 @@ pub fn headers_match(args: &FieldTable, headers: Option<&FieldTable>) -> bool {
         let _ = considered;
         true
     }
-}
-
-/// Equality of field values, treating strings of either kind and integers of
-/// any width as the same value, as clients encode them differently.
-pub fn values_equal(a: &AMQPValue, b: &AMQPValue) -> bool {
-    fn as_int(v: &AMQPValue) -> Option<i128> {
-        Some(match v {
-            AMQPValue::ShortShortInt(x) => *x as i128,
-            AMQPValue::ShortShortUInt(x) => *x as i128,
-            AMQPValue::ShortInt(x) => *x as i128,
-            AMQPValue::ShortUInt(x) => *x as i128,
-            AMQPValue::LongInt(x) => *x as i128,
-            AMQPValue::LongUInt(x) => *x as i128,
-            AMQPValue::LongLongInt(x) => *x as i128,
-            AMQPValue::Timestamp(x) => *x as i128,
-            _ => return None,
-        })
-    }
-    fn as_bytes(v: &AMQPValue) -> Option<&[u8]> {
-        match v {
-            AMQPValue::LongString(s) => Some(s.as_bytes()),
-            AMQPValue::ShortString(s) => Some(s.as_str().as_bytes()),
-            _ => None,
-        }
-    }
-    if let (Some(x), Some(y)) = (as_int(a), as_int(b)) {
-        return x == y;
-    }
-    if let (Some(x), Some(y)) = (as_bytes(a), as_bytes(b)) {
-        return x == y;
-    }
-    a == b
 }
 
 #[cfg(test)]

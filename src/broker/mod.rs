@@ -5,14 +5,23 @@
 //! the definitions log (fsynced) before the in-memory maps change, so a crash
 //! between the two replays the change rather than losing it.
 
+pub mod args;
+pub mod dead_letter;
+pub mod dedup;
+pub mod delayed;
+pub mod delivery;
+pub mod exchange;
+pub mod queue;
+pub mod vhost;
+
+use crate::broker::exchange::{Dest, Exchange, ExchangeKind};
+use crate::broker::queue::Queue;
+use crate::broker::vhost::VHost;
 use crate::config::Config;
 use crate::error::{AmqpError, AmqpResult};
-use crate::exchange::{Dest, Exchange, ExchangeKind};
-use crate::queue::Queue;
 use crate::store::definitions::{DefOp, DefinitionsLog};
 use crate::store::io::StoreIo;
 use crate::store::Store;
-use crate::vhost::VHost;
 use amq_protocol::types::FieldTable;
 use base64::Engine;
 use parking_lot::{Mutex, RwLock};
@@ -110,7 +119,7 @@ pub struct Broker {
     pub permissions: RwLock<HashMap<(String, String), Permission>>,
     next_queue_id: AtomicU32,
     next_conn_id: AtomicU64,
-    pub connections: Mutex<HashMap<u64, (ConnInfo, Arc<crate::delivery::ConnShared>)>>,
+    pub connections: Mutex<HashMap<u64, (ConnInfo, Arc<crate::broker::delivery::ConnShared>)>>,
     /// true while a resource alarm (memory or disk) blocks publishers.
     pub alarm: watch::Sender<bool>,
     pub alarm_reasons: Mutex<Vec<String>>,
@@ -440,7 +449,7 @@ impl Broker {
             ));
         }
         let (k, _) = exchange_kind(kind, &arguments)?;
-        crate::args::validate_exchange_args(&arguments, name, &vhost.name)?;
+        crate::broker::args::validate_exchange_args(&arguments, name, &vhost.name)?;
         if let Some(existing) = vhost.exchange(name) {
             let ineq = |arg: &str, got: String, cur: String| {
                 AmqpError::precondition(format!(
@@ -472,7 +481,7 @@ impl Broker {
                     existing.internal.to_string(),
                 ));
             }
-            crate::args::check_equivalent(
+            crate::broker::args::check_equivalent(
                 &existing.arguments,
                 &arguments,
                 "exchange",
@@ -531,7 +540,7 @@ impl Broker {
         let (k, delayed) = exchange_kind(kind, &arguments)?;
         let mut ex = Exchange::new(name, k, durable, auto_delete, internal, arguments);
         ex.type_name = kind.to_owned();
-        ex.dedup = crate::dedup::Dedup::from_args(
+        ex.dedup = crate::broker::dedup::Dedup::from_args(
             &ex.arguments,
             durable.then(|| exchange_dedup_path(&self.config.data_dir, &vhost.name, name)),
         );
@@ -542,7 +551,7 @@ impl Broker {
                 format!("t{}", rand::random::<u64>())
             };
             let dir = self.config.data_dir.join("delayed").join(sub);
-            ex.delayed = Some(crate::delayed::Delayed::new(
+            ex.delayed = Some(crate::broker::delayed::Delayed::new(
                 id,
                 durable,
                 self.store.clone(),
@@ -589,7 +598,7 @@ impl Broker {
         }
         // Reset the whole index, not just the list: a route still holding
         // this exchange must not find indexes into an emptied list.
-        *ex.bindings.write() = crate::exchange::Bindings::default();
+        *ex.bindings.write() = crate::broker::exchange::Bindings::default();
         let gone = vhost.unbind_everywhere(&Dest::Exchange(ex.clone()));
         let sources: Vec<_> = gone.into_iter().map(|(s, _)| s).collect();
         self.auto_delete_cascade(vhost, &sources);
@@ -642,7 +651,7 @@ impl Broker {
                 "queue name is longer than 255 bytes",
             ));
         }
-        let quorum = crate::args::is_quorum(&arguments);
+        let quorum = crate::broker::args::is_quorum(&arguments);
         let name = if name.is_empty() {
             if quorum {
                 return Err(AmqpError::precondition(
@@ -658,7 +667,7 @@ impl Broker {
             }
             name.to_owned()
         };
-        crate::args::validate_queue_args(&arguments, &name, &vhost.name)?;
+        crate::broker::args::validate_queue_args(&arguments, &name, &vhost.name)?;
         if let Some(existing) = vhost.queue(&name) {
             if existing.exclusive_owner.is_some() != exclusive {
                 return Err(AmqpError::resource_locked(format!(
@@ -686,7 +695,7 @@ impl Broker {
             if existing.auto_delete != auto_delete {
                 return Err(ineq("auto_delete", auto_delete, existing.auto_delete));
             }
-            crate::args::check_equivalent(
+            crate::broker::args::check_equivalent(
                 &existing.arguments,
                 &arguments,
                 "queue",
@@ -697,7 +706,7 @@ impl Broker {
             return Ok(existing);
         }
         if quorum {
-            crate::args::validate_quorum(
+            crate::broker::args::validate_quorum(
                 &arguments,
                 &name,
                 &vhost.name,
@@ -774,7 +783,7 @@ impl Broker {
             d.forget();
         }
         for c in consumers {
-            crate::channel::server_cancel(&c);
+            crate::broker::delivery::server_cancel(&c);
         }
         let sources: Vec<_> = gone.into_iter().map(|(s, _)| s).collect();
         self.auto_delete_cascade(vhost, &sources);
@@ -805,14 +814,14 @@ impl Broker {
         }
         if source.kind == ExchangeKind::Headers {
             if let Some(v) = arguments.inner().get("x-match") {
-                let ok = crate::args::str_value(v).is_some_and(|m| {
+                let ok = crate::broker::args::str_value(v).is_some_and(|m| {
                     matches!(m.as_str(), "all" | "any" | "all-with-x" | "any-with-x")
                 });
                 if !ok {
                     // RabbitMQ prints a string as an Erlang binary.
-                    let shown = match crate::args::str_value(v) {
+                    let shown = match crate::broker::args::str_value(v) {
                         Some(s) => format!("<<\"{s}\">>"),
-                        None => crate::args::show(v),
+                        None => crate::broker::args::show(v),
                     };
                     return Err(AmqpError::precondition(format!(
                         "Invalid x-match field value {shown}; expected all, any, all-with-x, or any-with-x"
@@ -822,10 +831,10 @@ impl Broker {
         }
         if source.kind == ExchangeKind::ConsistentHash {
             let weight = routing_key.trim().parse::<u32>().ok();
-            if weight.is_none_or(|w| w > crate::exchange::MAX_HASH_WEIGHT) {
+            if weight.is_none_or(|w| w > crate::broker::exchange::MAX_HASH_WEIGHT) {
                 return Err(AmqpError::precondition(format!(
                     "binding key '{routing_key}' of an x-consistent-hash exchange must be a weight from 0 to {}",
-                    crate::exchange::MAX_HASH_WEIGHT
+                    crate::broker::exchange::MAX_HASH_WEIGHT
                 )));
             }
         }
@@ -982,7 +991,7 @@ impl Broker {
         for q in queues {
             let (_, consumers) = q.delete();
             for c in consumers {
-                crate::channel::server_cancel(&c);
+                crate::broker::delivery::server_cancel(&c);
             }
             if let Some(d) = &q.dedup {
                 d.forget();
@@ -1093,13 +1102,14 @@ fn remove_stale_dedup_logs(data_dir: &std::path::Path, live: &HashSet<u32>) {
 
 /// Whether an exchange of this type and arguments delays messages.
 pub fn is_delayed(kind: &str, args: &FieldTable) -> bool {
-    kind == "x-delayed-message" || crate::args::get_bool(args, "x-delayed-exchange") == Some(true)
+    kind == "x-delayed-message"
+        || crate::broker::args::get_bool(args, "x-delayed-exchange") == Some(true)
 }
 
 /// The routing kind of a declared type, and whether it is delayed.
 fn exchange_kind(kind: &str, args: &FieldTable) -> AmqpResult<(ExchangeKind, bool)> {
     if kind == "x-delayed-message" {
-        let dt = crate::args::get_str(args, "x-delayed-type");
+        let dt = crate::broker::args::get_str(args, "x-delayed-type");
         return match dt.as_deref().and_then(ExchangeKind::parse) {
             Some(k) => Ok((k, true)),
             None => Err(AmqpError::precondition(

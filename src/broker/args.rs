@@ -307,7 +307,7 @@ pub fn check_equivalent(
         let (c, r) = (get(current, key), get(received, key));
         let same = match (c, r) {
             (None, None) => true,
-            (Some(a), Some(b)) => crate::exchange::values_equal(a, b),
+            (Some(a), Some(b)) => values_equal(a, b),
             // No type is the default type, as RabbitMQ compares them.
             (None, Some(v)) | (Some(v), None) if *key == "x-queue-type" => {
                 str_value(v).as_deref() == Some("classic")
@@ -331,4 +331,36 @@ pub fn check_equivalent(
         }
     }
     Ok(())
+}
+
+/// Equality of field values, treating strings of either kind and integers of
+/// any width as the same value, as clients encode them differently.
+pub fn values_equal(a: &AMQPValue, b: &AMQPValue) -> bool {
+    fn as_int(v: &AMQPValue) -> Option<i128> {
+        Some(match v {
+            AMQPValue::ShortShortInt(x) => *x as i128,
+            AMQPValue::ShortShortUInt(x) => *x as i128,
+            AMQPValue::ShortInt(x) => *x as i128,
+            AMQPValue::ShortUInt(x) => *x as i128,
+            AMQPValue::LongInt(x) => *x as i128,
+            AMQPValue::LongUInt(x) => *x as i128,
+            AMQPValue::LongLongInt(x) => *x as i128,
+            AMQPValue::Timestamp(x) => *x as i128,
+            _ => return None,
+        })
+    }
+    fn as_bytes(v: &AMQPValue) -> Option<&[u8]> {
+        match v {
+            AMQPValue::LongString(s) => Some(s.as_bytes()),
+            AMQPValue::ShortString(s) => Some(s.as_str().as_bytes()),
+            _ => None,
+        }
+    }
+    if let (Some(x), Some(y)) = (as_int(a), as_int(b)) {
+        return x == y;
+    }
+    if let (Some(x), Some(y)) = (as_bytes(a), as_bytes(b)) {
+        return x == y;
+    }
+    a == b
 }

@@ -7,17 +7,17 @@
 //! sits (a heap of deadlines, not a scan from the head), length limits with
 //! their overflow modes, the delivery limit, deduplication, and queue expiry.
 //! Delegates: bodies to the store, tags and unacked lists to the channel
-//! ([`crate::delivery`]), dead-lettering to [`crate::dead_letter`] (always
+//! ([`crate::broker::delivery`]), dead-lettering to [`crate::broker::dead_letter`] (always
 //! after the queue lock is released: a DLX may lead back to this queue).
 //! After a crash: rebuilt from the store's recovery ([`Queue::restore`]).
 
-use crate::dead_letter::{self, Dead, Reason};
-use crate::delivery::{ChannelShared, Consumer, Unacked};
+use crate::broker::dead_letter::{self, Dead, Reason};
+use crate::broker::delivery::{ChannelShared, Consumer, Unacked};
+use crate::broker::vhost::VHost;
 use crate::metrics::Counters;
 use crate::protocol::{fast, props};
 use crate::store::{MsgPos, Recovered, Store};
-use crate::vhost::VHost;
-use amq_protocol::types::{AMQPValue, FieldTable};
+use amq_protocol::types::FieldTable;
 use parking_lot::Mutex;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
@@ -65,7 +65,7 @@ pub struct QueueArgs {
 
 impl QueueArgs {
     pub fn parse(a: &FieldTable) -> Self {
-        use crate::args::{get_bool, get_int, get_str};
+        use crate::broker::args::{get_bool, get_int, get_str};
         QueueArgs {
             message_ttl: get_int(a, "x-message-ttl").map(|v| v.max(0) as u64),
             expires: get_int(a, "x-expires").map(|v| v.max(1) as u64),
@@ -83,7 +83,7 @@ impl QueueArgs {
                 .unwrap_or(0),
             single_active_consumer: get_bool(a, "x-single-active-consumer").unwrap_or(false),
             delivery_limit: get_int(a, "x-delivery-limit").map(|v| v.max(0) as u32),
-            quorum: crate::args::is_quorum(a),
+            quorum: crate::broker::args::is_quorum(a),
         }
     }
 }
@@ -106,7 +106,7 @@ impl EnqueueInfo {
             expiration: peek.expiration.and_then(|e| e.parse::<u64>().ok()),
             priority: peek.priority.unwrap_or(priority),
             body_len,
-            arrival_ms: crate::channel::now_ms_ceil(),
+            arrival_ms: crate::clock::now_ms_ceil(),
         }
     }
 }
@@ -188,7 +188,7 @@ pub struct Queue {
     deleted: AtomicBool,
     pub counters: Counters,
     /// x-message-deduplication.
-    pub dedup: Option<crate::dedup::Dedup>,
+    pub dedup: Option<crate::broker::dedup::Dedup>,
     flow: tokio::sync::Notify,
     throttling: AtomicBool,
     timer: Arc<tokio::sync::Notify>,
@@ -205,9 +205,7 @@ pub struct Cancelled {
     pub auto_delete_now: bool,
 }
 
-fn now_ms() -> u64 {
-    crate::channel::now_ms()
-}
+use crate::clock::now_ms;
 
 impl Queue {
     #[allow(clippy::too_many_arguments)]
@@ -235,7 +233,7 @@ impl Queue {
                 .join("dedup")
                 .join(format!("q{id}.log"))
         });
-        let dedup = crate::dedup::Dedup::from_args(&arguments, dedup_log);
+        let dedup = crate::broker::dedup::Dedup::from_args(&arguments, dedup_log);
         Queue {
             name: name.to_owned(),
             vhost_name: vhost.name.clone(),
@@ -693,7 +691,11 @@ impl Queue {
                 m.routing_key,
             );
             if count_header {
-                let h = with_delivery_count(m.header, m.body.len() as u64, deliveries);
+                let h = crate::protocol::props::with_delivery_count(
+                    m.header,
+                    m.body.len() as u64,
+                    deliveries,
+                );
                 fast::put_content(&mut out, ch.id, &h, m.body, frame_max);
             } else {
                 fast::put_content(&mut out, ch.id, m.header, m.body, frame_max);
@@ -777,7 +779,11 @@ impl Queue {
                 remaining,
             );
             if count_header {
-                let h = with_delivery_count(m.header, m.body.len() as u64, deliveries);
+                let h = crate::protocol::props::with_delivery_count(
+                    m.header,
+                    m.body.len() as u64,
+                    deliveries,
+                );
                 fast::put_content(&mut out, ch.id, &h, m.body, frame_max);
             } else {
                 fast::put_content(&mut out, ch.id, m.header, m.body, frame_max);
@@ -1239,7 +1245,7 @@ pub fn store_and_enqueue(
         &mut prefix,
         // Recovered for the queues it names (a quorum queue names transient ones too).
         persistent || !durable_ids.is_empty(),
-        crate::channel::now_ms_ceil(),
+        crate::clock::now_ms_ceil(),
         &durable_ids,
         exchange,
         routing_key,
@@ -1253,16 +1259,4 @@ pub fn store_and_enqueue(
         t.enqueue_with(pos.with_logged(logged), info);
     }
     Some(seq)
-}
-
-/// The content header with an x-delivery-count header (quorum-queue style).
-fn with_delivery_count(header: &[u8], body_size: u64, deliveries: u32) -> Vec<u8> {
-    let mut p = crate::channel::full_properties(header).unwrap_or_default();
-    let mut h = p.headers().clone().unwrap_or_default();
-    h.insert(
-        "x-delivery-count".into(),
-        AMQPValue::LongLongInt(deliveries as i64),
-    );
-    p = p.with_headers(h);
-    crate::channel::encode_header(body_size, &p)
 }

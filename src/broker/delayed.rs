@@ -17,11 +17,11 @@
 //! bindings at that moment, copied into a record naming the durable queues
 //! that took it, and its delayed record released.
 
-use crate::channel::now_ms;
-use crate::exchange::Exchange;
-use crate::queue::EnqueueInfo;
+use crate::broker::exchange::Exchange;
+use crate::broker::queue::EnqueueInfo;
+use crate::broker::vhost::VHost;
+use crate::clock::now_ms;
 use crate::store::{MsgPos, Store};
-use crate::vhost::VHost;
 use amq_protocol::types::{AMQPValue, FieldTable};
 use parking_lot::Mutex;
 use std::cmp::Reverse;
@@ -297,7 +297,7 @@ pub fn x_delay(headers: Option<&FieldTable>) -> Option<u64> {
         AMQPValue::ShortString(s) => s.as_str().trim().parse().ok()?,
         AMQPValue::Float(f) => *f as f64,
         AMQPValue::Double(d) => *d,
-        other => crate::args::int_value(other)? as f64,
+        other => crate::broker::args::int_value(other)? as f64,
     };
     (ms >= 1.0).then_some(ms as u64)
 }
@@ -373,7 +373,7 @@ impl Delayed {
         } else {
             &[]
         };
-        let now = crate::channel::now_ms_ceil();
+        let now = crate::clock::now_ms_ceil();
         crate::store::encode_prefix(prefix, persistent, now, ids, exchange, routing_key, header);
         let (pos, seq) = self.store.append(prefix, body, 1, logged)?;
         self.schedule(now.saturating_add(delay), pos.with_logged(logged));
@@ -410,7 +410,7 @@ impl Delayed {
             let due = self
                 .store
                 .with_message(r.pos, |m| {
-                    let h = crate::channel::full_headers(m.header);
+                    let h = crate::protocol::props::full_headers(m.header);
                     m.timestamp_ms
                         .saturating_add(x_delay(h.as_ref()).unwrap_or(0))
                 })
@@ -558,14 +558,14 @@ fn route_released(store: &Arc<Store>, vh: &Arc<VHost>, ex: &Arc<Exchange>, pos: 
         tracing::error!(exchange = %ex.name, ?pos, "delayed message missing from the store");
         return true;
     };
-    let headers = crate::channel::full_headers(&header);
+    let headers = crate::protocol::props::full_headers(&header);
     let mut targets = vec![];
     vh.route(ex, &[&rk], headers.as_ref(), &header, &mut targets);
     if targets.is_empty() {
         return true;
     }
     let info = EnqueueInfo::from_header(&header, body.len() as u64, 0);
-    let stored = crate::queue::store_and_enqueue(
+    let stored = crate::broker::queue::store_and_enqueue(
         store, targets, &ex.name, &rk, &header, &body, persistent, &info,
     )
     .is_some();

@@ -6,21 +6,20 @@
 //! [`AmqpError`]s; the connection turns them into channel.close or
 //! connection.close.
 
+use crate::broker::delivery::{ChannelShared, ConnShared, Consumer, Unacked};
+use crate::broker::exchange::{Dest, Exchange};
+use crate::broker::queue::{EnqueueInfo, Enqueued, Queue};
+use crate::broker::vhost::VHost;
 use crate::broker::{Access, Broker};
-use crate::delivery::{ChannelShared, ConnShared, Consumer, Unacked};
 use crate::error::{AmqpError, AmqpResult, ReplyCode};
-use crate::exchange::{Dest, Exchange};
 use crate::protocol::{fast, props, put_method};
-use crate::queue::{EnqueueInfo, Enqueued, Queue};
 use crate::store::{self, SyncSeq};
-use crate::vhost::VHost;
 use amq_protocol::protocol::{
     basic, channel as chm, confirm, exchange as exm, queue as qm, tx, AMQPClass,
 };
 use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// What a channel needs from its connection.
@@ -333,7 +332,7 @@ impl Channel {
             }
         }
         let headers = match peek.headers {
-            Some(_) => Some(full_headers(&msg.header).ok_or_else(|| {
+            Some(_) => Some(props::full_headers(&msg.header).ok_or_else(|| {
                 AmqpError::frame_error("cannot decode the message properties (headers table)")
                     .with_method(60, 40)
             })?),
@@ -374,7 +373,7 @@ impl Channel {
             for k in ["CC", "BCC"] {
                 if let Some(AMQPValue::FieldArray(a)) = h.inner().get(k) {
                     for v in a.as_slice() {
-                        if let Some(s) = crate::args::str_value(v) {
+                        if let Some(s) = crate::broker::args::str_value(v) {
                             cc_holder.push(s);
                         }
                     }
@@ -403,7 +402,7 @@ impl Channel {
             }
         }
         if let Some(d) = &ex.delayed {
-            if let Some(delay) = crate::delayed::x_delay(headers.as_ref()) {
+            if let Some(delay) = crate::broker::delayed::x_delay(headers.as_ref()) {
                 self.route_buf = queues;
                 return self.publish_delayed(ctx, &ex, d, msg, delay, persistent);
             }
@@ -439,12 +438,12 @@ impl Channel {
         // BCC is removed before delivery (RabbitMQ strips it).
         let header_owned;
         let header: &[u8] = if headers.as_ref().is_some_and(|h| h.contains_key("BCC")) {
-            header_owned = strip_bcc(&msg.header).unwrap_or_else(|| msg.header.to_vec());
+            header_owned = props::strip_bcc(&msg.header).unwrap_or_else(|| msg.header.to_vec());
             &header_owned
         } else {
             &msg.header
         };
-        let now = now_ms_ceil();
+        let now = crate::clock::now_ms_ceil();
         store::encode_prefix(
             &mut self.prefix_buf,
             // Recovered for the queues it names (a quorum queue names transient ones too).
@@ -514,7 +513,7 @@ impl Channel {
         &mut self,
         ctx: &ConnCtx,
         ex: &Arc<Exchange>,
-        d: &crate::delayed::Delayed,
+        d: &crate::broker::delayed::Delayed,
         msg: &Message,
         delay: u64,
         persistent: bool,
@@ -1132,8 +1131,8 @@ impl Channel {
                 )));
             }
         }
-        crate::args::validate_consumer_args(&c.arguments, &q.name, &q.vhost_name)?;
-        let priority = crate::args::get_int(&c.arguments, "x-priority")
+        crate::broker::args::validate_consumer_args(&c.arguments, &q.name, &q.vhost_name)?;
+        let priority = crate::broker::args::get_int(&c.arguments, "x-priority")
             .unwrap_or(0)
             .clamp(i32::MIN as i64, i32::MAX as i64) as i32;
         let consumer = Arc::new(Consumer {
@@ -1219,29 +1218,6 @@ enum Settle {
     Reject,
 }
 
-/// The queue was deleted under a consumer: tell its client (basic.cancel).
-pub fn server_cancel(c: &Arc<Consumer>) {
-    let ch = &c.channel;
-    {
-        let mut st = ch.state.lock();
-        st.consumers.retain(|x| !Arc::ptr_eq(x, c));
-    }
-    if ch.conn.cancel_notify.load(Ordering::Relaxed) {
-        let id = ch.id;
-        let tag = c.tag.clone();
-        ch.conn.send(|out| {
-            put_method(
-                out,
-                id,
-                AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
-                    consumer_tag: tag.into(),
-                    nowait: true,
-                })),
-            )
-        });
-    }
-}
-
 /// A nacked publish was remembered by deduplication caches: forget it.
 fn forget_dedup(ex: &Exchange, queues: &[Arc<Queue>], header: &[u8]) {
     if let Some(d) = &ex.dedup {
@@ -1281,65 +1257,8 @@ fn parse_expiration(e: &str) -> Result<u64, String> {
     if neg && v > 0 {
         return Err(format!("{{value_negative,-{v}}}"));
     }
-    if v > crate::args::MAX_TTL_MS {
+    if v > crate::broker::args::MAX_TTL_MS {
         return Err(too_large());
     }
     Ok(v)
-}
-
-/// Now in ms, rounded up: deadlines computed from it (arrival + TTL or
-/// x-delay) are never before the exact ones, so nothing is released early.
-pub fn now_ms_ceil() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| (d.as_micros() as u64).div_ceil(1000))
-        .unwrap_or(0)
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Parse the full properties of a raw content header.
-pub fn full_properties(header: &[u8]) -> Option<amq_protocol::protocol::BasicProperties> {
-    amq_protocol::frame::parsing::parse_content_header(header)
-        .ok()
-        .map(|(_, h)| h.properties)
-}
-
-pub fn full_headers(header: &[u8]) -> Option<FieldTable> {
-    full_properties(header).and_then(|p| p.headers().clone())
-}
-
-/// Re-encode a content header with new properties.
-pub fn encode_header(body_size: u64, props: &amq_protocol::protocol::BasicProperties) -> Vec<u8> {
-    use amq_protocol::frame::{gen_frame, AMQPContentHeader, AMQPFrame, WriteContext};
-    let f = AMQPFrame::Header(
-        0,
-        AMQPContentHeader {
-            class_id: 60,
-            body_size,
-            properties: props.clone(),
-        },
-    );
-    let b = gen_frame(&f)(WriteContext::from(Vec::new()))
-        .map(|c| c.write)
-        .unwrap_or_default();
-    b.get(7..b.len().saturating_sub(1))
-        .map(|s| s.to_vec())
-        .unwrap_or_default()
-}
-
-fn strip_bcc(header: &[u8]) -> Option<Vec<u8>> {
-    let peek = props::peek(header)?;
-    let mut p = full_properties(header)?;
-    let mut h = p.headers().clone()?;
-    let mut inner = h.inner().clone();
-    inner.remove("BCC");
-    h = FieldTable::from(inner);
-    p = p.with_headers(h);
-    Some(encode_header(peek.body_size, &p))
 }

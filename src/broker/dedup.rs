@@ -33,24 +33,22 @@ pub struct Dedup {
     path: Option<PathBuf>,
 }
 
-fn now_ms() -> u64 {
-    crate::channel::now_ms()
-}
+use crate::clock::now_ms;
 
 impl Dedup {
     pub fn from_args(args: &FieldTable, log_path: Option<PathBuf>) -> Option<Dedup> {
-        if crate::args::get_bool(args, "x-message-deduplication") != Some(true) {
+        if crate::broker::args::get_bool(args, "x-message-deduplication") != Some(true) {
             return None;
         }
         let config = DedupConfig {
-            cache_size: crate::args::get_int(args, "x-cache-size")
+            cache_size: crate::broker::args::get_int(args, "x-cache-size")
                 .filter(|n| *n > 0)
                 .map(|n| n as usize)
                 .unwrap_or(10_000),
-            ttl_ms: crate::args::get_int(args, "x-cache-ttl")
+            ttl_ms: crate::broker::args::get_int(args, "x-cache-ttl")
                 .filter(|n| *n > 0)
                 .map(|n| n as u64),
-            header: crate::args::get_str(args, "x-deduplication-header"),
+            header: crate::broker::args::get_str(args, "x-deduplication-header"),
         };
         let d = Dedup {
             config,
@@ -72,12 +70,12 @@ impl Dedup {
         match &self.config.header {
             Some(h) => {
                 peek.headers?;
-                let headers = crate::channel::full_headers(header)?;
+                let headers = crate::protocol::props::full_headers(header)?;
                 let v = headers.inner().get(h.as_str())?;
                 Some(match v {
                     AMQPValue::LongString(s) => s.as_bytes().to_vec(),
                     AMQPValue::ShortString(s) => s.as_str().as_bytes().to_vec(),
-                    other => crate::args::show(other).into_bytes(),
+                    other => crate::broker::args::show(other).into_bytes(),
                 })
             }
             None => peek.message_id.map(|m| m.as_bytes().to_vec()),

@@ -6,8 +6,9 @@
 //! channel state, then outbox. Nothing takes a queue lock while holding a
 //! channel state or outbox lock.
 
-use crate::queue::Queue;
+use crate::broker::queue::Queue;
 use crate::store::MsgPos;
+use amq_protocol::protocol::{basic, AMQPClass};
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -192,5 +193,28 @@ pub struct Consumer {
 impl Consumer {
     pub fn has_credit(&self) -> bool {
         self.no_ack || self.prefetch == 0 || self.unacked.load(Ordering::Relaxed) < self.prefetch
+    }
+}
+
+/// The queue was deleted under a consumer: tell its client (basic.cancel).
+pub fn server_cancel(c: &Arc<Consumer>) {
+    let ch = &c.channel;
+    {
+        let mut st = ch.state.lock();
+        st.consumers.retain(|x| !Arc::ptr_eq(x, c));
+    }
+    if ch.conn.cancel_notify.load(Ordering::Relaxed) {
+        let id = ch.id;
+        let tag = c.tag.clone();
+        ch.conn.send(|out| {
+            crate::protocol::put_method(
+                out,
+                id,
+                AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                    consumer_tag: tag.into(),
+                    nowait: true,
+                })),
+            )
+        });
     }
 }

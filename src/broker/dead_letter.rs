@@ -6,8 +6,9 @@
 //! (at-most-once) mode, no confirm is involved: the original is released once
 //! the copy is stored.
 
-use crate::channel::{encode_header, full_properties, now_ms};
-use crate::queue::{EnqueueInfo, Queue};
+use crate::broker::queue::{EnqueueInfo, Queue};
+use crate::clock::now_ms;
+use crate::protocol::props::{encode_header, full_properties};
 use crate::store::{self, MsgPos};
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString};
 use std::sync::Arc;
@@ -58,8 +59,8 @@ pub fn death_headers(
         _ => vec![],
     };
     let same = |t: &FieldTable| {
-        crate::args::get_str(t, "queue").as_deref() == Some(queue)
-            && crate::args::get_str(t, "reason").as_deref() == Some(reason.as_str())
+        crate::broker::args::get_str(t, "queue").as_deref() == Some(queue)
+            && crate::broker::args::get_str(t, "reason").as_deref() == Some(reason.as_str())
     };
     let existing = deaths
         .iter()
@@ -70,7 +71,7 @@ pub fn death_headers(
                 unreachable!()
             };
             let mut m = t.inner().clone();
-            let n = crate::args::get_int(&t, "count").unwrap_or(0) + 1;
+            let n = crate::broker::args::get_int(&t, "count").unwrap_or(0) + 1;
             m.insert("count".into(), AMQPValue::LongLongInt(n));
             FieldTable::from(m)
         }
@@ -120,10 +121,10 @@ pub fn is_cycle(headers: &FieldTable, target: &str) -> bool {
         let AMQPValue::FieldTable(t) = d else {
             continue;
         };
-        if crate::args::get_str(t, "reason").as_deref() == Some("rejected") {
+        if crate::broker::args::get_str(t, "reason").as_deref() == Some("rejected") {
             return false;
         }
-        if crate::args::get_str(t, "queue").as_deref() == Some(target) {
+        if crate::broker::args::get_str(t, "queue").as_deref() == Some(target) {
             return true;
         }
     }
@@ -154,8 +155,8 @@ pub fn process(queue: &Arc<Queue>, dead: Vec<Dead>) {
 fn republish(
     queue: &Arc<Queue>,
     store: &Arc<store::Store>,
-    vh: &Arc<crate::vhost::VHost>,
-    ex: &Arc<crate::exchange::Exchange>,
+    vh: &Arc<crate::broker::vhost::VHost>,
+    ex: &Arc<crate::broker::exchange::Exchange>,
     d: Dead,
 ) {
     let copied = store.with_message(d.pos, |m| {
@@ -164,7 +165,11 @@ fn republish(
         let mut keys = vec![m.routing_key.to_owned()];
         if let Some(h) = props.headers() {
             if let Some(AMQPValue::FieldArray(a)) = h.inner().get("CC") {
-                keys.extend(a.as_slice().iter().filter_map(crate::args::str_value));
+                keys.extend(
+                    a.as_slice()
+                        .iter()
+                        .filter_map(crate::broker::args::str_value),
+                );
             }
         }
         let expiration = props.expiration().as_ref().map(|e| e.as_str().to_owned());
@@ -230,7 +235,7 @@ fn republish(
         return;
     }
     let info = EnqueueInfo::from_header(&header, body.len() as u64, priority);
-    if crate::queue::store_and_enqueue(
+    if crate::broker::queue::store_and_enqueue(
         store, targets, &ex.name, keys[0], &header, &body, persistent, &info,
     )
     .is_none()
@@ -262,10 +267,13 @@ mod tests {
         let AMQPValue::FieldTable(first) = &a.as_slice()[0] else {
             panic!()
         };
-        assert_eq!(crate::args::get_str(first, "queue").as_deref(), Some("q1"));
-        assert_eq!(crate::args::get_int(first, "count"), Some(2));
         assert_eq!(
-            crate::args::get_str(&h3, "x-first-death-queue").as_deref(),
+            crate::broker::args::get_str(first, "queue").as_deref(),
+            Some("q1")
+        );
+        assert_eq!(crate::broker::args::get_int(first, "count"), Some(2));
+        assert_eq!(
+            crate::broker::args::get_str(&h3, "x-first-death-queue").as_deref(),
             Some("q1")
         );
         assert!(is_cycle(&h2, "q1"));
