@@ -2,11 +2,13 @@
 //! republishing into the dead-letter exchange.
 //!
 //! A closed set of reasons; the new message is a new store record (its headers
-//! change) routed through the DLX like any publish. As in RabbitMQ's default
+//! change) routed through the DLX by the one publish pipeline
+//! ([`crate::broker::publish`]). As in RabbitMQ's default
 //! (at-most-once) mode, no confirm is involved: the original is released once
 //! the copy is stored.
 
-use crate::broker::queue::{EnqueueInfo, Queue};
+use crate::broker::publish::{publish, Origin, Outcome, Publish, Scratch};
+use crate::broker::queue::Queue;
 use crate::clock::now_ms;
 use crate::protocol::props::{encode_header, full_properties};
 use crate::store::{self, MsgPos};
@@ -181,15 +183,17 @@ fn republish(
             &keys,
             expiration.as_deref(),
         );
-        let route_keys: Vec<String> = match &queue.args.dlrk {
+        // The copy is routed by its routing key plus the CC header (the
+        // publish pipeline adds CC keys); with an explicit dead-letter
+        // routing key, CC no longer applies.
+        let route_key = match &queue.args.dlrk {
             Some(k) => {
-                // With an explicit dead-letter routing key, CC no longer applies.
                 let mut inner = headers.inner().clone();
                 inner.remove("CC");
                 headers = FieldTable::from(inner);
-                vec![k.clone()]
+                k.clone()
             }
-            None => keys.clone(),
+            None => m.routing_key.to_owned(),
         };
         // The per-message TTL does not follow the message (RabbitMQ keeps it
         // as original-expiration).
@@ -218,29 +222,30 @@ fn republish(
         (
             header,
             m.body.to_vec(),
-            route_keys,
+            route_key,
             m.persistent,
             headers,
             new_props.priority().unwrap_or(0),
         )
     });
-    let Some((header, body, route_keys, persistent, headers, priority)) = copied else {
+    let Some((header, body, route_key, persistent, headers, priority)) = copied else {
         return;
     };
-    let keys: Vec<&str> = route_keys.iter().map(|s| s.as_str()).collect();
-    let mut targets = vec![];
-    vh.route(ex, &keys, Some(&headers), &header, &mut targets);
-    targets.retain(|t| !is_cycle(&headers, &t.name));
-    if targets.is_empty() {
-        return;
-    }
-    let info = EnqueueInfo::from_header(&header, body.len() as u64, priority);
-    if crate::broker::queue::store_and_enqueue(
-        store, targets, &ex.name, keys[0], &header, &body, persistent, &info,
-    )
-    .is_none()
-    {
-        tracing::error!(queue = %queue.name, "dead-lettered message not stored");
+    let msg = Publish {
+        exchange: ex,
+        routing_key: &route_key,
+        header: &header,
+        body: &body,
+        headers: Some(&headers),
+        persistent,
+        priority,
+        // The per-message TTL does not follow the copy.
+        expiration: None,
+        mandatory: false,
+    };
+    let mut scratch = Scratch::default();
+    if let Outcome::NotStored(e) = publish(vh, store, &msg, Origin::DeadLetter, &mut scratch) {
+        tracing::error!(queue = %queue.name, error = %e, "dead-lettered message not stored");
     }
 }
 

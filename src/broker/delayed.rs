@@ -18,7 +18,7 @@
 //! that took it, and its delayed record released.
 
 use crate::broker::exchange::Exchange;
-use crate::broker::queue::EnqueueInfo;
+use crate::broker::publish::{publish, Origin, Outcome, Parsed, Publish, Scratch};
 use crate::broker::vhost::VHost;
 use crate::clock::now_ms;
 use crate::store::{MsgPos, Store};
@@ -543,8 +543,8 @@ impl Delayed {
     }
 }
 
-/// Route a due message through the exchange's bindings as they are now.
-/// False if it had to be stored and could not be.
+/// Route a due message through the exchange's bindings as they are now,
+/// by the one publish pipeline. False if it had to be stored and could not be.
 fn route_released(store: &Arc<Store>, vh: &Arc<VHost>, ex: &Arc<Exchange>, pos: MsgPos) -> bool {
     let copied = store.with_message(pos, |m| {
         (
@@ -558,21 +558,26 @@ fn route_released(store: &Arc<Store>, vh: &Arc<VHost>, ex: &Arc<Exchange>, pos: 
         tracing::error!(exchange = %ex.name, ?pos, "delayed message missing from the store");
         return true;
     };
-    let headers = crate::protocol::props::full_headers(&header);
-    let mut targets = vec![];
-    vh.route(ex, &[&rk], headers.as_ref(), &header, &mut targets);
-    if targets.is_empty() {
-        return true;
+    let parsed = Parsed::of(&header);
+    let msg = Publish {
+        exchange: ex,
+        routing_key: &rk,
+        header: &header,
+        body: &body,
+        headers: parsed.headers.as_ref(),
+        persistent,
+        priority: parsed.priority,
+        expiration: parsed.expiration,
+        mandatory: false,
+    };
+    let mut scratch = Scratch::default();
+    match publish(vh, store, &msg, Origin::DelayedRelease, &mut scratch) {
+        Outcome::NotStored(e) => {
+            tracing::error!(exchange = %ex.name, error = %e, "released delayed message not stored; retried in 1 s");
+            false
+        }
+        _ => true,
     }
-    let info = EnqueueInfo::from_header(&header, body.len() as u64, 0);
-    let stored = crate::broker::queue::store_and_enqueue(
-        store, targets, &ex.name, &rk, &header, &body, persistent, &info,
-    )
-    .is_some();
-    if !stored {
-        tracing::error!(exchange = %ex.name, "released delayed message not stored; retried in 1 s");
-    }
-    stored
 }
 
 async fn release_loop(ex: Weak<Exchange>) {

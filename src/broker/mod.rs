@@ -11,6 +11,7 @@ pub mod dedup;
 pub mod delayed;
 pub mod delivery;
 pub mod exchange;
+pub mod publish;
 pub mod queue;
 pub mod vhost;
 

@@ -8,16 +8,17 @@
 
 use crate::broker::delivery::{ChannelShared, ConnShared, Consumer, Unacked};
 use crate::broker::exchange::{Dest, Exchange};
-use crate::broker::queue::{EnqueueInfo, Enqueued, Queue};
+use crate::broker::publish::{self, Origin, Outcome, Publish, Scratch};
+use crate::broker::queue::Queue;
 use crate::broker::vhost::VHost;
 use crate::broker::{Access, Broker};
 use crate::error::{AmqpError, AmqpResult, ReplyCode};
 use crate::protocol::{fast, props, put_method};
-use crate::store::{self, SyncSeq};
+use crate::store::SyncSeq;
 use amq_protocol::protocol::{
     basic, channel as chm, confirm, exchange as exm, queue as qm, tx, AMQPClass,
 };
-use amq_protocol::types::{AMQPValue, FieldTable};
+use amq_protocol::types::FieldTable;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -118,17 +119,13 @@ pub struct Channel {
     /// Hot-path caches: the last exchange published to, and whether we may.
     last_exchange: Option<Arc<Exchange>>,
     write_allowed: Vec<String>,
-    route_buf: Vec<Arc<Queue>>,
-    prefix_buf: Vec<u8>,
-    durable_ids: Vec<u32>,
+    /// The publish pipeline's buffers and caches (its `pressure` lists the
+    /// queues this channel pushed past their flow-control mark).
+    pub scratch: Scratch,
     /// The last queue declared on this channel: an empty queue name means it.
     last_queue: Option<String>,
-    /// Hot-path cache: the queue the default exchange last routed to.
-    default_route: Option<Arc<Queue>>,
     /// The connection saw a publish: resource alarms block it.
     pub published: bool,
-    /// Queues this channel pushed past their flow-control mark.
-    pub pressure: Vec<Arc<Queue>>,
 }
 
 fn method_ids(m: &AMQPClass) -> (u16, u16) {
@@ -149,13 +146,9 @@ impl Channel {
             consumer_prefetch: 0,
             last_exchange: None,
             write_allowed: vec![],
-            route_buf: vec![],
-            prefix_buf: vec![],
-            durable_ids: vec![],
+            scratch: Scratch::default(),
             published: false,
             last_queue: None,
-            default_route: None,
-            pressure: vec![],
         }
     }
 
@@ -354,61 +347,30 @@ impl Channel {
         })
     }
 
+    /// Publish one message through the broker's pipeline; returns how its
+    /// confirm is decided.
     fn publish(&mut self, ctx: &ConnCtx, msg: &Message) -> AmqpResult<ConfirmState> {
-        let Checked {
-            ex,
-            headers,
-            expiration,
-            persistent,
-            priority,
-        } = self.check_publish(ctx, msg)?;
-        if let Some(d) = &ex.dedup {
-            if d.is_duplicate(&msg.header) {
-                return Ok(ConfirmState::Ready(true));
-            }
-        }
-        let mut keys: Vec<&str> = vec![&msg.routing_key];
-        let mut cc_holder = vec![];
-        if let Some(h) = &headers {
-            for k in ["CC", "BCC"] {
-                if let Some(AMQPValue::FieldArray(a)) = h.inner().get(k) {
-                    for v in a.as_slice() {
-                        if let Some(s) = crate::broker::args::str_value(v) {
-                            cc_holder.push(s);
-                        }
-                    }
-                }
-            }
-        }
-        keys.extend(cc_holder.iter().map(|s| s.as_str()));
-        let mut queues = std::mem::take(&mut self.route_buf);
-        queues.clear();
-        // The default exchange routes by queue name: remember the last one.
-        match &self.default_route {
-            Some(q)
-                if ex.name.is_empty()
-                    && keys.len() == 1
-                    && q.name == keys[0]
-                    && !q.is_deleted() =>
-            {
-                queues.push(q.clone())
-            }
-            _ => {
-                ctx.vhost
-                    .route(&ex, &keys, headers.as_ref(), &msg.header, &mut queues);
-                if ex.name.is_empty() && queues.len() == 1 {
-                    self.default_route = Some(queues[0].clone());
-                }
-            }
-        }
-        if let Some(d) = &ex.delayed {
-            if let Some(delay) = crate::broker::delayed::x_delay(headers.as_ref()) {
-                self.route_buf = queues;
-                return self.publish_delayed(ctx, &ex, d, msg, delay, persistent);
-            }
-        }
-        if queues.is_empty() {
-            if msg.mandatory {
+        let c = self.check_publish(ctx, msg)?;
+        let p = Publish {
+            exchange: &c.ex,
+            routing_key: &msg.routing_key,
+            header: &msg.header,
+            body: &msg.body,
+            headers: c.headers.as_ref(),
+            persistent: c.persistent,
+            priority: c.priority,
+            expiration: c.expiration,
+            mandatory: msg.mandatory,
+        };
+        let outcome = publish::publish(
+            &ctx.vhost,
+            &ctx.broker.store,
+            &p,
+            Origin::Client,
+            &mut self.scratch,
+        );
+        match &outcome {
+            Outcome::Unroutable if msg.mandatory => {
                 let id = self.id();
                 let fm = ctx.conn.frame_max();
                 ctx.conn.send(|out| {
@@ -416,135 +378,14 @@ impl Channel {
                     fast::put_content(out, id, &msg.header, &msg.body, fm);
                 });
             }
-            self.route_buf = queues;
-            return Ok(ConfirmState::Ready(true));
+            Outcome::NotStored(e) => tracing::error!(error = %e, "publish not stored"),
+            _ => {}
         }
-        queues.retain(|q| {
-            !q.dedup
-                .as_ref()
-                .is_some_and(|d| d.is_duplicate(&msg.header))
-        });
-        if queues.is_empty() {
-            self.route_buf = queues;
-            return Ok(ConfirmState::Ready(true));
-        }
-
-        self.durable_ids.clear();
-        for q in &queues {
-            if q.logs(persistent) {
-                self.durable_ids.push(q.id);
-            }
-        }
-        // BCC is removed before delivery (RabbitMQ strips it).
-        let header_owned;
-        let header: &[u8] = if headers.as_ref().is_some_and(|h| h.contains_key("BCC")) {
-            header_owned = props::strip_bcc(&msg.header).unwrap_or_else(|| msg.header.to_vec());
-            &header_owned
-        } else {
-            &msg.header
-        };
-        let now = crate::clock::now_ms_ceil();
-        store::encode_prefix(
-            &mut self.prefix_buf,
-            // Recovered for the queues it names (a quorum queue names transient ones too).
-            persistent || !self.durable_ids.is_empty(),
-            now,
-            &self.durable_ids,
-            &msg.exchange,
-            &msg.routing_key,
-            header,
-        );
-        let appended = ctx.broker.store.append(
-            &self.prefix_buf,
-            &msg.body,
-            queues.len() as u64,
-            !self.durable_ids.is_empty(),
-        );
-        let (pos, seq) = match appended {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::error!(error = %e, "publish not stored");
-                // Nacked: a retry with the same id must not count as a duplicate.
-                forget_dedup(&ex, &queues, &msg.header);
-                self.route_buf = queues;
-                return Ok(ConfirmState::Ready(false));
-            }
-        };
-        let info = EnqueueInfo {
-            expiration,
-            priority,
-            body_len: msg.body.len() as u64,
-            arrival_ms: now,
-        };
-        let mut rejected = false;
-        for q in queues.drain(..) {
-            let logged = q.logs(persistent);
-            match q.enqueue_with(pos.with_logged(logged), &info) {
-                Enqueued::Accepted { pressure: true } => {
-                    if !self.pressure.iter().any(|p| Arc::ptr_eq(p, &q)) {
-                        self.pressure.push(q);
-                    }
-                }
-                Enqueued::Accepted { pressure: false } => {}
-                Enqueued::Rejected => {
-                    rejected = true;
-                    if let Some(d) = &q.dedup {
-                        d.forget_message(&msg.header);
-                    }
-                }
-            }
-        }
-        self.route_buf = queues;
-        if rejected {
-            if let Some(d) = &ex.dedup {
-                d.forget_message(&msg.header);
-            }
-        }
-        Ok(match seq {
-            _ if rejected => ConfirmState::Ready(false),
-            Some(s) => ConfirmState::Wait(s),
-            None => ConfirmState::Ready(true),
+        Ok(match outcome.confirm() {
+            Ok(Some(s)) => ConfirmState::Wait(s),
+            Ok(None) => ConfirmState::Ready(true),
+            Err(()) => ConfirmState::Ready(false),
         })
-    }
-
-    /// Store a message for an x-delayed-message exchange and schedule it.
-    /// mandatory is judged against the bindings now.
-    fn publish_delayed(
-        &mut self,
-        ctx: &ConnCtx,
-        ex: &Arc<Exchange>,
-        d: &crate::broker::delayed::Delayed,
-        msg: &Message,
-        delay: u64,
-        persistent: bool,
-    ) -> AmqpResult<ConfirmState> {
-        if msg.mandatory && self.route_buf.is_empty() {
-            let id = self.id();
-            let fm = ctx.conn.frame_max();
-            ctx.conn.send(|out| {
-                fast::put_return(out, id, 312, "NO_ROUTE", &msg.exchange, &msg.routing_key);
-                fast::put_content(out, id, &msg.header, &msg.body, fm);
-            });
-            return Ok(ConfirmState::Ready(true));
-        }
-        match d.store_and_schedule(
-            &ex.name,
-            &msg.routing_key,
-            &msg.header,
-            &msg.body,
-            persistent,
-            delay,
-            &mut self.prefix_buf,
-        ) {
-            Ok(seq) => Ok(match seq {
-                Some(s) => ConfirmState::Wait(s),
-                None => ConfirmState::Ready(true),
-            }),
-            Err(e) => {
-                tracing::error!(error = %e, "delayed publish not stored");
-                Ok(ConfirmState::Ready(false))
-            }
-        }
     }
 
     /// Send the confirms (and a deferred tx.commit-ok) that are decided.
@@ -1216,18 +1057,6 @@ enum Settle {
     Ack,
     Requeue,
     Reject,
-}
-
-/// A nacked publish was remembered by deduplication caches: forget it.
-fn forget_dedup(ex: &Exchange, queues: &[Arc<Queue>], header: &[u8]) {
-    if let Some(d) = &ex.dedup {
-        d.forget_message(header);
-    }
-    for q in queues {
-        if let Some(d) = &q.dedup {
-            d.forget_message(header);
-        }
-    }
 }
 
 /// The expiration property, with RabbitMQ's reasons for refusing it.

@@ -561,7 +561,7 @@ impl Conn {
                                 *buf = BytesMut::with_capacity(want);
                             }
                             // Flow control: let slow consumers catch up before reading more.
-                            let pressured: Vec<_> = self.channels.values_mut().flat_map(|c| c.pressure.drain(..)).collect();
+                            let pressured: Vec<_> = self.channels.values_mut().flat_map(|c| c.scratch.pressure.drain(..)).collect();
                             for q in pressured {
                                 q.flow_wait(self.ctx.conn_id, (hb / 2).min(Duration::from_secs(1))).await;
                             }

@@ -7,6 +7,7 @@ use super::stats::{Rates, Sample};
 use super::{blocking, node_name, parse_body, ApiError, ApiResult, App, Caller};
 use crate::broker::delivery::{ChannelShared, ConnShared, Consumer};
 use crate::broker::exchange::{Dest, Exchange};
+use crate::broker::publish::{self, Outcome};
 use crate::broker::queue::Queue;
 use crate::broker::vhost::VHost;
 use crate::broker::{Access, Broker, ConnInfo};
@@ -851,6 +852,9 @@ pub async fn delete_exchange(
 /// Route and store a message as a basic.publish would (deduplication,
 /// delayed exchanges, per-message TTL and priority included). Returns
 /// whether it was routed, and the sync its durability waits for.
+/// Publish through the broker's one pipeline, as a basic.publish would be
+/// (without mandatory). Returns whether it was routed, and the sync to
+/// wait for before answering, if any.
 pub fn publish_message(
     broker: &Broker,
     v: &VHost,
@@ -859,58 +863,38 @@ pub fn publish_message(
     props: &BasicProperties,
     body: &[u8],
 ) -> ApiResult<(bool, Option<SyncSeq>)> {
-    let header = crate::protocol::props::encode_header(body.len() as u64, props);
-    let headers = props.headers().clone();
-    let persistent = *props.delivery_mode() == Some(2);
-    if let Some(d) = &ex.dedup {
-        if d.is_duplicate(&header) {
-            return Ok((true, None));
-        }
-    }
-    let mut queues = vec![];
-    v.route(ex, &[routing_key], headers.as_ref(), &header, &mut queues);
-    let not_stored =
-        |e: crate::store::AppendError| ApiError::internal(format!("message not stored: {e}"));
-    if let Some(d) = &ex.delayed {
-        if let Some(delay) = crate::broker::delayed::x_delay(headers.as_ref()) {
-            let seq = d
-                .store_and_schedule(
-                    &ex.name,
-                    routing_key,
-                    &header,
-                    body,
-                    persistent,
-                    delay,
-                    &mut vec![],
-                )
-                .map_err(not_stored)?;
-            return Ok((!queues.is_empty(), seq));
-        }
-    }
-    if queues.is_empty() {
-        return Ok((false, None));
-    }
-    queues.retain(|q| !q.dedup.as_ref().is_some_and(|d| d.is_duplicate(&header)));
-    if queues.is_empty() {
-        return Ok((true, None));
-    }
-    let info = crate::broker::queue::EnqueueInfo::from_header(
-        &header,
-        body.len() as u64,
-        props.priority().unwrap_or(0),
-    );
-    let seq = crate::broker::queue::store_and_enqueue(
-        &broker.store,
-        queues,
-        &ex.name,
+    let header = publish::content_header(body.len(), props);
+    let parsed = publish::Parsed::of(&header);
+    let msg = publish::Publish {
+        exchange: ex,
         routing_key,
-        &header,
+        header: &header,
         body,
-        persistent,
-        &info,
-    )
-    .ok_or_else(|| ApiError::internal("message not stored: cannot allocate a new segment"))?;
-    Ok((true, seq))
+        headers: parsed.headers.as_ref(),
+        persistent: parsed.persistent,
+        priority: parsed.priority,
+        expiration: parsed.expiration,
+        mandatory: false,
+    };
+    let mut scratch = publish::Scratch::default();
+    match publish::publish(
+        v,
+        &broker.store,
+        &msg,
+        publish::Origin::Client,
+        &mut scratch,
+    ) {
+        Outcome::Routed { sync } => Ok((true, sync)),
+        Outcome::Scheduled { sync, routed_now } => Ok((routed_now, sync)),
+        Outcome::Duplicate => Ok((true, None)),
+        Outcome::Unroutable => Ok((false, None)),
+        // RabbitMQ answers a nacked publish (a queue at its limit with
+        // reject-publish) with this 400.
+        Outcome::Rejected => Err(ApiError::bad_request(
+            "Unable to publish message. Check queue limits.",
+        )),
+        Outcome::NotStored(e) => Err(ApiError::internal(format!("message not stored: {e}"))),
+    }
 }
 
 #[derive(Deserialize, Default)]

@@ -99,18 +99,6 @@ pub struct EnqueueInfo {
     pub arrival_ms: u64,
 }
 
-impl EnqueueInfo {
-    pub fn from_header(header: &[u8], body_len: u64, priority: u8) -> Self {
-        let peek = props::peek(header).unwrap_or_default();
-        EnqueueInfo {
-            expiration: peek.expiration.and_then(|e| e.parse::<u64>().ok()),
-            priority: peek.priority.unwrap_or(priority),
-            body_len,
-            arrival_ms: crate::clock::now_ms_ceil(),
-        }
-    }
-}
-
 /// Result of offering a message to a queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Enqueued {
@@ -1214,49 +1202,4 @@ async fn timer_loop(weak: Weak<Queue>) {
         }
         q.on_timer();
     }
-}
-
-/// Store a message made inside the broker (a dead-lettered copy, a released
-/// delayed message) once, naming the durable `targets` that take it, and
-/// enqueue it into each of them. No confirm waits on it (at-most-once, as
-/// RabbitMQ's internal republishing). `None` if it could not be stored;
-/// else the sync a caller that does want durability can wait for.
-#[allow(clippy::too_many_arguments)]
-pub fn store_and_enqueue(
-    store: &Store,
-    targets: Vec<Arc<Queue>>,
-    exchange: &str,
-    routing_key: &str,
-    header: &[u8],
-    body: &[u8],
-    persistent: bool,
-    info: &EnqueueInfo,
-) -> Option<Option<crate::store::SyncSeq>> {
-    if targets.is_empty() {
-        return Some(None);
-    }
-    let durable_ids: Vec<u32> = targets
-        .iter()
-        .filter(|t| t.logs(persistent))
-        .map(|t| t.id)
-        .collect();
-    let mut prefix = Vec::with_capacity(64 + header.len());
-    crate::store::encode_prefix(
-        &mut prefix,
-        // Recovered for the queues it names (a quorum queue names transient ones too).
-        persistent || !durable_ids.is_empty(),
-        crate::clock::now_ms_ceil(),
-        &durable_ids,
-        exchange,
-        routing_key,
-        header,
-    );
-    let (pos, seq) = store
-        .append(&prefix, body, targets.len() as u64, !durable_ids.is_empty())
-        .ok()?;
-    for t in targets {
-        let logged = t.logs(persistent);
-        t.enqueue_with(pos.with_logged(logged), info);
-    }
-    Some(seq)
 }
