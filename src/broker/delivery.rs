@@ -1,5 +1,9 @@
 //! What a queue sees of its consumers: the consumer, its channel's delivery
-//! state (tags, unacked messages, prefetch) and the connection's outbox.
+//! state (tags, unacked messages, prefetch) and the connection's outbox;
+//! and the one place in the core that writes frames for a message handed
+//! out (basic.deliver, basic.get-ok, their content) or a consumer cancelled
+//! by the server (basic.cancel). Never imports the channel or connection
+//! layers: they read the outbox this module fills.
 //!
 //! Queues deliver from whichever task holds their lock (usually the
 //! publisher's), so these are shared. Lock order, always: queue, then
@@ -7,7 +11,8 @@
 //! channel state or outbox lock.
 
 use crate::broker::queue::Queue;
-use crate::store::MsgPos;
+use crate::protocol::{fast, props};
+use crate::store::{MessageView, MsgPos};
 use amq_protocol::protocol::{basic, AMQPClass};
 use bytes::BytesMut;
 use parking_lot::Mutex;
@@ -216,5 +221,59 @@ pub fn server_cancel(c: &Arc<Consumer>) {
                 })),
             )
         });
+    }
+}
+
+/// How a message is handed out.
+pub enum Handout<'a> {
+    /// basic.deliver to a consumer.
+    Deliver { consumer_tag: &'a str },
+    /// basic.get-ok, with the count of messages left in the queue.
+    GetOk { remaining: u32 },
+}
+
+/// Write one handed-out message into `ch`'s connection outbox: the method
+/// frame, then the content header and body frames, read straight from the
+/// store's record (the one copy on the way out). `deliveries` counts earlier
+/// deliveries (redelivered when > 0); with `count_header` a redelivery
+/// carries x-delivery-count (quorum queues, delivery limits). The caller
+/// holds the queue lock and the channel state lock (lock order: queue,
+/// channel state, outbox) and wakes the writer.
+pub fn write_message(
+    ch: &ChannelShared,
+    how: Handout,
+    tag: u64,
+    m: &MessageView,
+    deliveries: u32,
+    count_header: bool,
+) {
+    let frame_max = ch.conn.frame_max();
+    let mut out = ch.conn.outbox();
+    let redelivered = deliveries > 0;
+    match how {
+        Handout::Deliver { consumer_tag } => fast::put_deliver(
+            &mut out,
+            ch.id,
+            consumer_tag,
+            tag,
+            redelivered,
+            m.exchange,
+            m.routing_key,
+        ),
+        Handout::GetOk { remaining } => fast::put_get_ok(
+            &mut out,
+            ch.id,
+            tag,
+            redelivered,
+            m.exchange,
+            m.routing_key,
+            remaining,
+        ),
+    }
+    if count_header && redelivered {
+        let h = props::with_delivery_count(m.header, m.body.len() as u64, deliveries);
+        fast::put_content(&mut out, ch.id, &h, m.body, frame_max);
+    } else {
+        fast::put_content(&mut out, ch.id, m.header, m.body, frame_max);
     }
 }

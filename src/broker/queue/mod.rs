@@ -12,10 +12,10 @@
 //! After a crash: rebuilt from the store's recovery ([`Queue::restore`]).
 
 use crate::broker::dead_letter::{self, Dead, Reason};
-use crate::broker::delivery::{ChannelShared, Consumer, Unacked};
+use crate::broker::delivery::{self, ChannelShared, Consumer, Handout, Unacked};
 use crate::broker::vhost::VHost;
 use crate::metrics::Counters;
-use crate::protocol::{fast, props};
+use crate::protocol::props;
 use crate::store::{MsgPos, Recovered, Store};
 use amq_protocol::types::FieldTable;
 use parking_lot::Mutex;
@@ -664,30 +664,17 @@ impl Queue {
         };
         let tag = st.next_tag;
         st.next_tag += 1;
-        let frame_max = ch.conn.frame_max();
         let count_header =
             (self.args.delivery_limit.is_some() || self.args.quorum) && deliveries > 0;
         let wrote = self.store.with_message_cached(seg_cache, pos, |m| {
-            let mut out = ch.conn.outbox();
-            fast::put_deliver(
-                &mut out,
-                ch.id,
-                &c.tag,
+            delivery::write_message(
+                ch,
+                Handout::Deliver { consumer_tag: &c.tag },
                 tag,
-                deliveries > 0,
-                m.exchange,
-                m.routing_key,
-            );
-            if count_header {
-                let h = crate::protocol::props::with_delivery_count(
-                    m.header,
-                    m.body.len() as u64,
-                    deliveries,
-                );
-                fast::put_content(&mut out, ch.id, &h, m.body, frame_max);
-            } else {
-                fast::put_content(&mut out, ch.id, m.header, m.body, frame_max);
-            }
+                m,
+                deliveries,
+                count_header,
+            )
         });
         if wrote.is_none() {
             tracing::error!(queue = %self.name, ?pos, "message missing from the store; dropped");
@@ -752,30 +739,17 @@ impl Queue {
         let mut st = ch.state.lock();
         let tag = st.next_tag;
         st.next_tag += 1;
-        let frame_max = ch.conn.frame_max();
         let count_header =
             (self.args.delivery_limit.is_some() || self.args.quorum) && deliveries > 0;
         let wrote = self.store.with_message(pos, |m| {
-            let mut out = ch.conn.outbox();
-            fast::put_get_ok(
-                &mut out,
-                ch.id,
+            delivery::write_message(
+                ch,
+                Handout::GetOk { remaining },
                 tag,
-                deliveries > 0,
-                m.exchange,
-                m.routing_key,
-                remaining,
-            );
-            if count_header {
-                let h = crate::protocol::props::with_delivery_count(
-                    m.header,
-                    m.body.len() as u64,
-                    deliveries,
-                );
-                fast::put_content(&mut out, ch.id, &h, m.body, frame_max);
-            } else {
-                fast::put_content(&mut out, ch.id, m.header, m.body, frame_max);
-            }
+                m,
+                deliveries,
+                count_header,
+            )
         });
         if wrote.is_none() {
             tracing::error!(queue = %self.name, ?pos, "message missing from the store; dropped");
