@@ -10,9 +10,10 @@
 //! permissions and limits are not supported; they are skipped, and the answer
 //! says so.
 
-use super::api::{check_password_hash, parse_tags};
+use super::common::{blocking, parse_body, ApiError, ApiResult, Caller};
 use super::json::{json_to_table, table_to_json};
-use super::{blocking, parse_body, ApiError, ApiResult, App, Caller};
+use super::users::{check_password_hash, parse_tags};
+use super::App;
 use crate::broker::{Broker, Permission};
 use crate::exchange::{Dest, ExchangeKind};
 
