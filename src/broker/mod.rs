@@ -1108,7 +1108,7 @@ pub fn is_delayed(kind: &str, args: &FieldTable) -> bool {
 }
 
 /// The routing kind of a declared type, and whether it is delayed.
-fn exchange_kind(kind: &str, args: &FieldTable) -> AmqpResult<(ExchangeKind, bool)> {
+pub fn exchange_kind(kind: &str, args: &FieldTable) -> AmqpResult<(ExchangeKind, bool)> {
     if kind == "x-delayed-message" {
         let dt = crate::broker::args::get_str(args, "x-delayed-type");
         return match dt.as_deref().and_then(ExchangeKind::parse) {

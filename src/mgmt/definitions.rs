@@ -9,32 +9,25 @@
 //! not validate is a 400 and changes nothing. Parameters, policies, topic
 //! permissions and limits are not supported; they are skipped, and the answer
 //! says so.
+//!
+//! Validation calls the broker's own checks: exchange types
+//! ([`crate::broker::exchange_kind`]), queue and exchange arguments
+//! ([`crate::broker::args::validate_queue_args`], [`crate::broker::args::validate_exchange_args`]),
+//! quorum queues ([`crate::broker::args::is_quorum`], [`crate::broker::args::validate_quorum`]),
+//! argument equivalence ([`crate::broker::args::check_equivalent`]) and permission
+//! regexes ([`Permission::new`]). What the broker checks inline in
+//! `declare_exchange`, `declare_queue` and `bind` (the flags' equivalence,
+//! reserved names, a headers binding's x-match, a consistent-hash weight) is
+//! checked here too, against the plan as well as the live objects, with this
+//! API's texts. Applying goes through the broker's `add_vhost`, `put_user`,
+//! `set_permissions`, `declare_exchange`, `declare_queue` and `bind`.
 
-use super::api::{check_password_hash, parse_tags};
+use super::common::{blocking, parse_body, ApiError, ApiResult, Caller};
 use super::json::{json_to_table, table_to_json};
-use super::{blocking, parse_body, ApiError, ApiResult, App, Caller};
+use super::users::{check_password_hash, parse_tags};
+use super::App;
 use crate::broker::exchange::{Dest, ExchangeKind};
 use crate::broker::{Broker, Permission};
-
-/// The exchange types the broker declares: the four standard ones,
-/// x-consistent-hash, and x-delayed-message with a valid x-delayed-type.
-fn check_exchange_type(kind: &str, args: &FieldTable) -> Result<(), String> {
-    if kind == "x-delayed-message" {
-        return match crate::broker::args::get_str(args, "x-delayed-type")
-            .as_deref()
-            .and_then(ExchangeKind::parse)
-        {
-            Some(_) => Ok(()),
-            None => Err(
-                "x-delayed-message needs an x-delayed-type argument naming an exchange type".into(),
-            ),
-        };
-    }
-    match ExchangeKind::parse(kind) {
-        Some(_) => Ok(()),
-        None => Err(format!("unknown exchange type '{kind}'")),
-    }
-}
 use amq_protocol::types::FieldTable;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -45,6 +38,8 @@ use std::collections::{HashMap, HashSet};
 
 const RABBIT_VERSION: &str = "3.10.0";
 const HASHING: &str = "rabbit_password_hashing_sha256";
+const DELAYED_TYPE_MISSING: &str =
+    "x-delayed-message needs an x-delayed-type argument naming an exchange type";
 
 // ----- export -----
 
@@ -439,7 +434,15 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
             return Err(bad(&what, "the default exchange cannot be declared"));
         }
         let arguments = json_to_table(&e.arguments).map_err(|x| bad(&what, x))?;
-        check_exchange_type(&e.kind, &arguments).map_err(|x| bad(&what, x))?;
+        // The broker's own type check (declare_exchange's), in this API's
+        // words for a delayed exchange without a usable x-delayed-type.
+        crate::broker::exchange_kind(&e.kind, &arguments).map_err(|x| {
+            if e.kind == "x-delayed-message" {
+                bad(&what, DELAYED_TYPE_MISSING)
+            } else {
+                bad(&what, x.text)
+            }
+        })?;
         crate::broker::args::validate_exchange_args(&arguments, &e.name, &vhost)
             .map_err(|x| bad(&what, x.text))?;
         let plan = ExPlan {
@@ -600,14 +603,14 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
             }
         };
         let arguments = json_to_table(&b.arguments).map_err(|x| bad(&what, x))?;
-        // What Broker::bind would refuse, refused here, before anything is applied.
+        // What Broker::bind would refuse, refused here, before anything is
+        // applied. Those checks are inline in bind (no function to call).
         let source_kind = planned_ex
             .get(&(vhost.clone(), b.source.clone()))
             .map(|e| {
-                crate::broker::exchange::ExchangeKind::parse(&e.kind).or_else(|| {
-                    crate::broker::args::get_str(&e.arguments, "x-delayed-type")
-                        .and_then(|t| crate::broker::exchange::ExchangeKind::parse(&t))
-                })
+                crate::broker::exchange_kind(&e.kind, &e.arguments)
+                    .ok()
+                    .map(|(k, _)| k)
             })
             .unwrap_or_else(|| {
                 v.as_ref()
@@ -615,7 +618,7 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
                     .map(|e| e.kind)
             });
         match source_kind {
-            Some(crate::broker::exchange::ExchangeKind::Headers) => {
+            Some(ExchangeKind::Headers) => {
                 if let Some(m) = arguments.inner().get("x-match") {
                     let ok = crate::broker::args::str_value(m).is_some_and(|m| {
                         matches!(m.as_str(), "all" | "any" | "all-with-x" | "any-with-x")
@@ -628,7 +631,7 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
                     }
                 }
             }
-            Some(crate::broker::exchange::ExchangeKind::ConsistentHash) => {
+            Some(ExchangeKind::ConsistentHash) => {
                 let w = b.routing_key.trim().parse::<u32>().ok();
                 if w.is_none_or(|w| w > crate::broker::exchange::MAX_HASH_WEIGHT) {
                     return Err(bad(

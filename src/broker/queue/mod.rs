@@ -669,7 +669,9 @@ impl Queue {
         let wrote = self.store.with_message_cached(seg_cache, pos, |m| {
             delivery::write_message(
                 ch,
-                Handout::Deliver { consumer_tag: &c.tag },
+                Handout::Deliver {
+                    consumer_tag: &c.tag,
+                },
                 tag,
                 m,
                 deliveries,
