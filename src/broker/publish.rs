@@ -333,3 +333,14 @@ impl Parsed {
 pub fn content_header(body_len: usize, props: &BasicProperties) -> Vec<u8> {
     props::encode_header(body_len as u64, props)
 }
+
+/// A stored message's properties (for the management API, which reads
+/// messages but never parses the wire itself).
+pub fn properties_of(header: &[u8]) -> BasicProperties {
+    props::full_properties(header).unwrap_or_default()
+}
+
+/// A stored message's message-id property, if any.
+pub fn message_id_of(header: &[u8]) -> Option<&str> {
+    props::peek(header).and_then(|p| p.message_id)
+}

@@ -330,11 +330,10 @@ pub async fn list_delayed(
             .into_iter()
             .filter_map(|(due, pos)| {
                 store.with_message(pos, |m| {
-                    let p = crate::protocol::props::peek(m.header).unwrap_or_default();
                     json!({
                         "due": due,
                         "due_in_ms": due as i64 - now as i64,
-                        "message_id": p.message_id,
+                        "message_id": publish::message_id_of(m.header),
                         "routing_key": m.routing_key,
                         "payload_bytes": m.body.len(),
                         "persistent": m.persistent,

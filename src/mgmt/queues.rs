@@ -241,7 +241,7 @@ pub async fn get_messages(
     let mut out = Vec::with_capacity(n);
     for (i, (_, pos, deliveries)) in taken.iter().enumerate() {
         let m = store.with_message(*pos, |m| {
-            let props = crate::protocol::props::full_properties(m.header).unwrap_or_default();
+            let props = crate::broker::publish::properties_of(m.header);
             let body = match req.truncate {
                 Some(t) if (t as usize) < m.body.len() => &m.body[..t as usize],
                 _ => m.body,
