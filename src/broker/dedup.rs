@@ -5,13 +5,21 @@
 //! accepted ids are appended to a small log (`data/dedup/*.log`) that is read
 //! back at start, so the cache survives a restart; the log is rewritten when
 //! it holds twice the cache size.
+//!
+//! Replication seam: the logs are created, appended to, rewritten and removed
+//! only through the store's [`Durable`] gate (never `std::fs`), so a
+//! replication observer sees every byte of them. They are not fsynced.
 
 use crate::protocol::props;
+use crate::store::durable::{Durable, DurableFile};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
-use std::io::Write;
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The logs' directory, inside the data directory.
+pub const DIR: &str = "dedup";
 
 #[derive(Clone, Debug)]
 pub struct DedupConfig {
@@ -23,20 +31,30 @@ pub struct DedupConfig {
 struct Cache {
     seen: HashMap<Vec<u8>, u64>,
     order: VecDeque<(Vec<u8>, u64)>,
-    log: Option<std::fs::File>,
+    log: Option<DurableFile>,
     logged: usize,
+    /// The log was removed (its queue or exchange is gone): never recreate it.
+    forgotten: bool,
 }
 
 pub struct Dedup {
     pub config: DedupConfig,
     cache: Mutex<Cache>,
-    path: Option<PathBuf>,
+    /// The log (relative to the data directory) and the gate it is written
+    /// through; `None` for a transient queue or exchange.
+    log: Option<(Arc<Durable>, PathBuf)>,
 }
 
 use crate::clock::now_ms;
 
 impl Dedup {
-    pub fn from_args(args: &FieldTable, log_path: Option<PathBuf>) -> Option<Dedup> {
+    /// `log_path`, for a durable queue or exchange, is where its log lives
+    /// inside the data directory of `files`.
+    pub fn from_args(
+        args: &FieldTable,
+        log_path: Option<PathBuf>,
+        files: &Arc<Durable>,
+    ) -> Option<Dedup> {
         if crate::broker::args::get_bool(args, "x-message-deduplication") != Some(true) {
             return None;
         }
@@ -50,6 +68,13 @@ impl Dedup {
                 .map(|n| n as u64),
             header: crate::broker::args::get_str(args, "x-deduplication-header"),
         };
+        let log = log_path.and_then(|p| match files.relative(&p) {
+            Some(rel) => Some((files.clone(), rel)),
+            None => {
+                tracing::error!(path = %p.display(), "deduplication log outside the data dir: not kept");
+                None
+            }
+        });
         let d = Dedup {
             config,
             cache: Mutex::new(Cache {
@@ -57,8 +82,9 @@ impl Dedup {
                 order: VecDeque::new(),
                 log: None,
                 logged: 0,
+                forgotten: false,
             }),
-            path: log_path,
+            log,
         };
         d.load();
         Some(d)
@@ -97,7 +123,7 @@ impl Dedup {
         }
         let exp = self.config.ttl_ms.map(|t| now + t).unwrap_or(u64::MAX);
         self.insert(&mut c, k.clone(), exp);
-        if self.path.is_some() {
+        if self.log.is_some() {
             self.append_log(&mut c, &k, exp);
         }
         false
@@ -125,37 +151,37 @@ impl Dedup {
     }
 
     fn append_log(&self, c: &mut Cache, k: &[u8], exp: u64) {
-        let Some(path) = &self.path else { return };
+        let Some((files, rel)) = &self.log else {
+            return;
+        };
+        if c.forgotten {
+            return;
+        }
         if c.logged >= 2 * self.config.cache_size {
             // Rewrite with what the cache holds now.
             let mut buf = vec![];
             for (k, e) in &c.order {
                 encode(&mut buf, k, *e);
             }
-            let tmp = path.with_extension("tmp");
-            if std::fs::write(&tmp, &buf)
-                .and_then(|_| std::fs::rename(&tmp, path))
-                .is_ok()
-            {
-                c.log = None;
-                c.logged = c.order.len();
-                return;
+            match files.replace(rel, &buf, false) {
+                Ok(()) => {
+                    c.log = None;
+                    c.logged = c.order.len();
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot rewrite deduplication log"),
             }
         }
         if c.log.is_none() {
-            if let Some(dir) = path.parent() {
-                let _ = std::fs::create_dir_all(dir);
-            }
-            c.log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
+            c.log = files
+                .open_append(rel)
+                .map_err(|e| tracing::warn!(error = %e, "cannot open deduplication log"))
                 .ok();
         }
         if let Some(f) = c.log.as_mut() {
             let mut buf = vec![];
             encode(&mut buf, k, exp);
-            if let Err(e) = f.write_all(&buf) {
+            if let Err(e) = f.append(&buf) {
                 tracing::warn!(error = %e, "cannot write deduplication log");
             }
             c.logged += 1;
@@ -163,8 +189,10 @@ impl Dedup {
     }
 
     fn load(&self) {
-        let Some(path) = &self.path else { return };
-        let Ok(bytes) = std::fs::read(path) else {
+        let Some((files, rel)) = &self.log else {
+            return;
+        };
+        let Ok(bytes) = std::fs::read(files.path(rel)) else {
             return;
         };
         let now = now_ms();
@@ -187,10 +215,39 @@ impl Dedup {
         }
     }
 
-    /// Remove the log (the queue or exchange was deleted).
+    /// Remove the log (the queue or exchange was deleted). Under the cache
+    /// lock, so a publish racing with the delete does not recreate it.
     pub fn forget(&self) {
-        if let Some(p) = &self.path {
-            let _ = std::fs::remove_file(p);
+        let Some((files, rel)) = &self.log else {
+            return;
+        };
+        let mut c = self.cache.lock();
+        c.forgotten = true;
+        c.log = None;
+        if let Err(e) = files.remove(rel) {
+            tracing::warn!(error = %e, "cannot remove deduplication log");
+        }
+    }
+}
+
+/// Remove the logs of queues that no longer exist (deleted while the broker
+/// was down, or with their vhost). Called at start.
+pub fn remove_stale_logs(files: &Durable, live: &HashSet<u32>) {
+    let Ok(entries) = std::fs::read_dir(files.path(Path::new(DIR))) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(id) = name
+            .strip_prefix('q')
+            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            if !live.contains(&id) {
+                if let Err(e) = files.remove(&Path::new(DIR).join(&name)) {
+                    tracing::warn!(error = %e, "cannot remove stale deduplication log");
+                }
+            }
         }
     }
 }

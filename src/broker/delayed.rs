@@ -16,19 +16,25 @@
 //! message released at its due time is routed through the exchange's
 //! bindings at that moment, copied into a record naming the durable queues
 //! that took it, and its delayed record released.
+//!
+//! Replication seam: run files are created, written, and removed only
+//! through the store's [`Durable`] gate (never `std::fs`), so a replication
+//! observer sees them like every other file of the data directory; they are
+//! read back with plain reads.
 
 use crate::broker::exchange::Exchange;
 use crate::broker::publish::{publish, Origin, Outcome, Parsed, Publish, Scratch};
 use crate::broker::vhost::VHost;
 use crate::clock::now_ms;
+use crate::store::durable::Durable;
 use crate::store::{MsgPos, Store};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use parking_lot::Mutex;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet, VecDeque};
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -40,6 +46,8 @@ pub const SPILL: usize = 262_144;
 const MAX_RUNS: usize = 512;
 /// Entries read ahead per run.
 const READ_AHEAD: usize = 256;
+/// Bytes of entries written to a run file at a time.
+const WRITE_CHUNK: usize = 1 << 20;
 /// At most this many releases per batch; the release task yields between
 /// batches so a restart with a million overdue messages does not stall others.
 const RELEASE_BATCH: usize = 2_000;
@@ -51,7 +59,10 @@ const ENTRY: usize = 24;
 /// hundreds of descriptors): each refill opens, seeks and reads READ_AHEAD
 /// entries.
 struct Run {
+    /// Where to read it.
     path: PathBuf,
+    /// Relative to the data directory: what the store's gate writes and removes.
+    rel: PathBuf,
     /// Byte offset of the next unread entry.
     offset: u64,
     /// Entries not yet read from the file.
@@ -99,7 +110,13 @@ fn decode(b: &[u8]) -> Entry {
 
 /// The time index.
 pub struct DelayIndex {
+    files: Arc<Durable>,
+    /// The runs' directory, relative to the data directory.
     dir: PathBuf,
+    /// Heap entries that make a run ([`SPILL`]; smaller in tests).
+    spill_at: usize,
+    /// Runs kept before they are merged ([`MAX_RUNS`]; smaller in tests).
+    max_runs: usize,
     heap: BinaryHeap<Reverse<Entry>>,
     runs: Vec<Run>,
     next_run: u64,
@@ -108,12 +125,26 @@ pub struct DelayIndex {
 }
 
 impl DelayIndex {
-    pub fn new(dir: PathBuf) -> Self {
+    /// The index whose runs live in `dir`, inside the data directory of `files`.
+    pub fn new(files: Arc<Durable>, dir: PathBuf) -> Self {
+        Self::with_limits(files, dir, SPILL, MAX_RUNS)
+    }
+
+    fn with_limits(files: Arc<Durable>, dir: PathBuf, spill_at: usize, max_runs: usize) -> Self {
+        let dir = files.relative(&dir).unwrap_or_else(|| {
+            tracing::error!(dir = %dir.display(), "delay index outside the data dir; runs go to delayed/");
+            Path::new("delayed").join(dir.file_name().unwrap_or_default())
+        });
         // The index is rebuilt from the store at start: old runs are stale.
-        let _ = std::fs::remove_dir_all(&dir);
-        let _ = std::fs::create_dir_all(&dir);
+        if let Err(e) = files.remove_dir_all(&dir) {
+            tracing::warn!(error = %e, "cannot remove stale delay index runs");
+        }
+        let _ = std::fs::create_dir_all(files.path(&dir));
         DelayIndex {
+            files,
             dir,
+            spill_at,
+            max_runs,
             heap: BinaryHeap::new(),
             runs: vec![],
             next_run: 0,
@@ -135,7 +166,7 @@ impl DelayIndex {
         self.next_seq += 1;
         self.heap.push(Reverse((due, seq, pos)));
         self.pending += 1;
-        if self.heap.len() >= SPILL {
+        if self.heap.len() >= self.spill_at {
             self.spill();
         }
     }
@@ -151,26 +182,53 @@ impl DelayIndex {
             self.heap = entries.into_iter().map(Reverse).collect();
             return;
         }
-        if self.runs.len() > MAX_RUNS {
+        if self.runs.len() > self.max_runs {
             self.merge_runs();
         }
     }
 
-    fn write_run(&mut self, entries: &[Entry]) -> std::io::Result<()> {
-        let path = self.dir.join(format!("run-{:08}", self.next_run));
+    fn next_run_path(&mut self) -> PathBuf {
+        let rel = self.dir.join(format!("run-{:08}", self.next_run));
         self.next_run += 1;
-        {
-            let mut w = BufWriter::with_capacity(1 << 20, File::create(&path)?);
-            let mut buf = Vec::with_capacity(ENTRY);
+        rel
+    }
+
+    /// Write `entries` (sorted) as a new run file, through the store's gate
+    /// in chunks; a run that could not be written whole is removed.
+    fn write_entries(
+        &self,
+        rel: &Path,
+        entries: impl Iterator<Item = Entry>,
+    ) -> std::io::Result<u64> {
+        let result = (|| {
+            let mut f = self.files.create(rel)?;
+            let mut buf = Vec::with_capacity(WRITE_CHUNK);
+            let mut n = 0u64;
             for e in entries {
-                buf.clear();
-                encode(&mut buf, e);
-                w.write_all(&buf)?;
+                encode(&mut buf, &e);
+                n += 1;
+                if buf.len() + ENTRY > WRITE_CHUNK {
+                    f.append(&buf)?;
+                    buf.clear();
+                }
             }
-            w.flush()?;
+            if !buf.is_empty() {
+                f.append(&buf)?;
+            }
+            Ok(n)
+        })();
+        if result.is_err() {
+            let _ = self.files.remove(rel);
         }
+        result
+    }
+
+    fn write_run(&mut self, entries: &[Entry]) -> std::io::Result<()> {
+        let rel = self.next_run_path();
+        self.write_entries(&rel, entries.iter().copied())?;
         self.runs.push(Run {
-            path,
+            path: self.files.path(&rel),
+            rel,
             offset: 0,
             unread: entries.len() as u64,
             buf: VecDeque::new(),
@@ -181,37 +239,28 @@ impl DelayIndex {
     /// Merge all runs into one (streaming), to bound their number.
     fn merge_runs(&mut self) {
         let mut runs = std::mem::take(&mut self.runs);
-        let path = self.dir.join(format!("run-{:08}", self.next_run));
-        self.next_run += 1;
-        let result = (|| -> std::io::Result<u64> {
-            let mut w = BufWriter::with_capacity(1 << 20, File::create(&path)?);
-            let mut n = 0u64;
-            let mut buf = Vec::with_capacity(ENTRY);
-            loop {
-                let mut best: Option<(usize, Entry)> = None;
-                for (i, r) in runs.iter_mut().enumerate() {
-                    if let Some(e) = r.head() {
-                        if best.is_none_or(|(_, b)| e < b) {
-                            best = Some((i, e));
-                        }
+        let rel = self.next_run_path();
+        let merged = std::iter::from_fn(|| {
+            let mut best: Option<(usize, Entry)> = None;
+            for (i, r) in runs.iter_mut().enumerate() {
+                if let Some(e) = r.head() {
+                    if best.is_none_or(|(_, b)| e < b) {
+                        best = Some((i, e));
                     }
                 }
-                let Some((i, e)) = best else { break };
-                runs[i].buf.pop_front();
-                buf.clear();
-                encode(&mut buf, &e);
-                w.write_all(&buf)?;
-                n += 1;
             }
-            w.flush()?;
-            Ok(n)
-        })();
+            let (i, e) = best?;
+            runs[i].buf.pop_front();
+            Some(e)
+        });
+        let result = self.write_entries(&rel, merged);
         for r in &runs {
-            let _ = std::fs::remove_file(&r.path);
+            self.remove_run(r);
         }
         match result {
             Ok(n) => self.runs.push(Run {
-                path,
+                path: self.files.path(&rel),
+                rel,
                 offset: 0,
                 unread: n,
                 buf: VecDeque::new(),
@@ -247,7 +296,7 @@ impl DelayIndex {
             self.runs[i].buf.pop_front();
             if self.runs[i].buf.is_empty() && self.runs[i].unread == 0 {
                 let r = self.runs.remove(i);
-                let _ = std::fs::remove_file(&r.path);
+                self.remove_run(&r);
             }
         }
         self.pending = self.pending.saturating_sub(1);
@@ -277,10 +326,16 @@ impl DelayIndex {
 
     pub fn clear(&mut self) {
         self.heap.clear();
-        for r in self.runs.drain(..) {
-            let _ = std::fs::remove_file(&r.path);
+        for r in std::mem::take(&mut self.runs) {
+            self.remove_run(&r);
         }
         self.pending = 0;
+    }
+
+    fn remove_run(&self, r: &Run) {
+        if let Err(e) = self.files.remove(&r.rel) {
+            tracing::warn!(path = %r.path.display(), error = %e, "cannot remove delay index run");
+        }
     }
 }
 
@@ -321,11 +376,12 @@ pub struct Delayed {
 
 impl Delayed {
     pub fn new(id: u32, durable: bool, store: Arc<Store>, dir: PathBuf) -> Self {
+        let index = DelayIndex::new(store.files().clone(), dir);
         Delayed {
             id,
             durable,
             store,
-            index: Mutex::new(DelayIndex::new(dir)),
+            index: Mutex::new(index),
             wake: Arc::new(tokio::sync::Notify::new()),
             cancelled: Mutex::new(HashSet::new()),
             exchange: OnceLock::new(),
@@ -629,7 +685,8 @@ mod tests {
     #[test]
     fn index_orders_across_heap_and_runs() {
         let dir = tempfile::tempdir().unwrap();
-        let mut idx = DelayIndex::new(dir.path().join("d"));
+        let files = Arc::new(Durable::new(dir.path(), Arc::new(crate::store::io::RealIo)));
+        let mut idx = DelayIndex::new(files, dir.path().join("d"));
         let n = SPILL * 3 + 123;
         // Pseudo-random due times; positions carry the insertion number.
         let mut x: u64 = 12345;

@@ -215,7 +215,7 @@ impl Broker {
             &live,
         )?;
         let compacted = model.to_ops();
-        let defs = DefinitionsLog::rewrite(&config.data_dir, &compacted)?;
+        let defs = DefinitionsLog::rewrite(store.files(), &compacted)?;
         let (alarm, _) = watch::channel(false);
         let broker = Arc::new(Broker {
             config,
@@ -312,7 +312,7 @@ impl Broker {
                 src.bind(d, &b.routing_key, b.arguments.clone());
             }
         }
-        remove_stale_dedup_logs(&broker.config.data_dir, &live);
+        crate::broker::dedup::remove_stale_logs(store.files(), &live);
         broker.defs.lock().model = model;
         // Only now, with every queue and binding in place, may anything
         // expire or be released: a due message routed any earlier would
@@ -360,7 +360,7 @@ impl Broker {
         d.model.apply(op);
         if d.log.ops_since_compaction() > 10_000 {
             let ops = d.model.to_ops();
-            match DefinitionsLog::rewrite(&self.config.data_dir, &ops) {
+            match DefinitionsLog::rewrite(self.store.files(), &ops) {
                 Ok(n) => d.log = n,
                 Err(e) => tracing::warn!(error = %e, "definitions compaction failed"),
             }
@@ -544,6 +544,7 @@ impl Broker {
         ex.dedup = crate::broker::dedup::Dedup::from_args(
             &ex.arguments,
             durable.then(|| exchange_dedup_path(&self.config.data_dir, &vhost.name, name)),
+            self.store.files(),
         );
         if delayed {
             let sub = if id != 0 {
@@ -1078,26 +1079,6 @@ pub fn check_exclusive(q: &Queue, conn_id: u64) -> AmqpResult<()> {
             q.name, q.vhost_name
         ))),
         _ => Ok(()),
-    }
-}
-
-/// Deduplication logs of queues that no longer exist (deleted while the
-/// broker was down, or with their vhost).
-fn remove_stale_dedup_logs(data_dir: &std::path::Path, live: &HashSet<u32>) {
-    let Ok(entries) = std::fs::read_dir(data_dir.join("dedup")) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        if let Some(id) = name
-            .strip_prefix('q')
-            .and_then(|n| n.strip_suffix(".log"))
-            .and_then(|n| n.parse::<u32>().ok())
-        {
-            if !live.contains(&id) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
     }
 }
 

@@ -5,12 +5,17 @@
 //! replayed (a torn or corrupt tail is dropped) and rewritten compactly as a
 //! new file that atomically replaces the old one. Every change is appended and
 //! fdatasync'ed before the client gets its -ok, so a declare-ok means durable.
+//!
+//! Replication seam: the log is written only through the store's
+//! [`Durable`] gate (a [`DurableFile`] for appends, [`Durable::replace`] for
+//! the rewrite), so an observer sees each record before its fdatasync.
 
+use super::durable::{Durable, DurableFile};
 use amq_protocol::types::FieldTable;
 use serde::{Deserialize, Serialize};
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -87,7 +92,7 @@ pub enum DefOp {
 
 pub struct DefinitionsLog {
     path: PathBuf,
-    file: File,
+    file: DurableFile,
     ops_since_compaction: usize,
 }
 
@@ -131,25 +136,19 @@ impl DefinitionsLog {
         Ok(ops)
     }
 
-    /// Write `ops` (the compacted state) as the new log, atomically.
-    pub fn rewrite(dir: &Path, ops: &[DefOp]) -> io::Result<DefinitionsLog> {
-        std::fs::create_dir_all(dir)?;
-        let tmp = dir.join("definitions.log.tmp");
+    /// Write `ops` (the compacted state) as the new log in the data
+    /// directory of `files`, atomically (`definitions.log.tmp`, synced, then
+    /// renamed over the log, and the directory synced).
+    pub fn rewrite(files: &Arc<Durable>, ops: &[DefOp]) -> io::Result<DefinitionsLog> {
         let mut buf = MAGIC.to_vec();
         for op in ops {
             encode(&mut buf, op);
         }
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&buf)?;
-            f.sync_all()?;
-        }
-        let path = dir.join(FILE_NAME);
-        std::fs::rename(&tmp, &path)?;
-        File::open(dir)?.sync_all()?;
-        let file = std::fs::OpenOptions::new().append(true).open(&path)?;
+        let rel = Path::new(FILE_NAME);
+        files.replace(rel, &buf, true)?;
+        let file = files.open_append(rel)?;
         Ok(DefinitionsLog {
-            path,
+            path: files.path(rel),
             file,
             ops_since_compaction: 0,
         })
@@ -158,8 +157,8 @@ impl DefinitionsLog {
     pub fn append(&mut self, op: &DefOp) -> io::Result<()> {
         let mut buf = vec![];
         encode(&mut buf, op);
-        self.file.write_all(&buf)?;
-        self.file.sync_data()?;
+        self.file.append(&buf)?;
+        self.file.sync()?;
         self.ops_since_compaction += 1;
         Ok(())
     }
@@ -184,11 +183,14 @@ fn encode(buf: &mut Vec<u8>, op: &DefOp) {
 mod tests {
     use super::*;
 
+    use std::io::Write;
+
     #[test]
     fn round_trip_and_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
+        let files = Arc::new(Durable::new(dir.path(), Arc::new(crate::store::io::RealIo)));
         let mut log =
-            DefinitionsLog::rewrite(dir.path(), &[DefOp::AddVhost { name: "/".into() }]).unwrap();
+            DefinitionsLog::rewrite(&files, &[DefOp::AddVhost { name: "/".into() }]).unwrap();
         let mut args = FieldTable::default();
         args.insert(
             "x-max-length".into(),

@@ -13,11 +13,21 @@
 //! Survives a crash: every persistent record that was confirmed (fdatasync
 //! returned before the confirm was sent), and every ack-log entry that reached
 //! the kernel. A torn record at the end of a segment fails its CRC and is cut.
+//!
+//! Replication seam: every durable byte under the data directory is written
+//! through the store's [`Durable`] gate (handed out by [`Store::files`] to the
+//! definitions log, dedup logs and delay-index runs) or, for segment records,
+//! reported by the segment right after its copy into the map; an observer
+//! attached through [`StoreIo::observer`] sees all of it (see [`replica`]).
+//! The store knows no AMQP session, socket or HTTP.
 
 pub mod definitions;
+pub mod durable;
 pub mod io;
+pub mod replica;
 pub mod segment;
 
+use self::durable::Durable;
 use self::io::StoreIo;
 use self::segment::{Segment, SEGMENT_HEADER};
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -224,7 +234,7 @@ pub type RecoveredQueues = HashMap<u32, Vec<Recovered>>;
 
 pub struct Store {
     dir: PathBuf,
-    io: Arc<dyn StoreIo>,
+    files: Arc<Durable>,
     segment_size: usize,
     sync_delay: Duration,
     segments: RwLock<BTreeMap<u32, Arc<Segment>>>,
@@ -252,7 +262,8 @@ impl Store {
         sync_delay_us: u64,
         live_queues: &HashSet<u32>,
     ) -> std::io::Result<(Arc<Store>, RecoveredQueues)> {
-        let dir = dir.join("msgs");
+        let files = Arc::new(Durable::new(dir, io));
+        let dir = dir.join(segment::DIR);
         std::fs::create_dir_all(&dir)?;
         let mut ids = vec![];
         for e in std::fs::read_dir(&dir)? {
@@ -270,7 +281,7 @@ impl Store {
         let mut max_recorded = 0u32;
         let mut segments = BTreeMap::new();
         for &id in &ids {
-            let seg = match Segment::open(&dir, id) {
+            let seg = match Segment::open(&files, id) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!(segment = id, error = %e, "unreadable segment skipped");
@@ -316,7 +327,7 @@ impl Store {
                 seg.truncate_to(off)?;
             }
             if refs == 0 {
-                seg.delete_files(&dir);
+                seg.delete_files();
                 continue;
             }
             seg.refs.store(refs, Ordering::Relaxed);
@@ -329,17 +340,12 @@ impl Store {
             msgs.sort_by_key(|r| r.order);
         }
         let next_id = ids.last().map(|i| i + 1).unwrap_or(1);
-        let active = Arc::new(Segment::create(
-            io.as_ref(),
-            &dir,
-            next_id,
-            segment_size as usize,
-        )?);
+        let active = Arc::new(Segment::create(&files, next_id, segment_size as usize)?);
         segments.insert(next_id, active.clone());
         let (synced_tx, _) = watch::channel(0);
         let store = Arc::new(Store {
             dir,
-            io,
+            files,
             segment_size: segment_size as usize,
             sync_delay: Duration::from_micros(sync_delay_us),
             segments: RwLock::new(segments),
@@ -367,8 +373,15 @@ impl Store {
         Ok((store, recovered))
     }
 
+    /// The segments' directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The gate every other durable file of the data directory is written
+    /// through (definitions log, dedup logs, delay-index runs).
+    pub fn files(&self) -> &Arc<Durable> {
+        &self.files
     }
 
     /// Append a message record referenced by `refs` queues. Returns its
@@ -416,7 +429,7 @@ impl Store {
             .segment_size
             .max(need + SEGMENT_HEADER + segment::RECORD_HEADER);
         let id = w.next_id;
-        let seg = match Segment::create(self.io.as_ref(), &self.dir, id, cap) {
+        let seg = match Segment::create(&self.files, id, cap) {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 if !w.full {
@@ -448,8 +461,7 @@ impl Store {
         self.segments.write().remove(&seg.id);
         // Deleting the file is safe even while mapped: the map lives on until
         // the last Arc is dropped.
-        let _ = std::fs::remove_file(&seg.path);
-        let _ = std::fs::remove_file(self.dir.join(Segment::acks_name(seg.id)));
+        seg.delete_files();
     }
 
     pub fn segment(&self, id: u32) -> Option<Arc<Segment>> {
@@ -566,7 +578,7 @@ impl Store {
                 i += 1;
             }
             if let Some(seg) = self.segment(seg_id) {
-                if let Err(e) = seg.log_acks(self.io.as_ref(), &self.dir, &buf) {
+                if let Err(e) = seg.log_acks(&buf) {
                     tracing::error!(segment = seg_id, error = %e, "cannot write ack log");
                 }
             }
@@ -616,7 +628,7 @@ impl Store {
                 if seg.deleted.load(Ordering::Acquire) {
                     continue;
                 }
-                if let Err(e) = self.io.sync(seg.file()) {
+                if let Err(e) = seg.sync() {
                     tracing::error!(segment = seg.id, error = %e, "fdatasync failed: the affected publishes are nacked");
                     ok = false;
                 }
@@ -677,7 +689,7 @@ impl Store {
         };
         for s in dirty {
             if !s.deleted.load(Ordering::Acquire) {
-                self.io.sync(s.file())?;
+                s.sync()?;
             }
         }
         Ok(())
@@ -739,8 +751,10 @@ impl Store {
         }
         self.flush_acks();
         let active = self.writer.lock().active.clone();
-        let _ = self.io.sync(active.file());
+        let _ = active.sync();
         self.closed.store(true, Ordering::SeqCst);
+        // Nothing in the data dir changes any more, through any file.
+        self.files.close();
     }
 
     /// Whether [`Store::shutdown`] has finished: appends fail, releases and

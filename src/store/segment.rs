@@ -6,14 +6,25 @@
 //! only ever look below `len` (Acquire), so no byte is read while written.
 //! Beside it, `<id>.acks` logs which queue let go of which record, so a
 //! restart does not bring acked messages back.
+//!
+//! Replication seam: a record is copied into the map and then reported to
+//! the observer as `wrote(path, offset, the mapped bytes)`, under the
+//! store's writer lock (no copy, no allocation, one branch without an
+//! observer); creating, cutting, syncing and deleting the files and the ack
+//! log's appends go through [`Durable`].
 
-use super::io::StoreIo;
+use super::durable::{Durable, DurableFile};
+use super::replica::Observer;
 use memmap2::{MmapOptions, MmapRaw};
 use parking_lot::Mutex;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// The segments' directory, inside the data directory.
+pub const DIR: &str = "msgs";
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"LEPUSSEG";
 pub const ACKS_MAGIC: &[u8; 8] = b"LEPUSACK";
@@ -24,6 +35,12 @@ pub const RECORD_HEADER: usize = 8;
 pub struct Segment {
     pub id: u32,
     pub path: PathBuf,
+    /// `path` relative to the data directory, as the observer sees it.
+    rel: PathBuf,
+    acks_rel: PathBuf,
+    files: Arc<Durable>,
+    /// The observer, if any (the store's, copied here for the append path).
+    obs: Option<Arc<dyn Observer>>,
     file: File,
     map: MmapRaw,
     cap: usize,
@@ -37,7 +54,9 @@ pub struct Segment {
     /// No more appends; deleted once `refs` reaches zero.
     pub sealed: AtomicBool,
     pub deleted: AtomicBool,
-    acks: Mutex<Option<File>>,
+    /// The ack log, once opened; `None` again once the segment is deleted
+    /// (under this lock, so an append never recreates a deleted log).
+    acks: Mutex<Option<DurableFile>>,
 }
 
 // SAFETY: the raw map is only written beyond `len` by the single writer (under
@@ -53,14 +72,25 @@ impl Segment {
         format!("{id:010}.acks")
     }
 
+    fn rel(id: u32) -> PathBuf {
+        Path::new(DIR).join(Self::file_name(id))
+    }
+    fn acks_rel(id: u32) -> PathBuf {
+        Path::new(DIR).join(Self::acks_name(id))
+    }
+
     /// Create a new segment with room for `cap` bytes.
-    pub fn create(io: &dyn StoreIo, dir: &Path, id: u32, cap: usize) -> io::Result<Segment> {
-        let path = dir.join(Self::file_name(id));
-        let file = io.create_allocated(&path, cap as u64)?;
+    pub fn create(files: &Arc<Durable>, id: u32, cap: usize) -> io::Result<Segment> {
+        let rel = Self::rel(id);
+        let file = files.create_allocated(&rel, cap as u64)?;
         let map = MmapOptions::new().len(cap).map_raw(&file)?;
         let seg = Segment {
             id,
-            path,
+            path: files.path(&rel),
+            rel,
+            acks_rel: Self::acks_rel(id),
+            files: files.clone(),
+            obs: files.observer().cloned(),
             file,
             map,
             cap,
@@ -80,12 +110,16 @@ impl Segment {
             std::ptr::copy_nonoverlapping(hdr.as_ptr(), seg.map.as_mut_ptr(), SEGMENT_HEADER)
         };
         seg.len.store(SEGMENT_HEADER, Ordering::Release);
+        if let Some(o) = &seg.obs {
+            o.wrote(&seg.rel, 0, seg.bytes(0, SEGMENT_HEADER));
+        }
         Ok(seg)
     }
 
     /// Open an existing segment read-only for recovery and later reads.
-    pub fn open(dir: &Path, id: u32) -> io::Result<Segment> {
-        let path = dir.join(Self::file_name(id));
+    pub fn open(files: &Arc<Durable>, id: u32) -> io::Result<Segment> {
+        let rel = Self::rel(id);
+        let path = files.path(&rel);
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -101,6 +135,10 @@ impl Segment {
         let seg = Segment {
             id,
             path,
+            rel,
+            acks_rel: Self::acks_rel(id),
+            files: files.clone(),
+            obs: files.observer().cloned(),
             file,
             map,
             cap,
@@ -141,6 +179,11 @@ impl Segment {
         &self.file
     }
 
+    /// fdatasync the segment (and report it).
+    pub fn sync(&self) -> io::Result<()> {
+        self.files.sync(&self.rel, &self.file)
+    }
+
     /// Bytes `[off, off+n)`, which must lie below `len`.
     pub fn bytes(&self, off: usize, n: usize) -> &[u8] {
         assert!(
@@ -167,8 +210,9 @@ impl Segment {
         hdr[..4].copy_from_slice(&(payload as u32).to_le_bytes());
         hdr[4..].copy_from_slice(&crc.finalize().to_le_bytes());
         // SAFETY: [off, off+8+payload) is inside the map and beyond `len`,
-        // so no reader looks at it; we are the only writer.
-        unsafe {
+        // so no reader looks at it; we are the only writer. The slice handed
+        // to the observer is that range, which nobody writes again.
+        let written = unsafe {
             let base = self.map.as_mut_ptr().add(off);
             std::ptr::copy_nonoverlapping(hdr.as_ptr(), base, RECORD_HEADER);
             let mut at = RECORD_HEADER;
@@ -176,9 +220,13 @@ impl Segment {
                 std::ptr::copy_nonoverlapping(p.as_ptr(), base.add(at), p.len());
                 at += p.len();
             }
-        }
+            std::slice::from_raw_parts(base as *const u8, RECORD_HEADER + payload)
+        };
         self.len
             .store(off + RECORD_HEADER + payload, Ordering::Release);
+        if let Some(o) = &self.obs {
+            o.wrote(&self.rel, off as u64, written);
+        }
         Some(off as u32)
     }
 
@@ -205,7 +253,7 @@ impl Segment {
     /// Shrink the file to what was written, after recovery or when sealed.
     pub fn truncate_to(&self, len: usize) -> io::Result<()> {
         self.len.store(len, Ordering::Release);
-        self.file.set_len(len as u64)
+        self.files.set_len(&self.rel, &self.file, len as u64)
     }
 
     /// Drop our page-table entries for this segment: the pages stay in the page
@@ -229,34 +277,36 @@ impl Segment {
     }
 
     /// Append ack-log entries (8 bytes each) for this segment.
-    pub fn log_acks(&self, io: &dyn StoreIo, dir: &Path, entries: &[u8]) -> io::Result<()> {
+    pub fn log_acks(&self, entries: &[u8]) -> io::Result<()> {
+        let mut g = self.acks.lock();
         if self.deleted.load(Ordering::Acquire) {
             return Ok(());
         }
-        let mut g = self.acks.lock();
         if g.is_none() {
-            let path = dir.join(Self::acks_name(self.id));
-            let exists = path.exists();
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)?;
-            if !exists || f.metadata()?.len() == 0 {
+            let mut f = self.files.open_append(&self.acks_rel)?;
+            if f.is_empty() {
                 let mut hdr = [0u8; 16];
                 hdr[..8].copy_from_slice(ACKS_MAGIC);
                 hdr[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
                 hdr[12..16].copy_from_slice(&self.id.to_le_bytes());
-                io.append(&f, &hdr)?;
+                f.append(&hdr)?;
             }
             *g = Some(f);
         }
-        io.append(g.as_ref().unwrap(), entries)
+        g.as_mut().unwrap().append(entries)
     }
 
-    /// Remove the files. Called once no queue references this segment.
-    pub fn delete_files(&self, dir: &Path) {
+    /// Remove the files (once no queue references this segment). The ack
+    /// log goes under its lock, so no append recreates it afterwards.
+    pub fn delete_files(&self) {
         self.deleted.store(true, Ordering::Release);
-        let _ = std::fs::remove_file(&self.path);
-        let _ = std::fs::remove_file(dir.join(Self::acks_name(self.id)));
+        if let Err(e) = self.files.remove(&self.rel) {
+            tracing::warn!(segment = self.id, error = %e, "cannot remove segment file");
+        }
+        let mut g = self.acks.lock();
+        *g = None;
+        if let Err(e) = self.files.remove(&self.acks_rel) {
+            tracing::warn!(segment = self.id, error = %e, "cannot remove ack log");
+        }
     }
 }

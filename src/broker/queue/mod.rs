@@ -221,7 +221,7 @@ impl Queue {
                 .join("dedup")
                 .join(format!("q{id}.log"))
         });
-        let dedup = crate::broker::dedup::Dedup::from_args(&arguments, dedup_log);
+        let dedup = crate::broker::dedup::Dedup::from_args(&arguments, dedup_log, store.files());
         Queue {
             name: name.to_owned(),
             vhost_name: vhost.name.clone(),
