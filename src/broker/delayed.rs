@@ -715,6 +715,56 @@ mod tests {
     }
 
     #[test]
+    fn runs_are_written_through_the_store_gate() {
+        use crate::store::io::{Observed, RealIo};
+        use crate::store::replica::{differences, Mirror, Recorder};
+        let primary = tempfile::tempdir().unwrap();
+        let replica = tempfile::tempdir().unwrap();
+        let rec = Arc::new(Recorder::default());
+        let files = Arc::new(Durable::new(
+            primary.path(),
+            Arc::new(Observed::new(RealIo, rec.clone())),
+        ));
+        let dir = primary.path().join("delayed").join("x1");
+        let mut mirror = Mirror::new(replica.path()).unwrap();
+        let mut check = |expect_runs: bool| {
+            mirror.apply_all(&rec.take()).unwrap();
+            let runs = std::fs::read_dir(&dir).map_or(0, |d| d.count());
+            assert_eq!(runs > 0, expect_runs, "{runs} run files");
+            assert_eq!(
+                differences(primary.path(), replica.path()).unwrap(),
+                Vec::<String>::new()
+            );
+        };
+        // Spills every 10 entries, merges beyond 3 runs.
+        let mut idx = DelayIndex::with_limits(files.clone(), dir.clone(), 10, 3);
+        for i in 0..95u64 {
+            idx.insert((i * 7919) % 100, MsgPos(i));
+        }
+        // 9 spills, and merges: more run files written than there are runs.
+        assert!(!idx.runs.is_empty() && idx.runs.len() <= 4);
+        assert!(idx.next_run > 9, "{} runs written", idx.next_run);
+        check(true);
+        // Popping empties runs, which are removed.
+        for _ in 0..60 {
+            idx.pop().unwrap();
+        }
+        check(true);
+        // A new index on the same directory (a restart) removes the old runs.
+        drop(idx);
+        let mut idx = DelayIndex::with_limits(files.clone(), dir.clone(), 10, 3);
+        check(false);
+        for i in 0..25u64 {
+            idx.insert(i, MsgPos(i));
+        }
+        check(true);
+        idx.clear();
+        check(false);
+        let ops = rec.take();
+        assert!(ops.is_empty(), "{ops:?}");
+    }
+
+    #[test]
     fn x_delay_forms() {
         let mut t = FieldTable::default();
         t.insert("x-delay".into(), AMQPValue::LongInt(1500));

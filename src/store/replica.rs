@@ -247,3 +247,230 @@ fn short(op: &Op) -> String {
         other => format!("{other:?}"),
     }
 }
+
+/// How two data directories differ, file by file (`lepus.lock` is not data
+/// and is skipped): files only on one side, and files whose bytes differ.
+/// Empty when the replica reproduces the primary.
+pub fn differences(primary: &Path, replica: &Path) -> io::Result<Vec<String>> {
+    fn files(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+        for e in std::fs::read_dir(root.join(rel))? {
+            let e = e?;
+            let child = rel.join(e.file_name());
+            if e.file_type()?.is_dir() {
+                files(root, &child, out)?;
+            } else if child != Path::new("lepus.lock") {
+                out.push(child);
+            }
+        }
+        Ok(())
+    }
+    let (mut a, mut b) = (vec![], vec![]);
+    files(primary, Path::new(""), &mut a)?;
+    files(replica, Path::new(""), &mut b)?;
+    a.sort();
+    b.sort();
+    let mut out = vec![];
+    for p in &b {
+        if a.binary_search(p).is_err() {
+            out.push(format!("{}: only in the replica", p.display()));
+        }
+    }
+    for p in &a {
+        if b.binary_search(p).is_err() {
+            out.push(format!("{}: missing in the replica", p.display()));
+            continue;
+        }
+        let x = std::fs::read(primary.join(p))?;
+        let y = std::fs::read(replica.join(p))?;
+        if x != y {
+            let at = x.iter().zip(&y).position(|(i, j)| i != j);
+            out.push(format!(
+                "{}: {} bytes, replica {} bytes, first difference at {}",
+                p.display(),
+                x.len(),
+                y.len(),
+                at.map_or("the end of the shorter".to_string(), |i| i.to_string())
+            ));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::definitions::{DefOp, DefinitionsLog};
+    use crate::store::io::{FaultyIo, Observed, RealIo, StoreIo};
+    use crate::store::{encode_prefix, MsgPos, RecoveredQueues, Store};
+    use std::collections::HashSet;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    const SEG: u32 = 256 * 1024;
+
+    fn open(dir: &Path, io: &Arc<dyn StoreIo>) -> (Arc<Store>, RecoveredQueues) {
+        let live: HashSet<u32> = [1, 2].into();
+        Store::open(dir, io.clone(), SEG, 0, &live).unwrap()
+    }
+
+    fn put(store: &Store, queues: &[u32], body: &[u8]) -> MsgPos {
+        let mut prefix = vec![];
+        encode_prefix(&mut prefix, true, 1, queues, "ex", "rk", b"hdr");
+        let (pos, _) = store
+            .append(
+                &prefix,
+                body,
+                queues.len().max(1) as u64,
+                !queues.is_empty(),
+            )
+            .unwrap();
+        pos.with_logged(!queues.is_empty())
+    }
+
+    fn queue_decl(name: &str, id: u32) -> DefOp {
+        DefOp::DeclareQueue {
+            vhost: "/".into(),
+            name: name.into(),
+            id,
+            auto_delete: false,
+            arguments: Default::default(),
+        }
+    }
+
+    /// What a store recovered, comparable across directories: per queue,
+    /// (delivered, body) in order.
+    fn contents(s: &Store, rec: &RecoveredQueues) -> Vec<(u32, Vec<(bool, Vec<u8>)>)> {
+        let mut out: Vec<_> = rec
+            .iter()
+            .map(|(q, msgs)| {
+                let m = msgs
+                    .iter()
+                    .map(|r| {
+                        let body = s.with_message(r.pos, |m| m.body.to_vec()).unwrap();
+                        (r.delivered, body)
+                    })
+                    .collect();
+                (*q, m)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn replaying_what_the_store_reports_rebuilds_its_directory() {
+        let primary = tempfile::tempdir().unwrap();
+        let replica = tempfile::tempdir().unwrap();
+        let rec = Arc::new(Recorder::default());
+        let io: Arc<dyn StoreIo> = Arc::new(Observed::new(RealIo, rec.clone()));
+
+        let (s, _) = open(primary.path(), &io);
+        let mut defs =
+            DefinitionsLog::rewrite(s.files(), &[DefOp::AddVhost { name: "/".into() }]).unwrap();
+        defs.append(&queue_decl("a", 1)).unwrap();
+        defs.append(&queue_decl("b", 2)).unwrap();
+        // Several segments: rolled (cut to size), some emptied (deleted).
+        let body: Vec<u8> = (0..40 * 1024).map(|i| (i % 251) as u8).collect();
+        let ps: Vec<MsgPos> = (0..30)
+            .map(|i| put(&s, if i % 2 == 0 { &[1, 2] } else { &[1] }, &body))
+            .collect();
+        put(&s, &[], b"transient");
+        s.mark_delivered(ps[12], 1);
+        s.mark_delivered(ps[14], 2);
+        for p in &ps[..10] {
+            s.release(*p, 1);
+        }
+        for p in ps[..10].iter().step_by(2) {
+            s.release(*p, 2);
+        }
+        s.release(ps[20], 2);
+        s.flush_acks();
+        s.sync_now().unwrap();
+        assert!(s.segment_count() > 2);
+        // A small file appended to, replaced and removed, as dedup logs are.
+        let small = Path::new("dedup/q9.log");
+        let mut f = s.files().open_append(small).unwrap();
+        f.append(b"one").unwrap();
+        f.append(b"two").unwrap();
+        drop(f);
+        s.files().replace(small, b"three", false).unwrap();
+        s.files()
+            .open_append(small)
+            .unwrap()
+            .append(b"four")
+            .unwrap();
+        s.files().remove(small).unwrap();
+        s.files()
+            .open_append(Path::new("dedup/q1.log"))
+            .unwrap()
+            .append(b"kept")
+            .unwrap();
+        s.shutdown();
+        drop((s, defs));
+
+        // Recovery writes too (cuts the last segment, deletes emptied ones,
+        // starts a new one, rewrites the definitions): all of it reported.
+        let (s, _) = open(primary.path(), &io);
+        let ops = DefinitionsLog::read_all(primary.path()).unwrap();
+        let mut defs = DefinitionsLog::rewrite(s.files(), &ops).unwrap();
+        defs.append(&DefOp::DeleteQueue {
+            vhost: "/".into(),
+            name: "nothing".into(),
+        })
+        .unwrap();
+        let more = put(&s, &[2], b"after the restart");
+        s.mark_delivered(more, 2);
+        s.flush_acks();
+        s.shutdown();
+        drop((s, defs));
+
+        let ops = rec.take();
+        let kinds = |f: fn(&Op) -> bool| ops.iter().filter(|o| f(o)).count();
+        assert!(kinds(|o| matches!(o, Op::Renamed { .. })) >= 3);
+        assert!(kinds(|o| matches!(o, Op::Deleted(_))) >= 2);
+        assert!(kinds(|o| matches!(o, Op::SetLen { .. })) >= 4);
+        assert!(kinds(|o| matches!(o, Op::Synced(_))) >= 3);
+        let mut mirror = Mirror::new(replica.path()).unwrap();
+        mirror.apply_all(&ops).unwrap();
+        assert_eq!(
+            differences(primary.path(), replica.path()).unwrap(),
+            Vec::<String>::new()
+        );
+
+        // The replica recovers what the primary does.
+        let real: Arc<dyn StoreIo> = Arc::new(RealIo);
+        let (a, ra) = open(primary.path(), &real);
+        let (b, rb) = open(replica.path(), &real);
+        let (ca, cb) = (contents(&a, &ra), contents(&b, &rb));
+        assert_eq!(ca.len(), 2);
+        assert_eq!(ca, cb);
+        assert_eq!(
+            DefinitionsLog::read_all(primary.path()).unwrap(),
+            DefinitionsLog::read_all(replica.path()).unwrap()
+        );
+        a.shutdown();
+        b.shutdown();
+    }
+
+    #[test]
+    fn a_failed_sync_is_not_reported_as_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Arc::new(Recorder::default());
+        let faulty = Arc::new(Observed::new(FaultyIo::default(), rec.clone()));
+        let io: Arc<dyn StoreIo> = faulty.clone();
+        let (s, _) = open(dir.path(), &io);
+        put(&s, &[1], b"x");
+        rec.take();
+        faulty.io.fail_all_syncs.store(true, Ordering::SeqCst);
+        assert!(s.sync_now().is_err());
+        assert!(rec.take().iter().all(|o| !matches!(o, Op::Synced(_))));
+        faulty.io.fail_all_syncs.store(false, Ordering::SeqCst);
+        s.sync_now().unwrap();
+        assert!(rec.take().iter().any(|o| matches!(o, Op::Synced(_))));
+        s.shutdown();
+        // After shutdown the gate refuses every change.
+        assert!(s.files().remove(Path::new("definitions.log")).is_err());
+        assert!(s.files().open_append(Path::new("dedup/q1.log")).is_err());
+        assert!(rec.is_empty() || rec.take().iter().all(|o| matches!(o, Op::Synced(_))));
+    }
+}
