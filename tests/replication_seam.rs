@@ -167,6 +167,22 @@ async fn a_replica_fed_only_by_the_observer_reproduces_the_data_dir() {
     let primary = tempfile::tempdir().unwrap();
     let replica = tempfile::tempdir().unwrap();
     let rec = Arc::new(Recorder::default());
+    // The replica follows at two checkpoints, so that a write that bypasses
+    // the seam shows even when a later rewrite (definitions, dedup) would
+    // cover it up.
+    let mut mirror = Mirror::new(replica.path()).unwrap();
+    mirror.sync = false;
+    let mut ops = vec![];
+    let mut follow = |phase: &str| {
+        let new = rec.take();
+        mirror.apply_all(&new).unwrap();
+        assert_eq!(
+            differences(primary.path(), replica.path()).unwrap(),
+            Vec::<String>::new(),
+            "after {phase}, the replica differs from the primary"
+        );
+        ops.extend(new);
+    };
 
     // ----- phase 1: from an empty directory, everything observed -----
     let h = start(primary.path(), Some(&rec)).await;
@@ -314,11 +330,25 @@ async fn a_replica_fed_only_by_the_observer_reproduces_the_data_dir() {
         "a delay-index run was written"
     );
     h.shutdown().await;
+    follow("phase 1");
 
     // ----- phase 2: a restart (recovery writes too) and more work -----
     let h = start(primary.path(), Some(&rec)).await;
     let (_c, ch) = channel(&h).await;
     let mut confirms = vec![];
+    // Definitions appended after the start's rewrite.
+    ch.queue_declare("phase2".into(), durable(), FieldTable::default())
+        .await
+        .unwrap();
+    ch.queue_bind(
+        "phase2".into(),
+        "later".into(),
+        "p".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
     take(&ch, "work", 5, 1).await;
     for i in 0..5 {
         confirms.push(
@@ -345,16 +375,8 @@ async fn a_replica_fed_only_by_the_observer_reproduces_the_data_dir() {
     let expect_work = queue_counts(&ch, "work").await.0;
     h.shutdown().await;
 
-    // ----- replay into the empty replica directory -----
-    let ops = rec.take();
-    let mut mirror = Mirror::new(replica.path()).unwrap();
-    mirror.sync = false;
-    mirror.apply_all(&ops).unwrap();
-    assert_eq!(
-        differences(primary.path(), replica.path()).unwrap(),
-        Vec::<String>::new(),
-        "the replica differs from the primary"
-    );
+    follow("phase 2");
+    drop(follow);
     // The workload wrote every kind of durable file.
     let touched = |pred: &dyn Fn(&str) -> bool| {
         ops.iter()
@@ -385,6 +407,7 @@ async fn a_replica_fed_only_by_the_observer_reproduces_the_data_dir() {
     assert_eq!(delayed_pending(&hr), expect_pending);
     assert_eq!(delayed_pending(&hp), expect_pending);
     assert!(hr.broker.vhost("replicated").is_some());
+    assert!(hr.broker.vhost("/").unwrap().queue("phase2").is_some());
     assert!(hr.broker.vhost("/").unwrap().exchange("dx").is_some());
     let (_cp, chp) = channel(&hp).await;
     let (_cr, chr) = channel(&hr).await;
