@@ -376,7 +376,6 @@ async fn a_replica_fed_only_by_the_observer_reproduces_the_data_dir() {
     h.shutdown().await;
 
     follow("phase 2");
-    drop(follow);
     // The workload wrote every kind of durable file.
     let touched = |pred: &dyn Fn(&str) -> bool| {
         ops.iter()

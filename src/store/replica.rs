@@ -337,9 +337,11 @@ mod tests {
         }
     }
 
-    /// What a store recovered, comparable across directories: per queue,
-    /// (delivered, body) in order.
-    fn contents(s: &Store, rec: &RecoveredQueues) -> Vec<(u32, Vec<(bool, Vec<u8>)>)> {
+    /// Per queue: (delivered, body) of each message, in order.
+    type Contents = Vec<(u32, Vec<(bool, Vec<u8>)>)>;
+
+    /// What a store recovered, comparable across directories.
+    fn contents(s: &Store, rec: &RecoveredQueues) -> Contents {
         let mut out: Vec<_> = rec
             .iter()
             .map(|(q, msgs)| {
