@@ -87,14 +87,26 @@ pub enum Outcome {
     NotStored(AppendError),
 }
 
+/// How a publisher confirm is decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Confirm {
+    /// basic.ack now.
+    Ack,
+    /// basic.ack once the store's sync covers this sequence number.
+    AckAfter(SyncSeq),
+    /// basic.nack now.
+    Nack,
+}
+
 impl Outcome {
-    /// How a publisher confirm is decided: `Ok(Some(s))` after sync `s`,
-    /// `Ok(None)` at once, `Err(())` a nack.
-    pub fn confirm(&self) -> Result<Option<SyncSeq>, ()> {
+    pub fn confirm(&self) -> Confirm {
         match self {
-            Outcome::Routed { sync } | Outcome::Scheduled { sync, .. } => Ok(*sync),
-            Outcome::Unroutable | Outcome::Duplicate => Ok(None),
-            Outcome::Rejected | Outcome::NotStored(_) => Err(()),
+            Outcome::Routed { sync } | Outcome::Scheduled { sync, .. } => match sync {
+                Some(s) => Confirm::AckAfter(*s),
+                None => Confirm::Ack,
+            },
+            Outcome::Unroutable | Outcome::Duplicate => Confirm::Ack,
+            Outcome::Rejected | Outcome::NotStored(_) => Confirm::Nack,
         }
     }
 }
