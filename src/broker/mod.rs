@@ -182,3 +182,6 @@ impl Broker {
         });
     }
 }
+
+#[cfg(test)]
+mod timer_tests;
