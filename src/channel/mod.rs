@@ -5,6 +5,11 @@
 //! messages, prefetch) lives in [`ChannelShared`]. Errors come back as
 //! [`AmqpError`]s; the connection turns them into channel.close or
 //! connection.close.
+//!
+//! Files: `content` (assembly), `publish` (the guards before the
+//! broker's pipeline), one file per class (`exchange`, `queue`,
+//! `basic`), `confirms` and `tx`. Imports the broker and the protocol,
+//! never the connection or mgmt layers.
 
 mod basic;
 mod confirms;

@@ -13,6 +13,9 @@
 //! Survives a crash: every persistent record that was confirmed (fdatasync
 //! returned before the confirm was sent), and every ack-log entry that reached
 //! the kernel. A torn record at the end of a segment fails its CRC and is cut.
+//!
+//! Never imports the broker, channel, connection or mgmt layers: the store
+//! knows no AMQP session, socket or HTTP request.
 
 pub mod definitions;
 pub mod io;
