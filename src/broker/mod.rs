@@ -30,7 +30,7 @@ pub mod vhost;
 
 pub use auth::{hash_password, Access, Permission, User};
 use model::{Defs, Model};
-pub use topology::{check_exclusive, exchange_kind, is_delayed};
+pub use topology::{check_binding_args, check_exclusive, exchange_kind, is_delayed};
 
 use crate::broker::exchange::{Dest, Exchange, ExchangeKind};
 use crate::broker::queue::Queue;

@@ -456,32 +456,7 @@ impl Broker {
                 ));
             }
         }
-        if source.kind == ExchangeKind::Headers {
-            if let Some(v) = arguments.inner().get("x-match") {
-                let ok = crate::broker::args::str_value(v).is_some_and(|m| {
-                    matches!(m.as_str(), "all" | "any" | "all-with-x" | "any-with-x")
-                });
-                if !ok {
-                    // RabbitMQ prints a string as an Erlang binary.
-                    let shown = match crate::broker::args::str_value(v) {
-                        Some(s) => format!("<<\"{s}\">>"),
-                        None => crate::broker::args::show(v),
-                    };
-                    return Err(AmqpError::precondition(format!(
-                        "Invalid x-match field value {shown}; expected all, any, all-with-x, or any-with-x"
-                    )));
-                }
-            }
-        }
-        if source.kind == ExchangeKind::ConsistentHash {
-            let weight = routing_key.trim().parse::<u32>().ok();
-            if weight.is_none_or(|w| w > crate::broker::exchange::MAX_HASH_WEIGHT) {
-                return Err(AmqpError::precondition(format!(
-                    "binding key '{routing_key}' of an x-consistent-hash exchange must be a weight from 0 to {}",
-                    crate::broker::exchange::MAX_HASH_WEIGHT
-                )));
-            }
-        }
+        check_binding_args(source.kind, routing_key, &arguments)?;
         let durable = source.durable && dest.is_durable();
         // Log first, then change the maps (a failed write changes nothing).
         if durable && !source.has_binding(&dest, routing_key, &arguments) {
@@ -593,4 +568,40 @@ impl Broker {
         }
         self.connections.lock().remove(&conn_id);
     }
+}
+
+/// The checks a binding's key and arguments must pass for its source's
+/// exchange type: a headers binding's x-match, a consistent-hash weight.
+/// With RabbitMQ's texts; also used by the definitions import.
+pub fn check_binding_args(
+    kind: ExchangeKind,
+    routing_key: &str,
+    arguments: &FieldTable,
+) -> AmqpResult<()> {
+    if kind == ExchangeKind::Headers {
+        if let Some(v) = arguments.inner().get("x-match") {
+            let ok = crate::broker::args::str_value(v)
+                .is_some_and(|m| matches!(m.as_str(), "all" | "any" | "all-with-x" | "any-with-x"));
+            if !ok {
+                // RabbitMQ prints a string as an Erlang binary.
+                let shown = match crate::broker::args::str_value(v) {
+                    Some(s) => format!("<<\"{s}\">>"),
+                    None => crate::broker::args::show(v),
+                };
+                return Err(AmqpError::precondition(format!(
+                        "Invalid x-match field value {shown}; expected all, any, all-with-x, or any-with-x"
+                    )));
+            }
+        }
+    }
+    if kind == ExchangeKind::ConsistentHash {
+        let weight = routing_key.trim().parse::<u32>().ok();
+        if weight.is_none_or(|w| w > crate::broker::exchange::MAX_HASH_WEIGHT) {
+            return Err(AmqpError::precondition(format!(
+                    "binding key '{routing_key}' of an x-consistent-hash exchange must be a weight from 0 to {}",
+                    crate::broker::exchange::MAX_HASH_WEIGHT
+                )));
+        }
+    }
+    Ok(())
 }
