@@ -155,9 +155,16 @@ pub fn publish(
             }
         }
     }
-    let mut keys: Vec<&str> = Vec::with_capacity(1 + s.keys.len());
-    keys.push(msg.routing_key);
-    keys.extend(s.keys.iter().map(|k| k.as_str()));
+    // Without CC/BCC (nearly always) the keys are the routing key alone: no allocation.
+    let with_cc: Vec<&str>;
+    let keys: &[&str] = if s.keys.is_empty() {
+        std::slice::from_ref(&msg.routing_key)
+    } else {
+        with_cc = std::iter::once(msg.routing_key)
+            .chain(s.keys.iter().map(|k| k.as_str()))
+            .collect();
+        &with_cc
+    };
 
     let mut queues = std::mem::take(&mut s.queues);
     queues.clear();
@@ -169,7 +176,7 @@ pub fn publish(
             queues.push(q.clone())
         }
         _ => {
-            vh.route(ex, &keys, msg.headers, msg.header, &mut queues);
+            vh.route(ex, keys, msg.headers, msg.header, &mut queues);
             if ex.name.is_empty() && queues.len() == 1 {
                 s.default_route = Some(queues[0].clone());
             }

@@ -4,11 +4,6 @@
 
 use super::*;
 
-pub(super) enum ConfirmState {
-    Ready(bool),
-    Wait(SyncSeq),
-}
-
 impl Channel {
     /// Send the confirms (and a deferred tx.commit-ok) that are decided.
     /// Returns whether something still waits for a sync.
@@ -32,9 +27,10 @@ impl Channel {
         let mut count = 0;
         while let Some((seq, st)) = self.confirms.front() {
             let ack = match st {
-                ConfirmState::Ready(a) => *a,
-                ConfirmState::Wait(s) if *s <= synced => !store.sync_failed(*s),
-                ConfirmState::Wait(_) => break,
+                Confirm::Ack => true,
+                Confirm::Nack => false,
+                Confirm::AckAfter(s) if *s <= synced => !store.sync_failed(*s),
+                Confirm::AckAfter(_) => break,
             };
             let seq = *seq;
             self.confirms.pop_front();
@@ -63,7 +59,7 @@ impl Channel {
             || self
                 .confirms
                 .iter()
-                .any(|(_, s)| matches!(s, ConfirmState::Wait(_)))
+                .any(|(_, s)| matches!(s, Confirm::AckAfter(_)))
     }
 
     pub fn has_confirms(&self) -> bool {

@@ -20,7 +20,6 @@ mod queue;
 mod tx;
 
 use basic::Settle;
-use confirms::ConfirmState;
 pub use content::Message;
 use content::Pending;
 use tx::TxOp;
@@ -58,7 +57,7 @@ pub struct Channel {
     pending: Option<Pending>,
     confirm: bool,
     publish_seq: u64,
-    confirms: VecDeque<(u64, ConfirmState)>,
+    confirms: VecDeque<(u64, Confirm)>,
     tx: Option<Vec<TxOp>>,
     /// commit-ok waits for this sync.
     commit_wait: Option<SyncSeq>,

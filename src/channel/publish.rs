@@ -120,7 +120,7 @@ impl Channel {
 
     /// Publish one message through the broker's pipeline; returns how its
     /// confirm is decided.
-    pub(super) fn publish(&mut self, ctx: &ConnCtx, msg: &Message) -> AmqpResult<ConfirmState> {
+    pub(super) fn publish(&mut self, ctx: &ConnCtx, msg: &Message) -> AmqpResult<Confirm> {
         let c = self.check_publish(ctx, msg)?;
         let p = Publish {
             exchange: &c.ex,
@@ -152,10 +152,6 @@ impl Channel {
             Outcome::NotStored(e) => tracing::error!(error = %e, "publish not stored"),
             _ => {}
         }
-        Ok(match outcome.confirm() {
-            Confirm::AckAfter(s) => ConfirmState::Wait(s),
-            Confirm::Ack => ConfirmState::Ready(true),
-            Confirm::Nack => ConfirmState::Ready(false),
-        })
+        Ok(outcome.confirm())
     }
 }

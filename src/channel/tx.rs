@@ -66,7 +66,7 @@ impl Channel {
                 while let Some(op) = ops.next() {
                     match op {
                         TxOp::Publish(msg) => match self.publish(ctx, &msg) {
-                            Ok(ConfirmState::Wait(s)) => wait = Some(s),
+                            Ok(Confirm::AckAfter(s)) => wait = Some(s),
                             Ok(_) => {}
                             Err(e) => {
                                 // The rest of the transaction never happened:
