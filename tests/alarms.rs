@@ -73,14 +73,7 @@ async fn alarm_blocks_publishers_and_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     // ...while a connection that never published still works.
     let q = cons_ch
-        .queue_declare(
-            "alarm".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("alarm".into(), passive(), FieldTable::default())
         .await
         .unwrap();
     assert_eq!(q.message_count(), 1);
@@ -92,14 +85,7 @@ async fn alarm_blocks_publishers_and_loses_nothing() {
     );
     assert_eq!(within(10, publisher).await.unwrap(), 10);
     let q = cons_ch
-        .queue_declare(
-            "alarm".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("alarm".into(), passive(), FieldTable::default())
         .await
         .unwrap();
     assert_eq!(q.message_count(), 11, "nothing was dropped");

@@ -54,14 +54,7 @@ async fn publish_consume_ack_with_confirms() {
         d.ack(BasicAckOptions::default()).await.unwrap();
     }
     let q = ch
-        .queue_declare(
-            "q1".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("q1".into(), passive(), FieldTable::default())
         .await
         .unwrap();
     assert_eq!(q.message_count(), 0);

@@ -8,38 +8,6 @@ use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use std::sync::Arc;
 
-fn persistent() -> BasicProperties {
-    BasicProperties::default().with_delivery_mode(2)
-}
-
-fn durable() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    }
-}
-
-async fn publish_confirmed(
-    ch: &lapin::Channel,
-    ex: &str,
-    rk: &str,
-    body: &[u8],
-    props: BasicProperties,
-) -> bool {
-    ch.basic_publish(
-        ex.into(),
-        rk.into(),
-        BasicPublishOptions::default(),
-        body,
-        props,
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap()
-    .is_ack()
-}
-
 #[tokio::test]
 async fn persistent_messages_survive_restart_exactly_unacked_in_order() {
     let mut b = TestBroker::start().await;
@@ -59,11 +27,19 @@ async fn persistent_messages_survive_restart_exactly_unacked_in_order() {
         .await
         .unwrap();
         for i in 0..10u8 {
-            assert!(publish_confirmed(&ch, "", "dq", &[i], persistent()).await);
+            assert!(publish_confirmed(&ch, "", "dq", &[i], persistent())
+                .await
+                .is_ack());
         }
         // transient message in a durable queue, and anything in a transient queue, are gone after restart
-        assert!(publish_confirmed(&ch, "", "dq", b"transient", BasicProperties::default()).await);
-        assert!(publish_confirmed(&ch, "", "tq", b"x", persistent()).await);
+        assert!(
+            publish_confirmed(&ch, "", "dq", b"transient", BasicProperties::default())
+                .await
+                .is_ack()
+        );
+        assert!(publish_confirmed(&ch, "", "tq", b"x", persistent())
+            .await
+            .is_ack());
         // deliver 0..=3, ack 0 and 1, leave 2 and 3 unacked
         ch.basic_qos(4, BasicQosOptions::default()).await.unwrap();
         let mut cons = ch
@@ -93,14 +69,7 @@ async fn persistent_messages_survive_restart_exactly_unacked_in_order() {
     }
     let (_c, ch) = b.channel().await;
     let q = ch
-        .queue_declare(
-            "dq".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("dq".into(), passive(), FieldTable::default())
         .await
         .unwrap();
     assert_eq!(
@@ -109,14 +78,7 @@ async fn persistent_messages_survive_restart_exactly_unacked_in_order() {
         "10 persistent - 2 acked; the transient one is gone"
     );
     let err = ch
-        .queue_declare(
-            "tq".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("tq".into(), passive(), FieldTable::default())
         .await
         .unwrap_err();
     assert_eq!(reply_code(&err), Some(404));
@@ -207,7 +169,11 @@ async fn definitions_survive_restart() {
     )
     .await
     .unwrap();
-    assert!(publish_confirmed(&ch, "dx", "a.b", b"routed", BasicProperties::default()).await);
+    assert!(
+        publish_confirmed(&ch, "dx", "a.b", b"routed", BasicProperties::default())
+            .await
+            .is_ack()
+    );
     let m = ch
         .basic_get("dq".into(), BasicGetOptions { no_ack: true })
         .await
@@ -230,14 +196,7 @@ async fn definitions_survive_restart() {
     assert_eq!(reply_code(&e), Some(404));
     let (_c3, ch3) = b.channel().await;
     let e = ch3
-        .queue_declare(
-            "gone".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("gone".into(), passive(), FieldTable::default())
         .await
         .unwrap_err();
     assert_eq!(reply_code(&e), Some(404));
@@ -274,7 +233,11 @@ async fn fanout_writes_the_body_once() {
     }
     let before = b.broker().store.bytes_used();
     let body = vec![7u8; 256 * 1024];
-    assert!(publish_confirmed(&ch, "amq.fanout", "", &body, persistent()).await);
+    assert!(
+        publish_confirmed(&ch, "amq.fanout", "", &body, persistent())
+            .await
+            .is_ack()
+    );
     let grew = b.broker().store.bytes_used() - before;
     assert!(
         grew >= body.len() as u64 && grew < body.len() as u64 + 1024,
@@ -372,18 +335,28 @@ async fn failed_fsync_nacks_the_confirm() {
     ch.queue_declare("fq".into(), durable(), FieldTable::default())
         .await
         .unwrap();
-    assert!(publish_confirmed(&ch, "", "fq", b"ok", persistent()).await);
+    assert!(publish_confirmed(&ch, "", "fq", b"ok", persistent())
+        .await
+        .is_ack());
     io.fail_all_syncs
         .store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(
-        !publish_confirmed(&ch, "", "fq", b"not on disk", persistent()).await,
+        !publish_confirmed(&ch, "", "fq", b"not on disk", persistent())
+            .await
+            .is_ack(),
         "must be nacked"
     );
     // transient messages do not need a sync and are still acked
-    assert!(publish_confirmed(&ch, "", "fq", b"transient", BasicProperties::default()).await);
+    assert!(
+        publish_confirmed(&ch, "", "fq", b"transient", BasicProperties::default())
+            .await
+            .is_ack()
+    );
     io.fail_all_syncs
         .store(false, std::sync::atomic::Ordering::SeqCst);
-    assert!(publish_confirmed(&ch, "", "fq", b"ok again", persistent()).await);
+    assert!(publish_confirmed(&ch, "", "fq", b"ok again", persistent())
+        .await
+        .is_ack());
     h.shutdown().await;
 }
 
@@ -405,21 +378,20 @@ async fn segment_allocation_failure_nacks_and_recovers() {
         .await
         .unwrap();
     let body = vec![0u8; 600 * 1024];
-    assert!(publish_confirmed(&ch, "", "aq", &body, persistent()).await);
+    assert!(publish_confirmed(&ch, "", "aq", &body, persistent())
+        .await
+        .is_ack());
     io.fail_allocations
         .store(1, std::sync::atomic::Ordering::SeqCst);
     // needs a new segment: allocation fails, the publish is nacked, nothing is lost
-    assert!(!publish_confirmed(&ch, "", "aq", &body, persistent()).await);
-    assert!(publish_confirmed(&ch, "", "aq", &body, persistent()).await);
+    assert!(!publish_confirmed(&ch, "", "aq", &body, persistent())
+        .await
+        .is_ack());
+    assert!(publish_confirmed(&ch, "", "aq", &body, persistent())
+        .await
+        .is_ack());
     let q = ch
-        .queue_declare(
-            "aq".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("aq".into(), passive(), FieldTable::default())
         .await
         .unwrap();
     assert_eq!(q.message_count(), 2);
@@ -532,7 +504,9 @@ async fn ids_are_not_reused_after_deletion() {
         ch.queue_declare("keep".into(), durable(), FieldTable::default())
             .await
             .unwrap();
-        assert!(publish_confirmed(&ch, "", "keep", b"keep", persistent()).await);
+        assert!(publish_confirmed(&ch, "", "keep", b"keep", persistent())
+            .await
+            .is_ack());
         // The highest id: a durable delayed exchange in vhost v with a pending persistent message.
         let c = connect(&format!("amqp://guest:guest@{}/v", b.addr())).await;
         let vch = c.create_channel().await.unwrap();
@@ -560,7 +534,11 @@ async fn ids_are_not_reused_after_deletion() {
             "x-delay".into(),
             lapin::types::AMQPValue::LongInt(3_600_000),
         );
-        assert!(publish_confirmed(&vch, "later", "", b"ghost", persistent().with_headers(h)).await);
+        assert!(
+            publish_confirmed(&vch, "later", "", b"ghost", persistent().with_headers(h))
+                .await
+                .is_ack()
+        );
         let _ = c.close(200, "bye".into()).await;
     }
     broker.delete_vhost("v").unwrap();
@@ -575,14 +553,7 @@ async fn ids_are_not_reused_after_deletion() {
     b.restart().await;
     let (_c, ch) = b.channel().await;
     let q = ch
-        .queue_declare(
-            "fresh".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("fresh".into(), passive(), FieldTable::default())
         .await
         .unwrap();
     assert_eq!(
@@ -653,16 +624,11 @@ async fn exclusive_durable_queue_leaves_no_binding_behind() {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    assert!(publish_confirmed(&ch, "dx2", "k", b"x", persistent()).await);
+    assert!(publish_confirmed(&ch, "dx2", "k", b"x", persistent())
+        .await
+        .is_ack());
     let q = ch
-        .queue_declare(
-            "ghost".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("ghost".into(), passive(), FieldTable::default())
         .await
         .unwrap();
     assert_eq!(
@@ -760,17 +726,20 @@ async fn work_due_at_restart_waits_until_every_queue_is_back() {
         h.insert("x-delay".into(), AMQPValue::LongInt(100));
         for i in 0..N {
             let body = format!("{i}");
+            assert!(publish_confirmed(
+                &ch,
+                "later-x",
+                "k",
+                body.as_bytes(),
+                persistent().with_headers(h.clone())
+            )
+            .await
+            .is_ack());
             assert!(
-                publish_confirmed(
-                    &ch,
-                    "later-x",
-                    "k",
-                    body.as_bytes(),
-                    persistent().with_headers(h.clone())
-                )
-                .await
+                publish_confirmed(&ch, "", "ttl-q", body.as_bytes(), persistent())
+                    .await
+                    .is_ack()
             );
-            assert!(publish_confirmed(&ch, "", "ttl-q", body.as_bytes(), persistent()).await);
         }
     }
     b.handle.take().unwrap().shutdown().await;

@@ -2,8 +2,6 @@
 //! commands, and `move` interrupted by kill -9 and resumed.
 
 mod common;
-#[path = "common/http.rs"]
-mod http;
 
 use common::*;
 use lapin::options::*;
@@ -58,14 +56,6 @@ async fn json(b: &TestBroker, args: &[&str]) -> Value {
     let mut a = args.to_vec();
     a.extend(["--format", "json"]);
     serde_json::from_str(&ok(b, &a).await).expect("JSON output")
-}
-
-fn names(v: &Value) -> Vec<&str> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["name"].as_str().unwrap())
-        .collect()
 }
 
 /// The row of a table whose first cells are `first`.
@@ -427,14 +417,10 @@ async fn move_killed_halfway_and_resumed_loses_nothing() {
     const PREFETCH: usize = 200;
     let b = TestBroker::start().await;
     let (_c, ch) = b.channel().await;
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.queue_declare("dlq".into(), durable, FieldTable::default())
+    ch.queue_declare("dlq".into(), durable(), FieldTable::default())
         .await
         .unwrap();
-    ch.queue_declare("work".into(), durable, FieldTable::default())
+    ch.queue_declare("work".into(), durable(), FieldTable::default())
         .await
         .unwrap();
     let vh = b.broker().vhost("/").unwrap();
@@ -665,7 +651,7 @@ async fn delayed_messages_list_cancel_purge() {
         .unwrap();
     }
     ch.wait_for_confirms().await.unwrap();
-    let api = http::Api::new(&b.mgmt_url());
+    let api = common::http::Api::new(&b.mgmt_url());
     let ex = api.get("/api/exchanges/%2F/dl").await;
     assert_eq!(ex.status, 200);
     assert_eq!(ex.body["delayed"]["pending"], 3);

@@ -2,12 +2,10 @@
 //! real AMQP clients (lapin) making the traffic it shows.
 
 mod common;
-#[path = "common/http.rs"]
-mod http;
 
+use common::http::Api;
 use common::*;
 use futures_lite::StreamExt;
-use http::Api;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
@@ -16,14 +14,6 @@ use std::time::Duration;
 
 fn api(b: &TestBroker) -> Api {
     Api::new(&b.mgmt_url())
-}
-
-fn names(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("not a list: {v}"))
-        .iter()
-        .map(|x| x["name"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 async fn publish_n(ch: &lapin::Channel, rk: &str, n: usize) {
@@ -717,16 +707,9 @@ async fn get_messages_from_a_queue() {
     let b = TestBroker::start().await;
     let a = api(&b);
     let (_c, ch) = b.channel().await;
-    ch.queue_declare(
-        "g".into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    ch.queue_declare("g".into(), durable(), FieldTable::default())
+        .await
+        .unwrap();
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
@@ -1913,16 +1896,9 @@ async fn prometheus_metrics() {
     let b = TestBroker::start().await;
     let a = api(&b);
     let (_c, ch) = b.channel().await;
-    ch.queue_declare(
-        "m1".into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    ch.queue_declare("m1".into(), durable(), FieldTable::default())
+        .await
+        .unwrap();
     ch.queue_declare(
         "we\"ird\\q".into(),
         QueueDeclareOptions::default(),
