@@ -43,8 +43,7 @@ async fn alarm_blocks_publishers_and_loses_nothing() {
         .unwrap();
     assert!(c.is_ack());
 
-    b.broker()
-        .set_alarm(vec!["disk free below limit (test)".into()]);
+    b.set_alarm(&["disk free below limit (test)"]);
     assert!(
         eventually(5, || pc.status().blocked()).await,
         "publisher saw connection.blocked"
@@ -78,7 +77,7 @@ async fn alarm_blocks_publishers_and_loses_nothing() {
         .unwrap();
     assert_eq!(q.message_count(), 1);
 
-    b.broker().set_alarm(vec![]);
+    b.clear_alarm();
     assert!(
         eventually(5, || !pc.status().blocked()).await,
         "publisher saw connection.unblocked"
@@ -99,8 +98,8 @@ async fn disk_limit_raises_the_alarm() {
     config.limits.disk_free_limit = u64::MAX;
     config.limits.check_interval_ms = 50;
     let b = TestBroker::start_with(dir, config).await;
-    assert!(eventually(5, || *b.broker().alarm.borrow()).await);
-    assert!(b.broker().alarm_reasons.lock()[0].contains("disk"));
+    assert!(eventually(5, || b.alarm_on()).await);
+    assert!(b.alarm_reasons()[0].contains("disk"));
     b.stop().await;
 }
 
@@ -143,10 +142,10 @@ async fn a_blocked_connection_survives_its_heartbeat_timeout() {
         }
     };
     assert!(publish(b"before").await);
-    b.broker().set_alarm(vec!["test".into()]);
+    b.set_alarm(&["test"]);
     assert!(eventually(5, || c.status().blocked()).await);
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    b.broker().set_alarm(vec![]);
+    b.clear_alarm();
     assert!(eventually(5, || !c.status().blocked()).await);
     assert!(c.status().connected(), "closed while blocked");
     assert!(within(5, publish(b"after")).await);

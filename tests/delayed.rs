@@ -250,7 +250,7 @@ async fn order_of_release_is_publish_order_within_a_millisecond() {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let ex = b.broker().vhost("/").unwrap().exchange("mx").unwrap();
+    let ex = b.exchange("/", "mx").unwrap();
     let d = ex.delayed.as_ref().unwrap();
     for i in 0..100u32 {
         ch.basic_publish(
@@ -310,14 +310,14 @@ async fn list_cancel_and_purge_pending() {
         .unwrap();
     }
     ch.wait_for_confirms().await.unwrap();
-    let ex = b.broker().vhost("/").unwrap().exchange("cx").unwrap();
+    let ex = b.exchange("/", "cx").unwrap();
     let d = ex.delayed.as_ref().unwrap();
     assert_eq!(d.list(100).len(), 5);
     assert_eq!(d.cancel("m2"), 1);
     assert_eq!(d.list(100).len(), 4);
     assert_eq!(d.purge(), 4);
     assert_eq!(d.pending(), 0);
-    assert!(eventually(10, || b.broker().store.segment_count() == 1).await);
+    assert!(eventually(10, || b.store_segment_count() == 1).await);
     b.stop().await;
 }
 
@@ -368,7 +368,7 @@ async fn durable_delayed_messages_survive_restart_and_overdue_ones_are_delivered
         .unwrap();
     }
     // Stop before anything is due; come back after the first is overdue.
-    b.handle.take().unwrap().shutdown().await;
+    b.shutdown().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     b.restart().await;
     let (_c, ch) = b.channel().await;
@@ -394,7 +394,7 @@ async fn durable_delayed_messages_survive_restart_and_overdue_ones_are_delivered
         vec!["overdue", "later"],
         "due order, transient one gone"
     );
-    let ex = b.broker().vhost("/").unwrap().exchange("px").unwrap();
+    let ex = b.exchange("/", "px").unwrap();
     assert_eq!(ex.delayed.as_ref().unwrap().pending(), 0);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(ch

@@ -6,7 +6,6 @@ use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
-use std::sync::Arc;
 
 #[tokio::test]
 async fn persistent_messages_survive_restart_exactly_unacked_in_order() {
@@ -231,14 +230,14 @@ async fn fanout_writes_the_body_once() {
         .await
         .unwrap();
     }
-    let before = b.broker().store.bytes_used();
+    let before = b.store_bytes_used();
     let body = vec![7u8; 256 * 1024];
     assert!(
         publish_confirmed(&ch, "amq.fanout", "", &body, persistent())
             .await
             .is_ack()
     );
-    let grew = b.broker().store.bytes_used() - before;
+    let grew = b.store_bytes_used() - before;
     assert!(
         grew >= body.len() as u64 && grew < body.len() as u64 + 1024,
         "grew by {grew}"
@@ -281,11 +280,10 @@ async fn disk_space_comes_back_after_drain_purge_and_delete() {
         }
     }
     ch.wait_for_confirms().await.unwrap();
-    let store = b.broker().store.clone();
     assert!(
-        store.segment_count() >= 4,
+        b.store_segment_count() >= 4,
         "{} segments",
-        store.segment_count()
+        b.store_segment_count()
     );
     // drain d1 with acks
     let mut cons = ch
@@ -308,9 +306,9 @@ async fn disk_space_comes_back_after_drain_purge_and_delete() {
         .await
         .unwrap();
     assert!(
-        eventually(5, || store.segment_count() == 1).await,
+        eventually(5, || b.store_segment_count() == 1).await,
         "{} segments left",
-        store.segment_count()
+        b.store_segment_count()
     );
     let files = std::fs::read_dir(b.dir.path().join("msgs"))
         .unwrap()
@@ -323,11 +321,8 @@ async fn disk_space_comes_back_after_drain_purge_and_delete() {
 async fn failed_fsync_nacks_the_confirm() {
     let dir = tempfile::tempdir().unwrap();
     let config = test_config(dir.path());
-    let io = Arc::new(lepus::store::io::FaultyIo::default());
-    let h = lepus::server::start_with_io(config, io.clone())
-        .await
-        .unwrap();
-    let c = connect(&format!("amqp://guest:guest@{}/%2f", h.addr)).await;
+    let (b, faults) = TestBroker::start_with_faults(dir, config).await;
+    let c = b.connect().await;
     let ch = c.create_channel().await.unwrap();
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -338,8 +333,7 @@ async fn failed_fsync_nacks_the_confirm() {
     assert!(publish_confirmed(&ch, "", "fq", b"ok", persistent())
         .await
         .is_ack());
-    io.fail_all_syncs
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    faults.fail_all_syncs(true);
     assert!(
         !publish_confirmed(&ch, "", "fq", b"not on disk", persistent())
             .await
@@ -352,12 +346,11 @@ async fn failed_fsync_nacks_the_confirm() {
             .await
             .is_ack()
     );
-    io.fail_all_syncs
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+    faults.fail_all_syncs(false);
     assert!(publish_confirmed(&ch, "", "fq", b"ok again", persistent())
         .await
         .is_ack());
-    h.shutdown().await;
+    b.stop().await;
 }
 
 #[tokio::test]
@@ -365,11 +358,8 @@ async fn segment_allocation_failure_nacks_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.store.segment_size = 1024 * 1024;
-    let io = Arc::new(lepus::store::io::FaultyIo::default());
-    let h = lepus::server::start_with_io(config, io.clone())
-        .await
-        .unwrap();
-    let c = connect(&format!("amqp://guest:guest@{}/%2f", h.addr)).await;
+    let (b, faults) = TestBroker::start_with_faults(dir, config).await;
+    let c = b.connect().await;
     let ch = c.create_channel().await.unwrap();
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -381,8 +371,7 @@ async fn segment_allocation_failure_nacks_and_recovers() {
     assert!(publish_confirmed(&ch, "", "aq", &body, persistent())
         .await
         .is_ack());
-    io.fail_allocations
-        .store(1, std::sync::atomic::Ordering::SeqCst);
+    faults.fail_allocations(1);
     // needs a new segment: allocation fails, the publish is nacked, nothing is lost
     assert!(!publish_confirmed(&ch, "", "aq", &body, persistent())
         .await
@@ -395,7 +384,7 @@ async fn segment_allocation_failure_nacks_and_recovers() {
         .await
         .unwrap();
     assert_eq!(q.message_count(), 2);
-    h.shutdown().await;
+    b.stop().await;
 }
 
 #[tokio::test]
@@ -455,16 +444,15 @@ async fn sparse_segments_are_compacted_and_survive_restart() {
         .unwrap();
     }
     ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
-    let store = b.broker().store.clone();
-    let before = store.segment_count();
+    let before = b.store_segment_count();
     assert!(before >= 4, "{before} segments");
-    let moved = b.broker().compact();
+    let moved = b.compact();
     // Kept messages in the active segment stay where they are.
     assert!(moved > 20 && moved <= 30, "{moved} moved");
     assert!(
-        eventually(10, || store.segment_count() <= 2).await,
+        eventually(10, || b.store_segment_count() <= 2).await,
         "{} segments after compaction",
-        store.segment_count()
+        b.store_segment_count()
     );
     b.restart().await;
     let (_c, ch) = b.channel().await;
@@ -490,11 +478,8 @@ async fn sparse_segments_are_compacted_and_survive_restart() {
 #[tokio::test]
 async fn ids_are_not_reused_after_deletion() {
     let mut b = TestBroker::start().await;
-    let broker = b.broker().clone();
-    broker.add_vhost("v").unwrap();
-    broker
-        .set_permissions("guest", "v", ".*", ".*", ".*")
-        .unwrap();
+    b.add_vhost("v");
+    b.set_permissions("guest", "v", ".*", ".*", ".*");
     {
         // A message in "/" keeps the shared segment alive.
         let (_c, ch) = b.channel().await;
@@ -541,8 +526,7 @@ async fn ids_are_not_reused_after_deletion() {
         );
         let _ = c.close(200, "bye".into()).await;
     }
-    broker.delete_vhost("v").unwrap();
-    drop(broker);
+    b.delete_vhost("v");
     b.restart().await;
     {
         let (_c, ch) = b.channel().await;
@@ -604,15 +588,7 @@ async fn exclusive_durable_queue_leaves_no_binding_behind() {
         .unwrap();
         c.close(200, "bye".into()).await.unwrap();
     }
-    assert!(
-        eventually(5, || b
-            .broker()
-            .vhost("/")
-            .unwrap()
-            .queue("ghost")
-            .is_none())
-        .await
-    );
+    assert!(eventually(5, || b.queue("/", "ghost").is_none()).await);
     {
         let (_c, ch) = b.channel().await;
         ch.queue_declare("ghost".into(), durable(), FieldTable::default())
@@ -742,14 +718,13 @@ async fn work_due_at_restart_waits_until_every_queue_is_back() {
             );
         }
     }
-    b.handle.take().unwrap().shutdown().await;
+    b.shutdown().await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     b.restart().await;
-    let vh = b.broker().vhost("/").unwrap();
     let counts = || {
         (
-            vh.queue("released-q").unwrap().message_count(),
-            vh.queue("expired-q").unwrap().message_count(),
+            b.queue("/", "released-q").unwrap().message_count(),
+            b.queue("/", "expired-q").unwrap().message_count(),
         )
     };
     eventually(10, || counts() == (N as u32, N as u32)).await;
@@ -758,7 +733,7 @@ async fn work_due_at_restart_waits_until_every_queue_is_back() {
         (N as u32, N as u32),
         "released and expired copies all arrive"
     );
-    assert_eq!(vh.queue("ttl-q").unwrap().message_count(), 0);
+    assert_eq!(b.queue("/", "ttl-q").unwrap().message_count(), 0);
     b.stop().await;
 }
 
@@ -779,12 +754,12 @@ async fn data_dir_is_locked_while_a_broker_uses_it() {
         .err()
         .expect("a second broker on the same data dir is refused");
     assert!(err.to_string().contains("in use by another lepus"), "{err}");
-    let old = Arc::downgrade(b.broker());
+    let old = b.weak_broker();
     b.restart().await;
     assert!(
         eventually(5, || old.upgrade().is_none()).await,
         "the stopped broker is still alive"
     );
-    assert!(b.broker().vhost("/").unwrap().queue("q").is_some());
+    assert!(b.queue("/", "q").is_some());
     b.stop().await;
 }

@@ -498,7 +498,7 @@ async fn an_expiration_over_ten_years_closes_the_channel_with_406() {
 /// Whether the queue exists, looked up in the broker: unlike a passive
 /// declare this does not count as use, so it does not renew an x-expires lease.
 fn exists(b: &TestBroker, name: &str) -> bool {
-    b.broker().vhost("/").unwrap().queue(name).is_some()
+    b.has_queue("/", name)
 }
 
 /// Wait (generously: the expiry timer may run late on a loaded machine) for
@@ -1137,8 +1137,7 @@ async fn an_automatic_dead_letter_cycle_is_dropped_after_one_round_trip() {
     bind_queue(&ch, "watch", "cyc", "to-b").await;
 
     publish_confirmed_within(5, &ch, "", "ta", b"m", BasicProperties::default()).await;
-    let vh = b.broker().vhost("/").unwrap();
-    let count = |q: &str| vh.queue(q).unwrap().message_count();
+    let count = |q: &str| b.queue("/", q).unwrap().message_count();
     assert!(
         eventually(10, || count("watch") == 2
             && count("ta") == 0
@@ -1191,7 +1190,7 @@ async fn a_missing_dead_letter_exchange_just_drops() {
         .unwrap();
     // And an expiring one.
     publish_confirmed_within(5, &ch, "", "orphan", b"e", expiring("20")).await;
-    let q = b.broker().vhost("/").unwrap().queue("orphan").unwrap();
+    let q = b.queue("/", "orphan").unwrap();
     assert!(eventually(10, || q.message_count() == 0).await, "expired");
     assert_eq!(queue_counts(&ch, "orphan").await, (0, 0));
     assert!(c.status().connected());

@@ -1,8 +1,12 @@
 //! Shared test helpers: a real broker on a free port in a temporary data dir,
-//! and lapin connections to it.
+//! and lapin connections to it. The suites see the broker's internals only
+//! through the helpers of `internals.rs` (on [`TestBroker`]).
 #![allow(dead_code)]
 
 pub mod http;
+mod internals;
+#[allow(unused_imports)]
+pub use internals::{take_bodies, Faults};
 
 use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
 use lepus::config::Config;
@@ -10,7 +14,7 @@ use lepus::server::Handle;
 use std::time::Duration;
 
 pub struct TestBroker {
-    pub handle: Option<Handle>,
+    handle: Option<Handle>,
     pub dir: tempfile::TempDir,
     pub config: Config,
 }
@@ -64,10 +68,6 @@ impl TestBroker {
         format!("amqp://guest:guest@{}/%2f", self.addr())
     }
 
-    pub fn broker(&self) -> &std::sync::Arc<lepus::broker::Broker> {
-        &self.handle.as_ref().unwrap().broker
-    }
-
     pub async fn connect(&self) -> Connection {
         connect(&self.uri()).await
     }
@@ -87,6 +87,15 @@ impl TestBroker {
             .await
             .expect("broker restarts");
         self.handle = Some(h);
+    }
+
+    /// Stop, keeping the data dir for a later [`TestBroker::restart`].
+    pub async fn shutdown(&mut self) {
+        self.handle
+            .take()
+            .expect("the broker is running")
+            .shutdown()
+            .await;
     }
 
     pub async fn stop(mut self) {
