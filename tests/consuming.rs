@@ -658,14 +658,7 @@ async fn unacked_messages_are_requeued_when_their_connection_closes() {
     get_one(&ch2, "ucc").await.unwrap();
     assert_eq!(queue_counts(&pch, "ucc").await.0, 0);
     conn.close(200, "bye".into()).await.unwrap();
-    let mut ready = false;
-    for _ in 0..500 {
-        if queue_counts(&pch, "ucc").await.0 == 2 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let ready = eventually_async(10, || async { queue_counts(&pch, "ucc").await.0 == 2 }).await;
     assert!(ready, "both unacked messages back in the queue");
     let mut got = vec![];
     while let Some((_, b, red)) = get_one(&pch, "ucc").await {
@@ -772,14 +765,8 @@ async fn multiple_ack_of_a_tag_above_all_outstanding_is_406() {
     );
     assert!(eventually(5, || !ch.status().connected()).await);
     // Nothing was acked: all three come back.
-    let mut n = 0;
-    for _ in 0..500 {
-        n = queue_counts(&pch, "mq").await.0;
-        if n == 3 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually_async(10, || async { queue_counts(&pch, "mq").await.0 == 3 }).await;
+    let n = queue_counts(&pch, "mq").await.0;
     assert_eq!(n, 3, "the failed ack settled nothing");
     b.stop().await;
 }

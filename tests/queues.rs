@@ -317,14 +317,10 @@ async fn exclusive_queue_is_deleted_when_its_connection_closes() {
     assert!(queue_exists(&b, "excl-named").await);
     owner.close(200, "bye".into()).await.unwrap();
     let (_c, ch) = b.channel().await;
-    let mut gone = false;
-    for _ in 0..500 {
-        if !queue_exists(&b, &name).await && !queue_exists(&b, "excl-named").await {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let gone = eventually_async(10, || async {
+        !queue_exists(&b, &name).await && !queue_exists(&b, "excl-named").await
+    })
+    .await;
     assert!(gone, "exclusive queues deleted with their connection");
     // Its name is free again, for anyone.
     ch.queue_declare(

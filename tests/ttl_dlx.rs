@@ -232,7 +232,9 @@ async fn an_expired_message_is_never_delivered() {
     }
     publish_confirmed_within(5, &ch, "", "mttl", b"short", expiring("100")).await;
     publish_confirmed_within(5, &ch, "", "mttl", b"keep", expiring("60000")).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until the broker has expired them (looking in, not taking any).
+    let ready = |q: &str| b.queue("/", q).unwrap().message_count();
+    eventually(10, || ready("qttl") == 0 && ready("mttl") == 1).await;
 
     assert!(
         get_one(&ch, "qttl").await.is_none(),
@@ -244,7 +246,7 @@ async fn an_expired_message_is_never_delivered() {
 
     // A consumer arriving late gets nothing either.
     publish_confirmed_within(5, &ch, "", "mttl", b"late", expiring("50")).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually(10, || ready("mttl") == 0).await;
     let (_c2, cch) = b.channel().await;
     let mut cons = consume(&cch, "mttl", "late").await;
     assert!(
