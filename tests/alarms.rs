@@ -29,18 +29,7 @@ async fn alarm_blocks_publishers_and_loses_nothing() {
         )
         .await
         .unwrap();
-    let c = pub_ch
-        .basic_publish(
-            "".into(),
-            "alarm".into(),
-            BasicPublishOptions::default(),
-            b"before",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let c = publish_confirmed(&pub_ch, "", "alarm", b"before", BasicProperties::default()).await;
     assert!(c.is_ack());
 
     b.set_alarm(&["disk free below limit (test)"]);
@@ -53,17 +42,8 @@ async fn alarm_blocks_publishers_and_loses_nothing() {
     let publisher = tokio::spawn(async move {
         let mut acks = 0;
         for i in 0..10u8 {
-            let c = ch2
-                .basic_publish(
-                    "".into(),
-                    "alarm".into(),
-                    BasicPublishOptions::default(),
-                    &[i],
-                    BasicProperties::default(),
-                )
-                .await
-                .unwrap();
-            if c.await.unwrap().is_ack() {
+            let c = publish_confirmed(&ch2, "", "alarm", &[i], BasicProperties::default()).await;
+            if c.is_ack() {
                 acks += 1;
             }
         }
@@ -127,18 +107,9 @@ async fn a_blocked_connection_survives_its_heartbeat_timeout() {
     let publish = |body: &'static [u8]| {
         let ch = ch.clone();
         async move {
-            ch.basic_publish(
-                "".into(),
-                "hb".into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap()
-            .is_ack()
+            publish_confirmed(&ch, "", "hb", body, BasicProperties::default())
+                .await
+                .is_ack()
         }
     };
     assert!(publish(b"before").await);

@@ -129,18 +129,8 @@ async fn delays_in_all_forms_and_immediate_when_missing_or_non_positive() {
     let mut sent = std::collections::HashMap::new();
     for (body, props) in sends {
         sent.insert(body.to_string(), Instant::now());
-        assert!(ch
-            .basic_publish(
-                "dx".into(),
-                "k".into(),
-                BasicPublishOptions::default(),
-                body.as_bytes(),
-                props
-            )
+        assert!(publish_confirmed(&ch, "dx", "k", body.as_bytes(), props)
             .await
-            .unwrap()
-            .await
-            .unwrap()
             .is_ack());
     }
     let mut got = vec![];
@@ -338,34 +328,23 @@ async fn durable_delayed_messages_survive_restart_and_overdue_ones_are_delivered
                 .with_delivery_mode(2)
         };
         for (body, ms) in [("overdue", 100), ("later", 1500)] {
-            assert!(ch
-                .basic_publish(
-                    "px".into(),
-                    "k".into(),
-                    BasicPublishOptions::default(),
-                    body.as_bytes(),
-                    persistent(ms)
-                )
-                .await
-                .unwrap()
-                .await
-                .unwrap()
-                .is_ack());
+            assert!(
+                publish_confirmed(&ch, "px", "k", body.as_bytes(), persistent(ms))
+                    .await
+                    .is_ack()
+            );
         }
         // Transient messages on a durable delayed exchange do not survive.
         let mut h = FieldTable::default();
         h.insert("x-delay".into(), AMQPValue::LongInt(100));
-        ch.basic_publish(
-            "px".into(),
-            "k".into(),
-            BasicPublishOptions::default(),
+        publish_confirmed(
+            &ch,
+            "px",
+            "k",
             b"transient",
             BasicProperties::default().with_headers(h),
         )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        .await;
     }
     // Stop before anything is due; come back after the first is overdue.
     b.shutdown().await;

@@ -21,17 +21,14 @@ async fn publish_n(ch: &lapin::Channel, rk: &str, n: usize) {
         .await
         .ok();
     for i in 0..n {
-        ch.basic_publish(
-            "".into(),
-            rk.into(),
-            BasicPublishOptions::default(),
+        publish_confirmed(
+            ch,
+            "",
+            rk,
             format!("m{i}").as_bytes(),
             BasicProperties::default(),
         )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        .await;
     }
 }
 
@@ -639,17 +636,7 @@ async fn queues_stats_rates_and_purge() {
     let mut last_check = start;
     loop {
         for _ in 0..20 {
-            ch.basic_publish(
-                "".into(),
-                "work".into(),
-                BasicPublishOptions::default(),
-                b"r",
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+            publish_confirmed(&ch, "", "work", b"r", BasicProperties::default()).await;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
         if last_check.elapsed() < Duration::from_millis(250) {
@@ -724,17 +711,7 @@ async fn get_messages_from_a_queue() {
         (vec![0xff, 0x00, 0xfe], BasicProperties::default()),
         (b"third".to_vec(), BasicProperties::default()),
     ] {
-        ch.basic_publish(
-            "".into(),
-            "g".into(),
-            BasicPublishOptions::default(),
-            &body,
-            p,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        publish_confirmed(&ch, "", "g", &body, p).await;
     }
     let get = |body: Value| {
         let a = a.clone();
@@ -1513,17 +1490,7 @@ async fn definitions_round_trip() {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    ch.basic_publish(
-        "events".into(),
-        "order.x".into(),
-        BasicPublishOptions::default(),
-        b"o",
-        BasicProperties::default(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    publish_confirmed(&ch, "events", "order.x", b"o", BasicProperties::default()).await;
     let d = ch
         .basic_get("orders".into(), BasicGetOptions { no_ack: true })
         .await
@@ -1597,17 +1564,7 @@ async fn rabbitmq_definitions_import() {
         ("order.created.eu", BasicProperties::default()),
         ("order.paid.eu", BasicProperties::default().with_headers(h)),
     ] {
-        ch.basic_publish(
-            "orders.events".into(),
-            rk.into(),
-            BasicPublishOptions::default(),
-            b"x",
-            props,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        publish_confirmed(&ch, "orders.events", rk, b"x", props).await;
     }
     assert_eq!(
         b.queue("shop", "orders.created").unwrap().message_count(),
@@ -1898,17 +1855,14 @@ async fn prometheus_metrics() {
         .await
         .unwrap();
     for _ in 0..5 {
-        ch.basic_publish(
-            "".into(),
-            "m1".into(),
-            BasicPublishOptions::default(),
+        publish_confirmed(
+            &ch,
+            "",
+            "m1",
             b"x",
             BasicProperties::default().with_delivery_mode(2),
         )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        .await;
     }
     let d = ch
         .basic_get("m1".into(), BasicGetOptions::default())
