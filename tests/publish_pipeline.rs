@@ -3,10 +3,8 @@
 //! basic.publish does. These cases had drifted apart before.
 
 mod common;
-#[path = "common/http.rs"]
-mod http;
 
-use http::Api;
+use common::http::Api;
 use common::{declare_queue, drain, TestBroker};
 use lapin::options::{
     BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -128,9 +126,8 @@ async fn a_released_delayed_message_is_routed_by_its_cc_keys_too() {
     .await
     .unwrap();
     let both = common::eventually(10, || {
-        let vh = b.broker().vhost("/").unwrap();
-        vh.queue("to").unwrap().message_count() == 1
-            && vh.queue("copy").unwrap().message_count() == 1
+        b.queue("/", "to").unwrap().message_count() == 1
+            && b.queue("/", "copy").unwrap().message_count() == 1
     })
     .await;
     assert!(both, "released to its routing key and its CC key");

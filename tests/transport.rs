@@ -7,7 +7,7 @@ use amq_protocol::protocol::{basic, channel as chm, connection as cm, queue as q
 use amq_protocol::types::{FieldTable, LongString};
 use bytes::BytesMut;
 use common::TestBroker;
-use lepus::connection::{serve, Stream};
+use lepus::connection::Stream;
 use lepus::protocol::{decode_frame, fast, put_method, FRAME_METHOD, PROTOCOL_HEADER};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -68,7 +68,7 @@ async fn a_whole_session_runs_over_an_in_memory_stream() {
         tls: false,
     };
     let peer = "127.0.0.1:40000".parse().unwrap();
-    tokio::spawn(serve(b.broker().clone(), transport, peer, stop_rx));
+    b.serve_stream(transport, peer, stop_rx);
 
     let mut c = Client {
         io: client_end,
@@ -183,6 +183,6 @@ async fn a_whole_session_runs_over_an_in_memory_stream() {
     assert_eq!(&body[..], b"hello");
 
     // The management side sees the connection like any other.
-    assert!(common::eventually(5, || b.broker().connections.lock().len() == 1).await);
+    assert!(common::eventually(5, || b.connection_count() == 1).await);
     b.stop().await;
 }
