@@ -1,21 +1,45 @@
 //! Lepus: an AMQP 0-9-1 message broker.
 //!
-//! One message's path, file by file (docs/architecture.md has the long form):
+//! The layers, bottom up (docs/architecture.md has the long form):
 //!
-//! 1. [`server`] accepts the socket; [`connection`] does the handshake and
-//!    runs the read loop, splitting bytes into frames with [`protocol`].
-//! 2. [`channel`] assembles basic.publish + content header + body frames into
-//!    a message, finds the exchange in its [`vhost`] and routes it with
-//!    [`exchange`].
-//! 3. The message is appended once to the [`store`] (a memory-mapped segment);
-//!    every queue that takes it gets an 8-byte position ([`queue`]).
-//! 4. A queue with a consumer with credit delivers at once: it writes
-//!    basic.deliver and the content, read from the segment, into the consumer
-//!    connection's outbox ([`delivery`]); that connection's writer task sends
-//!    the whole outbox in one write.
-//! 5. Persistent messages in durable queues are confirmed once the store's
-//!    sync thread has fdatasync'ed them (group commit); acks are logged so a
-//!    restart brings back exactly the unacked messages.
+//! - base: [`error`], [`config`], [`sys`], [`metrics`], [`clock`] (the one
+//!   source of broker time); they import nothing above them.
+//! - [`protocol`]: the wire codecs (frames, the hand-written publish, ack
+//!   and deliver paths, content-header properties); imports only `error`.
+//! - [`store`]: every durable byte (segments, ack logs, definitions log);
+//!   knows no AMQP session, socket or HTTP.
+//! - [`broker`]: the core (vhosts, exchanges, queues, the one publish
+//!   pipeline, delivery, dead-lettering, delayed messages, definitions);
+//!   never imports the layers above it.
+//! - [`channel`] and [`connection`]: one AMQP session over any byte stream.
+//! - [`server`] (listeners, housekeeping) and [`mgmt`] (the HTTP API).
+//!
+//! One publish, file by file:
+//!
+//! 1. `server.rs` accepts the socket; `connection/mod.rs` runs the
+//!    handshake (`connection/handshake.rs`) and the read loop, splitting
+//!    bytes into frames with `protocol/frame.rs` (`protocol/fast.rs` decodes
+//!    basic.publish by hand).
+//! 2. `channel/content.rs` assembles publish + content header + body;
+//!    `channel/publish.rs` checks it (exchange, access, user-id, expiration)
+//!    and calls `broker/publish.rs`, the one publish pipeline.
+//! 3. `broker/publish.rs` routes through `broker/vhost.rs` and
+//!    `broker/exchange.rs`, appends the message once to the store
+//!    (`store/mod.rs`, a memory-mapped segment) and enqueues an 8-byte
+//!    position into each queue (`broker/queue/mod.rs`).
+//! 4. A queue with a consumer with credit dispatches at once
+//!    (`broker/queue/dispatch.rs`): `broker/delivery.rs` writes basic.deliver
+//!    and the content, read from the segment, into the consumer connection's
+//!    outbox; `connection/writer.rs` sends the whole outbox in one write.
+//! 5. Persistent messages in durable queues are confirmed
+//!    (`channel/confirms.rs`) once the store's sync thread has fdatasync'ed
+//!    them (group commit).
+//!
+//! One ack: `connection/mod.rs` decodes basic.ack by hand →
+//! `channel/basic.rs` takes the tags out of the channel's unacked list →
+//! `broker/queue/mod.rs` (`Queue::ack`) releases the positions → the store
+//! logs the removal (`store/mod.rs`, ack log) and frees a segment once
+//! nothing in it is referenced.
 //!
 //! Beside the path: [`mgmt`] serves RabbitMQ's management HTTP API and
 //! Prometheus metrics on their own port; `lepusctl` (src/bin) uses them.

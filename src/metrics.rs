@@ -1,4 +1,6 @@
 //! Lock-free counters and histograms shared by the broker and the management API.
+//!
+//! Base layer: imports nothing from the crate.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

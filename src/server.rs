@@ -2,6 +2,9 @@
 //!
 //! `run` takes an already-bound listener and a shutdown future, so tests
 //! start the real server on port 0 in a temporary data dir.
+//!
+//! Imported by the launcher only; it is the one place that wires the
+//! connection layer, the management API and the broker together.
 
 use crate::broker::Broker;
 use crate::config::Config;

@@ -1,4 +1,6 @@
 //! The few facts about the machine the alarms need.
+//!
+//! Base layer: imports nothing from the crate.
 
 use std::path::Path;
 

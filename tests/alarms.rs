@@ -29,22 +29,10 @@ async fn alarm_blocks_publishers_and_loses_nothing() {
         )
         .await
         .unwrap();
-    let c = pub_ch
-        .basic_publish(
-            "".into(),
-            "alarm".into(),
-            BasicPublishOptions::default(),
-            b"before",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let c = publish_confirmed(&pub_ch, "", "alarm", b"before", BasicProperties::default()).await;
     assert!(c.is_ack());
 
-    b.broker()
-        .set_alarm(vec!["disk free below limit (test)".into()]);
+    b.set_alarm(&["disk free below limit (test)"]);
     assert!(
         eventually(5, || pc.status().blocked()).await,
         "publisher saw connection.blocked"
@@ -54,17 +42,8 @@ async fn alarm_blocks_publishers_and_loses_nothing() {
     let publisher = tokio::spawn(async move {
         let mut acks = 0;
         for i in 0..10u8 {
-            let c = ch2
-                .basic_publish(
-                    "".into(),
-                    "alarm".into(),
-                    BasicPublishOptions::default(),
-                    &[i],
-                    BasicProperties::default(),
-                )
-                .await
-                .unwrap();
-            if c.await.unwrap().is_ack() {
+            let c = publish_confirmed(&ch2, "", "alarm", &[i], BasicProperties::default()).await;
+            if c.is_ack() {
                 acks += 1;
             }
         }
@@ -73,33 +52,19 @@ async fn alarm_blocks_publishers_and_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     // ...while a connection that never published still works.
     let q = cons_ch
-        .queue_declare(
-            "alarm".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("alarm".into(), passive(), FieldTable::default())
         .await
         .unwrap();
     assert_eq!(q.message_count(), 1);
 
-    b.broker().set_alarm(vec![]);
+    b.clear_alarm();
     assert!(
         eventually(5, || !pc.status().blocked()).await,
         "publisher saw connection.unblocked"
     );
     assert_eq!(within(10, publisher).await.unwrap(), 10);
     let q = cons_ch
-        .queue_declare(
-            "alarm".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("alarm".into(), passive(), FieldTable::default())
         .await
         .unwrap();
     assert_eq!(q.message_count(), 11, "nothing was dropped");
@@ -113,8 +78,8 @@ async fn disk_limit_raises_the_alarm() {
     config.limits.disk_free_limit = u64::MAX;
     config.limits.check_interval_ms = 50;
     let b = TestBroker::start_with(dir, config).await;
-    assert!(eventually(5, || *b.broker().alarm.borrow()).await);
-    assert!(b.broker().alarm_reasons.lock()[0].contains("disk"));
+    assert!(eventually(5, || b.alarm_on()).await);
+    assert!(b.alarm_reasons()[0].contains("disk"));
     b.stop().await;
 }
 
@@ -142,25 +107,16 @@ async fn a_blocked_connection_survives_its_heartbeat_timeout() {
     let publish = |body: &'static [u8]| {
         let ch = ch.clone();
         async move {
-            ch.basic_publish(
-                "".into(),
-                "hb".into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap()
-            .is_ack()
+            publish_confirmed(&ch, "", "hb", body, BasicProperties::default())
+                .await
+                .is_ack()
         }
     };
     assert!(publish(b"before").await);
-    b.broker().set_alarm(vec!["test".into()]);
+    b.set_alarm(&["test"]);
     assert!(eventually(5, || c.status().blocked()).await);
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    b.broker().set_alarm(vec![]);
+    b.clear_alarm();
     assert!(eventually(5, || !c.status().blocked()).await);
     assert!(c.status().connected(), "closed while blocked");
     assert!(within(5, publish(b"after")).await);

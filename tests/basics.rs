@@ -24,18 +24,8 @@ async fn publish_consume_ack_with_confirms() {
         .await
         .unwrap();
     for i in 0..100u32 {
-        let c = ch
-            .basic_publish(
-                "".into(),
-                "q1".into(),
-                BasicPublishOptions::default(),
-                &i.to_be_bytes(),
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        let c =
+            publish_confirmed(&ch, "", "q1", &i.to_be_bytes(), BasicProperties::default()).await;
         assert!(c.is_ack());
     }
     let mut consumer = ch
@@ -54,14 +44,7 @@ async fn publish_consume_ack_with_confirms() {
         d.ack(BasicAckOptions::default()).await.unwrap();
     }
     let q = ch
-        .queue_declare(
-            "q1".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("q1".into(), passive(), FieldTable::default())
         .await
         .unwrap();
     assert_eq!(q.message_count(), 0);

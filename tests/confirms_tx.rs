@@ -9,17 +9,6 @@ use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use std::time::Duration;
 
-fn persistent() -> BasicProperties {
-    BasicProperties::default().with_delivery_mode(2)
-}
-
-fn durable() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    }
-}
-
 /// A body whose every byte depends on its position, so a misplaced or lost
 /// frame shows.
 fn pattern(len: usize) -> Vec<u8> {
@@ -154,7 +143,15 @@ async fn acks_inside_a_transaction_take_effect_at_commit() {
     let (c, pch) = confirm_channel(&b).await;
     declare_queue(&pch, "txa").await;
     for body in ["1", "2"] {
-        publish_confirmed(&pch, "", "txa", body.as_bytes(), BasicProperties::default()).await;
+        publish_confirmed_within(
+            5,
+            &pch,
+            "",
+            "txa",
+            body.as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
     }
     // Acks then rollback: the acks are forgotten, the messages stay unacked
     // and come back when the channel closes.
@@ -184,7 +181,15 @@ async fn acks_inside_a_transaction_take_effect_at_commit() {
 
     // Acks not yet committed when the channel closes do not count either.
     for body in ["3", "4"] {
-        publish_confirmed(&pch, "", "txa", body.as_bytes(), BasicProperties::default()).await;
+        publish_confirmed_within(
+            5,
+            &pch,
+            "",
+            "txa",
+            body.as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
     }
     let ch = c.create_channel().await.unwrap();
     ch.tx_select().await.unwrap();
@@ -263,20 +268,10 @@ async fn round_trip(b: &TestBroker, queue: &str, len: usize, secs: u64) {
     declare_queue(&ch, queue).await;
     let body = pattern(len);
     let props = BasicProperties::default().with_message_id(format!("len-{len}").as_str().into());
-    let pc = within(
-        secs,
-        ch.basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions::default(),
-            &body,
-            props,
-        ),
-    )
-    .await
-    .unwrap();
     assert!(
-        within(secs, pc).await.unwrap().is_ack(),
+        publish_confirmed_within(secs, &ch, "", queue, &body, props)
+            .await
+            .is_ack(),
         "{len} bytes confirmed"
     );
     // Once with basic.get...
@@ -353,7 +348,8 @@ async fn body_larger_than_max_message_size_is_406() {
     let (c, ch) = confirm_channel(&b).await;
     declare_queue(&ch, "limited").await;
     // Exactly the limit is accepted.
-    let ok = publish_confirmed(
+    let ok = publish_confirmed_within(
+        5,
         &ch,
         "",
         "limited",
@@ -402,7 +398,7 @@ async fn unknown_delivery_tag_inside_a_transaction_is_406_at_once() {
     let b = TestBroker::start().await;
     let (c, pch) = confirm_channel(&b).await;
     declare_queue(&pch, "txu").await;
-    publish_confirmed(&pch, "", "txu", b"m", BasicProperties::default()).await;
+    publish_confirmed_within(5, &pch, "", "txu", b"m", BasicProperties::default()).await;
 
     let mut closes = watch_closes(&c);
     let ch = c.create_channel().await.unwrap();
@@ -421,7 +417,7 @@ async fn double_ack_inside_a_transaction_is_406_at_once() {
     let b = TestBroker::start().await;
     let (c, pch) = confirm_channel(&b).await;
     declare_queue(&pch, "txu").await;
-    publish_confirmed(&pch, "", "txu", b"m", BasicProperties::default()).await;
+    publish_confirmed_within(5, &pch, "", "txu", b"m", BasicProperties::default()).await;
     let mut closes = watch_closes(&c);
     let ch = c.create_channel().await.unwrap();
     ch.tx_select().await.unwrap();

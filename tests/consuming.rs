@@ -10,36 +10,12 @@ use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 
-async fn fill(ch: &lapin::Channel, queue: &str, bodies: &[&str]) {
-    for body in bodies {
-        publish_confirmed(ch, "", queue, body.as_bytes(), BasicProperties::default()).await;
-    }
-}
-
-async fn consume(ch: &lapin::Channel, queue: &str, tag: &str) -> lapin::Consumer {
-    within(
-        5,
-        ch.basic_consume(
-            queue.into(),
-            tag.into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("consume {queue}: {e}"))
-}
-
-fn text(d: &lapin::message::Delivery) -> String {
-    String::from_utf8_lossy(&d.data).into_owned()
-}
-
 #[tokio::test]
 async fn prefetch_per_consumer_limits_unacked_deliveries() {
     let b = TestBroker::start().await;
     let (_c, pch) = confirm_channel(&b).await;
     declare_queue(&pch, "pf").await;
-    fill(&pch, "pf", &["1", "2", "3", "4", "5", "6"]).await;
+    publish_all(&pch, "pf", &["1", "2", "3", "4", "5", "6"]).await;
 
     let (_c2, ch) = b.channel().await;
     ch.basic_qos(2, BasicQosOptions { global: false })
@@ -74,8 +50,8 @@ async fn global_prefetch_limits_the_whole_channel() {
     let (_c, pch) = confirm_channel(&b).await;
     declare_queue(&pch, "g1").await;
     declare_queue(&pch, "g2").await;
-    fill(&pch, "g1", &["a1", "a2", "a3"]).await;
-    fill(&pch, "g2", &["b1", "b2", "b3"]).await;
+    publish_all(&pch, "g1", &["a1", "a2", "a3"]).await;
+    publish_all(&pch, "g2", &["b1", "b2", "b3"]).await;
 
     let (_c2, ch) = b.channel().await;
     ch.basic_qos(2, BasicQosOptions { global: true })
@@ -130,7 +106,7 @@ async fn server_generated_consumer_tags_start_with_amq_ctag() {
     ch.basic_cancel(t2.as_str().into(), BasicCancelOptions::default())
         .await
         .unwrap();
-    fill(&ch, "ct", &["x"]).await;
+    publish_all(&ch, "ct", &["x"]).await;
     let d = next_delivery(&mut c1).await;
     assert_eq!(text(&d), "x");
     b.stop().await;
@@ -217,7 +193,7 @@ async fn basic_cancel_stops_deliveries() {
     )
     .await
     .unwrap();
-    fill(&pch, "cq", &["before"]).await;
+    publish_all(&pch, "cq", &["before"]).await;
     assert_eq!(text(&next_delivery(&mut consumer).await), "before");
     ch.basic_cancel("ctag".into(), BasicCancelOptions::default())
         .await
@@ -226,7 +202,7 @@ async fn basic_cancel_stops_deliveries() {
         within(5, consumer.next()).await.is_none(),
         "the consumer stream ends"
     );
-    fill(&pch, "cq", &["after"]).await;
+    publish_all(&pch, "cq", &["after"]).await;
     assert_eq!(
         queue_counts(&pch, "cq").await,
         (1, 0),
@@ -282,7 +258,7 @@ async fn deleting_the_queue_cancels_its_consumers() {
     // A message delivered and unacked when its queue goes can still be acked.
     let (_c3, pch) = confirm_channel(&b).await;
     declare_queue(&pch, "dq3").await;
-    fill(&pch, "dq3", &["m"]).await;
+    publish_all(&pch, "dq3", &["m"]).await;
     let mut c3 = consume(&ch, "dq3", "c3").await;
     let d = next_delivery(&mut c3).await;
     other
@@ -361,7 +337,8 @@ async fn mandatory_unroutable_message_is_returned_with_312() {
     assert_eq!(ret.reply_code, 312);
 
     // Not mandatory: dropped silently. Routed and mandatory: not returned.
-    let conf = publish_confirmed(
+    let conf = publish_confirmed_within(
+        5,
         &ch,
         "amq.direct",
         "nowhere",
@@ -399,7 +376,7 @@ async fn basic_get_and_get_empty_with_message_counts() {
             .is_none(),
         "get-empty"
     );
-    fill(&ch, "gq", &["1", "2", "3"]).await;
+    publish_all(&ch, "gq", &["1", "2", "3"]).await;
     for (want, left) in [("1", 2), ("2", 1), ("3", 0)] {
         let m = ch
             .basic_get("gq".into(), BasicGetOptions { no_ack: true })
@@ -433,7 +410,7 @@ async fn ack_multiple_settles_everything_up_to_the_tag() {
     let b = TestBroker::start().await;
     let (_c, pch) = confirm_channel(&b).await;
     declare_queue(&pch, "am").await;
-    fill(&pch, "am", &["1", "2", "3", "4", "5"]).await;
+    publish_all(&pch, "am", &["1", "2", "3", "4", "5"]).await;
     let (_c2, ch) = b.channel().await;
     let mut tags = vec![];
     for _ in 0..5 {
@@ -461,7 +438,7 @@ async fn nack_and_reject_with_and_without_requeue() {
     let b = TestBroker::start().await;
     let (_c, pch) = confirm_channel(&b).await;
     declare_queue(&pch, "nq").await;
-    fill(&pch, "nq", &["1", "2", "3", "4", "5"]).await;
+    publish_all(&pch, "nq", &["1", "2", "3", "4", "5"]).await;
     let (_c2, ch) = b.channel().await;
     for _ in 0..5 {
         get_one(&ch, "nq").await.unwrap();
@@ -518,7 +495,7 @@ async fn requeued_message_keeps_its_place() {
     let b = TestBroker::start().await;
     let (_c, pch) = confirm_channel(&b).await;
     declare_queue(&pch, "order").await;
-    fill(&pch, "order", &["1", "2", "3"]).await;
+    publish_all(&pch, "order", &["1", "2", "3"]).await;
     let (_c2, ch) = b.channel().await;
     let mut tags = vec![];
     for _ in 0..3 {
@@ -533,7 +510,7 @@ async fn requeued_message_keeps_its_place() {
     )
     .await
     .unwrap();
-    fill(&pch, "order", &["4"]).await;
+    publish_all(&pch, "order", &["4"]).await;
     let (_, body, red) = get_one(&ch, "order").await.unwrap();
     assert_eq!(
         (body.as_str(), red),
@@ -550,7 +527,7 @@ async fn requeued_message_keeps_its_place() {
     ch.basic_reject(tags[0], BasicRejectOptions { requeue: true })
         .await
         .unwrap();
-    fill(&pch, "order", &["5"]).await;
+    publish_all(&pch, "order", &["5"]).await;
     let got: Vec<(String, bool)> = {
         let mut v = vec![];
         while let Some((_, b, red)) = get_one(&ch, "order").await {
@@ -566,7 +543,7 @@ async fn requeued_message_keeps_its_place() {
     // The same with a consumer.
     let (_c3, cch) = b.channel().await;
     declare_queue(&cch, "order2").await;
-    fill(&pch, "order2", &["1", "2", "3"]).await;
+    publish_all(&pch, "order2", &["1", "2", "3"]).await;
     let mut consumer = consume(&cch, "order2", "oc").await;
     let d1 = next_delivery(&mut consumer).await;
     let d2 = next_delivery(&mut consumer).await;
@@ -583,7 +560,7 @@ async fn requeued_message_keeps_its_place() {
     .unwrap();
     let again = next_delivery(&mut consumer).await;
     assert_eq!((text(&again), again.redelivered), ("2".into(), true));
-    fill(&pch, "order2", &["4"]).await;
+    publish_all(&pch, "order2", &["4"]).await;
     let next = next_delivery(&mut consumer).await;
     assert_eq!((text(&next), next.redelivered), ("4".into(), false));
     b.stop().await;
@@ -598,7 +575,7 @@ async fn basic_recover_redelivers_to_a_consumer() {
     declare_queue(&pch, "rq").await;
     let (_c2, ch) = b.channel().await;
     let mut consumer = consume(&ch, "rq", "rc").await;
-    fill(&pch, "rq", &["1", "2", "3"]).await;
+    publish_all(&pch, "rq", &["1", "2", "3"]).await;
     for want in ["1", "2", "3"] {
         let d = next_delivery(&mut consumer).await;
         assert_eq!((text(&d).as_str(), d.redelivered), (want, false));
@@ -630,7 +607,7 @@ async fn basic_recover_requeues_messages_taken_with_get() {
     let b = TestBroker::start().await;
     let (_c, pch) = confirm_channel(&b).await;
     declare_queue(&pch, "rg").await;
-    fill(&pch, "rg", &["1", "2"]).await;
+    publish_all(&pch, "rg", &["1", "2"]).await;
     let (_c2, ch) = b.channel().await;
     get_one(&ch, "rg").await.unwrap();
     get_one(&ch, "rg").await.unwrap();
@@ -651,7 +628,7 @@ async fn unacked_messages_are_requeued_when_their_channel_closes() {
     let b = TestBroker::start().await;
     let (c, pch) = confirm_channel(&b).await;
     declare_queue(&pch, "uc").await;
-    fill(&pch, "uc", &["1", "2", "3"]).await;
+    publish_all(&pch, "uc", &["1", "2", "3"]).await;
     let ch = c.create_channel().await.unwrap();
     let mut consumer = consume(&ch, "uc", "u").await;
     let d1 = next_delivery(&mut consumer).await;
@@ -672,7 +649,7 @@ async fn unacked_messages_are_requeued_when_their_connection_closes() {
     let b = TestBroker::start().await;
     let (_c, pch) = confirm_channel(&b).await;
     declare_queue(&pch, "ucc").await;
-    fill(&pch, "ucc", &["1", "2"]).await;
+    publish_all(&pch, "ucc", &["1", "2"]).await;
     let (conn, ch) = b.channel().await;
     ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
     let mut consumer = consume(&ch, "ucc", "u").await;
@@ -681,14 +658,7 @@ async fn unacked_messages_are_requeued_when_their_connection_closes() {
     get_one(&ch2, "ucc").await.unwrap();
     assert_eq!(queue_counts(&pch, "ucc").await.0, 0);
     conn.close(200, "bye".into()).await.unwrap();
-    let mut ready = false;
-    for _ in 0..500 {
-        if queue_counts(&pch, "ucc").await.0 == 2 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let ready = eventually_async(10, || async { queue_counts(&pch, "ucc").await.0 == 2 }).await;
     assert!(ready, "both unacked messages back in the queue");
     let mut got = vec![];
     while let Some((_, b, red)) = get_one(&pch, "ucc").await {
@@ -731,7 +701,7 @@ async fn acking_twice_is_406() {
     let b = TestBroker::start().await;
     let (c, pch) = confirm_channel(&b).await;
     declare_queue(&pch, "twice").await;
-    fill(&pch, "twice", &["1", "2"]).await;
+    publish_all(&pch, "twice", &["1", "2"]).await;
     let ch = c.create_channel().await.unwrap();
     let (tag, _, _) = get_one(&ch, "twice").await.unwrap();
     let mut closes = watch_closes(&c);
@@ -778,7 +748,7 @@ async fn multiple_ack_of_a_tag_above_all_outstanding_is_406() {
     let b = TestBroker::start().await;
     let (c, pch) = confirm_channel(&b).await;
     declare_queue(&pch, "mq").await;
-    fill(&pch, "mq", &["1", "2", "3"]).await;
+    publish_all(&pch, "mq", &["1", "2", "3"]).await;
 
     let ch = c.create_channel().await.unwrap();
     for _ in 0..3 {
@@ -795,14 +765,8 @@ async fn multiple_ack_of_a_tag_above_all_outstanding_is_406() {
     );
     assert!(eventually(5, || !ch.status().connected()).await);
     // Nothing was acked: all three come back.
-    let mut n = 0;
-    for _ in 0..500 {
-        n = queue_counts(&pch, "mq").await.0;
-        if n == 3 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually_async(10, || async { queue_counts(&pch, "mq").await.0 == 3 }).await;
+    let n = queue_counts(&pch, "mq").await.0;
     assert_eq!(n, 3, "the failed ack settled nothing");
     b.stop().await;
 }
@@ -812,7 +776,7 @@ async fn multiple_nack_of_an_already_acked_tag_is_406() {
     let b = TestBroker::start().await;
     let (c, pch) = confirm_channel(&b).await;
     declare_queue(&pch, "mq").await;
-    fill(&pch, "mq", &["1", "2", "3"]).await;
+    publish_all(&pch, "mq", &["1", "2", "3"]).await;
     let mut closes = watch_closes(&c);
     // A tag already acked, with others before and after it outstanding.
     let ch = c.create_channel().await.unwrap();
@@ -845,7 +809,7 @@ async fn ack_multiple_with_tag_zero_acks_everything_outstanding() {
     let b = TestBroker::start().await;
     let (c, pch) = confirm_channel(&b).await;
     declare_queue(&pch, "zq").await;
-    fill(&pch, "zq", &["1", "2", "3"]).await;
+    publish_all(&pch, "zq", &["1", "2", "3"]).await;
     let ch = c.create_channel().await.unwrap();
     for _ in 0..3 {
         get_one(&ch, "zq").await.unwrap();

@@ -187,16 +187,9 @@ async fn kill_9_loses_no_confirmed_message() {
         {
             let c = connect(&uri).await;
             let ch = c.create_channel().await.unwrap();
-            ch.queue_declare(
-                "crash".into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+            ch.queue_declare("crash".into(), durable(), FieldTable::default())
+                .await
+                .unwrap();
             let _ = c.close(200, "bye".into()).await;
         }
         let p = tokio::spawn(publisher(uri.clone(), st.clone()));

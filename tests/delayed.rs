@@ -129,18 +129,8 @@ async fn delays_in_all_forms_and_immediate_when_missing_or_non_positive() {
     let mut sent = std::collections::HashMap::new();
     for (body, props) in sends {
         sent.insert(body.to_string(), Instant::now());
-        assert!(ch
-            .basic_publish(
-                "dx".into(),
-                "k".into(),
-                BasicPublishOptions::default(),
-                body.as_bytes(),
-                props
-            )
+        assert!(publish_confirmed(&ch, "dx", "k", body.as_bytes(), props)
             .await
-            .unwrap()
-            .await
-            .unwrap()
             .is_ack());
     }
     let mut got = vec![];
@@ -250,7 +240,7 @@ async fn order_of_release_is_publish_order_within_a_millisecond() {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let ex = b.broker().vhost("/").unwrap().exchange("mx").unwrap();
+    let ex = b.exchange("/", "mx").unwrap();
     let d = ex.delayed.as_ref().unwrap();
     for i in 0..100u32 {
         ch.basic_publish(
@@ -310,14 +300,14 @@ async fn list_cancel_and_purge_pending() {
         .unwrap();
     }
     ch.wait_for_confirms().await.unwrap();
-    let ex = b.broker().vhost("/").unwrap().exchange("cx").unwrap();
+    let ex = b.exchange("/", "cx").unwrap();
     let d = ex.delayed.as_ref().unwrap();
     assert_eq!(d.list(100).len(), 5);
     assert_eq!(d.cancel("m2"), 1);
     assert_eq!(d.list(100).len(), 4);
     assert_eq!(d.purge(), 4);
     assert_eq!(d.pending(), 0);
-    assert!(eventually(10, || b.broker().store.segment_count() == 1).await);
+    assert!(eventually(10, || b.store_segment_count() == 1).await);
     b.stop().await;
 }
 
@@ -338,37 +328,26 @@ async fn durable_delayed_messages_survive_restart_and_overdue_ones_are_delivered
                 .with_delivery_mode(2)
         };
         for (body, ms) in [("overdue", 100), ("later", 1500)] {
-            assert!(ch
-                .basic_publish(
-                    "px".into(),
-                    "k".into(),
-                    BasicPublishOptions::default(),
-                    body.as_bytes(),
-                    persistent(ms)
-                )
-                .await
-                .unwrap()
-                .await
-                .unwrap()
-                .is_ack());
+            assert!(
+                publish_confirmed(&ch, "px", "k", body.as_bytes(), persistent(ms))
+                    .await
+                    .is_ack()
+            );
         }
         // Transient messages on a durable delayed exchange do not survive.
         let mut h = FieldTable::default();
         h.insert("x-delay".into(), AMQPValue::LongInt(100));
-        ch.basic_publish(
-            "px".into(),
-            "k".into(),
-            BasicPublishOptions::default(),
+        publish_confirmed(
+            &ch,
+            "px",
+            "k",
             b"transient",
             BasicProperties::default().with_headers(h),
         )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        .await;
     }
     // Stop before anything is due; come back after the first is overdue.
-    b.handle.take().unwrap().shutdown().await;
+    b.shutdown().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     b.restart().await;
     let (_c, ch) = b.channel().await;
@@ -394,7 +373,7 @@ async fn durable_delayed_messages_survive_restart_and_overdue_ones_are_delivered
         vec!["overdue", "later"],
         "due order, transient one gone"
     );
-    let ex = b.broker().vhost("/").unwrap().exchange("px").unwrap();
+    let ex = b.exchange("/", "px").unwrap();
     assert_eq!(ex.delayed.as_ref().unwrap().pending(), 0);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(ch

@@ -6,39 +6,6 @@ use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
-use std::sync::Arc;
-
-fn persistent() -> BasicProperties {
-    BasicProperties::default().with_delivery_mode(2)
-}
-
-fn durable() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    }
-}
-
-async fn publish_confirmed(
-    ch: &lapin::Channel,
-    ex: &str,
-    rk: &str,
-    body: &[u8],
-    props: BasicProperties,
-) -> bool {
-    ch.basic_publish(
-        ex.into(),
-        rk.into(),
-        BasicPublishOptions::default(),
-        body,
-        props,
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap()
-    .is_ack()
-}
 
 #[tokio::test]
 async fn persistent_messages_survive_restart_exactly_unacked_in_order() {
@@ -59,11 +26,19 @@ async fn persistent_messages_survive_restart_exactly_unacked_in_order() {
         .await
         .unwrap();
         for i in 0..10u8 {
-            assert!(publish_confirmed(&ch, "", "dq", &[i], persistent()).await);
+            assert!(publish_confirmed(&ch, "", "dq", &[i], persistent())
+                .await
+                .is_ack());
         }
         // transient message in a durable queue, and anything in a transient queue, are gone after restart
-        assert!(publish_confirmed(&ch, "", "dq", b"transient", BasicProperties::default()).await);
-        assert!(publish_confirmed(&ch, "", "tq", b"x", persistent()).await);
+        assert!(
+            publish_confirmed(&ch, "", "dq", b"transient", BasicProperties::default())
+                .await
+                .is_ack()
+        );
+        assert!(publish_confirmed(&ch, "", "tq", b"x", persistent())
+            .await
+            .is_ack());
         // deliver 0..=3, ack 0 and 1, leave 2 and 3 unacked
         ch.basic_qos(4, BasicQosOptions::default()).await.unwrap();
         let mut cons = ch
@@ -93,14 +68,7 @@ async fn persistent_messages_survive_restart_exactly_unacked_in_order() {
     }
     let (_c, ch) = b.channel().await;
     let q = ch
-        .queue_declare(
-            "dq".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("dq".into(), passive(), FieldTable::default())
         .await
         .unwrap();
     assert_eq!(
@@ -109,14 +77,7 @@ async fn persistent_messages_survive_restart_exactly_unacked_in_order() {
         "10 persistent - 2 acked; the transient one is gone"
     );
     let err = ch
-        .queue_declare(
-            "tq".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("tq".into(), passive(), FieldTable::default())
         .await
         .unwrap_err();
     assert_eq!(reply_code(&err), Some(404));
@@ -207,7 +168,11 @@ async fn definitions_survive_restart() {
     )
     .await
     .unwrap();
-    assert!(publish_confirmed(&ch, "dx", "a.b", b"routed", BasicProperties::default()).await);
+    assert!(
+        publish_confirmed(&ch, "dx", "a.b", b"routed", BasicProperties::default())
+            .await
+            .is_ack()
+    );
     let m = ch
         .basic_get("dq".into(), BasicGetOptions { no_ack: true })
         .await
@@ -230,14 +195,7 @@ async fn definitions_survive_restart() {
     assert_eq!(reply_code(&e), Some(404));
     let (_c3, ch3) = b.channel().await;
     let e = ch3
-        .queue_declare(
-            "gone".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("gone".into(), passive(), FieldTable::default())
         .await
         .unwrap_err();
     assert_eq!(reply_code(&e), Some(404));
@@ -272,10 +230,14 @@ async fn fanout_writes_the_body_once() {
         .await
         .unwrap();
     }
-    let before = b.broker().store.bytes_used();
+    let before = b.store_bytes_used();
     let body = vec![7u8; 256 * 1024];
-    assert!(publish_confirmed(&ch, "amq.fanout", "", &body, persistent()).await);
-    let grew = b.broker().store.bytes_used() - before;
+    assert!(
+        publish_confirmed(&ch, "amq.fanout", "", &body, persistent())
+            .await
+            .is_ack()
+    );
+    let grew = b.store_bytes_used() - before;
     assert!(
         grew >= body.len() as u64 && grew < body.len() as u64 + 1024,
         "grew by {grew}"
@@ -318,11 +280,10 @@ async fn disk_space_comes_back_after_drain_purge_and_delete() {
         }
     }
     ch.wait_for_confirms().await.unwrap();
-    let store = b.broker().store.clone();
     assert!(
-        store.segment_count() >= 4,
+        b.store_segment_count() >= 4,
         "{} segments",
-        store.segment_count()
+        b.store_segment_count()
     );
     // drain d1 with acks
     let mut cons = ch
@@ -345,9 +306,9 @@ async fn disk_space_comes_back_after_drain_purge_and_delete() {
         .await
         .unwrap();
     assert!(
-        eventually(5, || store.segment_count() == 1).await,
+        eventually(5, || b.store_segment_count() == 1).await,
         "{} segments left",
-        store.segment_count()
+        b.store_segment_count()
     );
     let files = std::fs::read_dir(b.dir.path().join("msgs"))
         .unwrap()
@@ -360,11 +321,8 @@ async fn disk_space_comes_back_after_drain_purge_and_delete() {
 async fn failed_fsync_nacks_the_confirm() {
     let dir = tempfile::tempdir().unwrap();
     let config = test_config(dir.path());
-    let io = Arc::new(lepus::store::io::FaultyIo::default());
-    let h = lepus::server::start_with_io(config, io.clone())
-        .await
-        .unwrap();
-    let c = connect(&format!("amqp://guest:guest@{}/%2f", h.addr)).await;
+    let (b, faults) = TestBroker::start_with_faults(dir, config).await;
+    let c = b.connect().await;
     let ch = c.create_channel().await.unwrap();
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -372,19 +330,27 @@ async fn failed_fsync_nacks_the_confirm() {
     ch.queue_declare("fq".into(), durable(), FieldTable::default())
         .await
         .unwrap();
-    assert!(publish_confirmed(&ch, "", "fq", b"ok", persistent()).await);
-    io.fail_all_syncs
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(publish_confirmed(&ch, "", "fq", b"ok", persistent())
+        .await
+        .is_ack());
+    faults.fail_all_syncs(true);
     assert!(
-        !publish_confirmed(&ch, "", "fq", b"not on disk", persistent()).await,
+        !publish_confirmed(&ch, "", "fq", b"not on disk", persistent())
+            .await
+            .is_ack(),
         "must be nacked"
     );
     // transient messages do not need a sync and are still acked
-    assert!(publish_confirmed(&ch, "", "fq", b"transient", BasicProperties::default()).await);
-    io.fail_all_syncs
-        .store(false, std::sync::atomic::Ordering::SeqCst);
-    assert!(publish_confirmed(&ch, "", "fq", b"ok again", persistent()).await);
-    h.shutdown().await;
+    assert!(
+        publish_confirmed(&ch, "", "fq", b"transient", BasicProperties::default())
+            .await
+            .is_ack()
+    );
+    faults.fail_all_syncs(false);
+    assert!(publish_confirmed(&ch, "", "fq", b"ok again", persistent())
+        .await
+        .is_ack());
+    b.stop().await;
 }
 
 #[tokio::test]
@@ -392,11 +358,8 @@ async fn segment_allocation_failure_nacks_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.store.segment_size = 1024 * 1024;
-    let io = Arc::new(lepus::store::io::FaultyIo::default());
-    let h = lepus::server::start_with_io(config, io.clone())
-        .await
-        .unwrap();
-    let c = connect(&format!("amqp://guest:guest@{}/%2f", h.addr)).await;
+    let (b, faults) = TestBroker::start_with_faults(dir, config).await;
+    let c = b.connect().await;
     let ch = c.create_channel().await.unwrap();
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -405,25 +368,23 @@ async fn segment_allocation_failure_nacks_and_recovers() {
         .await
         .unwrap();
     let body = vec![0u8; 600 * 1024];
-    assert!(publish_confirmed(&ch, "", "aq", &body, persistent()).await);
-    io.fail_allocations
-        .store(1, std::sync::atomic::Ordering::SeqCst);
+    assert!(publish_confirmed(&ch, "", "aq", &body, persistent())
+        .await
+        .is_ack());
+    faults.fail_allocations(1);
     // needs a new segment: allocation fails, the publish is nacked, nothing is lost
-    assert!(!publish_confirmed(&ch, "", "aq", &body, persistent()).await);
-    assert!(publish_confirmed(&ch, "", "aq", &body, persistent()).await);
+    assert!(!publish_confirmed(&ch, "", "aq", &body, persistent())
+        .await
+        .is_ack());
+    assert!(publish_confirmed(&ch, "", "aq", &body, persistent())
+        .await
+        .is_ack());
     let q = ch
-        .queue_declare(
-            "aq".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("aq".into(), passive(), FieldTable::default())
         .await
         .unwrap();
     assert_eq!(q.message_count(), 2);
-    h.shutdown().await;
+    b.stop().await;
 }
 
 #[tokio::test]
@@ -483,16 +444,15 @@ async fn sparse_segments_are_compacted_and_survive_restart() {
         .unwrap();
     }
     ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
-    let store = b.broker().store.clone();
-    let before = store.segment_count();
+    let before = b.store_segment_count();
     assert!(before >= 4, "{before} segments");
-    let moved = b.broker().compact();
+    let moved = b.compact();
     // Kept messages in the active segment stay where they are.
     assert!(moved > 20 && moved <= 30, "{moved} moved");
     assert!(
-        eventually(10, || store.segment_count() <= 2).await,
+        eventually(10, || b.store_segment_count() <= 2).await,
         "{} segments after compaction",
-        store.segment_count()
+        b.store_segment_count()
     );
     b.restart().await;
     let (_c, ch) = b.channel().await;
@@ -518,11 +478,8 @@ async fn sparse_segments_are_compacted_and_survive_restart() {
 #[tokio::test]
 async fn ids_are_not_reused_after_deletion() {
     let mut b = TestBroker::start().await;
-    let broker = b.broker().clone();
-    broker.add_vhost("v").unwrap();
-    broker
-        .set_permissions("guest", "v", ".*", ".*", ".*")
-        .unwrap();
+    b.add_vhost("v");
+    b.set_permissions("guest", "v", ".*", ".*", ".*");
     {
         // A message in "/" keeps the shared segment alive.
         let (_c, ch) = b.channel().await;
@@ -532,7 +489,9 @@ async fn ids_are_not_reused_after_deletion() {
         ch.queue_declare("keep".into(), durable(), FieldTable::default())
             .await
             .unwrap();
-        assert!(publish_confirmed(&ch, "", "keep", b"keep", persistent()).await);
+        assert!(publish_confirmed(&ch, "", "keep", b"keep", persistent())
+            .await
+            .is_ack());
         // The highest id: a durable delayed exchange in vhost v with a pending persistent message.
         let c = connect(&format!("amqp://guest:guest@{}/v", b.addr())).await;
         let vch = c.create_channel().await.unwrap();
@@ -560,11 +519,14 @@ async fn ids_are_not_reused_after_deletion() {
             "x-delay".into(),
             lapin::types::AMQPValue::LongInt(3_600_000),
         );
-        assert!(publish_confirmed(&vch, "later", "", b"ghost", persistent().with_headers(h)).await);
+        assert!(
+            publish_confirmed(&vch, "later", "", b"ghost", persistent().with_headers(h))
+                .await
+                .is_ack()
+        );
         let _ = c.close(200, "bye".into()).await;
     }
-    broker.delete_vhost("v").unwrap();
-    drop(broker);
+    b.delete_vhost("v");
     b.restart().await;
     {
         let (_c, ch) = b.channel().await;
@@ -575,14 +537,7 @@ async fn ids_are_not_reused_after_deletion() {
     b.restart().await;
     let (_c, ch) = b.channel().await;
     let q = ch
-        .queue_declare(
-            "fresh".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("fresh".into(), passive(), FieldTable::default())
         .await
         .unwrap();
     assert_eq!(
@@ -633,15 +588,7 @@ async fn exclusive_durable_queue_leaves_no_binding_behind() {
         .unwrap();
         c.close(200, "bye".into()).await.unwrap();
     }
-    assert!(
-        eventually(5, || b
-            .broker()
-            .vhost("/")
-            .unwrap()
-            .queue("ghost")
-            .is_none())
-        .await
-    );
+    assert!(eventually(5, || b.queue("/", "ghost").is_none()).await);
     {
         let (_c, ch) = b.channel().await;
         ch.queue_declare("ghost".into(), durable(), FieldTable::default())
@@ -653,16 +600,11 @@ async fn exclusive_durable_queue_leaves_no_binding_behind() {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    assert!(publish_confirmed(&ch, "dx2", "k", b"x", persistent()).await);
+    assert!(publish_confirmed(&ch, "dx2", "k", b"x", persistent())
+        .await
+        .is_ack());
     let q = ch
-        .queue_declare(
-            "ghost".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare("ghost".into(), passive(), FieldTable::default())
         .await
         .unwrap();
     assert_eq!(
@@ -760,27 +702,29 @@ async fn work_due_at_restart_waits_until_every_queue_is_back() {
         h.insert("x-delay".into(), AMQPValue::LongInt(100));
         for i in 0..N {
             let body = format!("{i}");
+            assert!(publish_confirmed(
+                &ch,
+                "later-x",
+                "k",
+                body.as_bytes(),
+                persistent().with_headers(h.clone())
+            )
+            .await
+            .is_ack());
             assert!(
-                publish_confirmed(
-                    &ch,
-                    "later-x",
-                    "k",
-                    body.as_bytes(),
-                    persistent().with_headers(h.clone())
-                )
-                .await
+                publish_confirmed(&ch, "", "ttl-q", body.as_bytes(), persistent())
+                    .await
+                    .is_ack()
             );
-            assert!(publish_confirmed(&ch, "", "ttl-q", body.as_bytes(), persistent()).await);
         }
     }
-    b.handle.take().unwrap().shutdown().await;
+    b.shutdown().await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     b.restart().await;
-    let vh = b.broker().vhost("/").unwrap();
     let counts = || {
         (
-            vh.queue("released-q").unwrap().message_count(),
-            vh.queue("expired-q").unwrap().message_count(),
+            b.queue("/", "released-q").unwrap().message_count(),
+            b.queue("/", "expired-q").unwrap().message_count(),
         )
     };
     eventually(10, || counts() == (N as u32, N as u32)).await;
@@ -789,7 +733,7 @@ async fn work_due_at_restart_waits_until_every_queue_is_back() {
         (N as u32, N as u32),
         "released and expired copies all arrive"
     );
-    assert_eq!(vh.queue("ttl-q").unwrap().message_count(), 0);
+    assert_eq!(b.queue("/", "ttl-q").unwrap().message_count(), 0);
     b.stop().await;
 }
 
@@ -810,12 +754,12 @@ async fn data_dir_is_locked_while_a_broker_uses_it() {
         .err()
         .expect("a second broker on the same data dir is refused");
     assert!(err.to_string().contains("in use by another lepus"), "{err}");
-    let old = Arc::downgrade(b.broker());
+    let old = b.weak_broker();
     b.restart().await;
     assert!(
         eventually(5, || old.upgrade().is_none()).await,
         "the stopped broker is still alive"
     );
-    assert!(b.broker().vhost("/").unwrap().queue("q").is_some());
+    assert!(b.queue("/", "q").is_some());
     b.stop().await;
 }

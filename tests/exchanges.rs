@@ -8,17 +8,6 @@ use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, ExchangeKind};
 
-async fn declare_exchange(ch: &lapin::Channel, name: &str, kind: ExchangeKind) {
-    ch.exchange_declare(
-        name.into(),
-        kind,
-        ExchangeDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("declare exchange {name}: {e}"));
-}
-
 async fn bind(ch: &lapin::Channel, queue: &str, exchange: &str, key: &str, args: FieldTable) {
     ch.queue_bind(
         queue.into(),
@@ -29,45 +18,6 @@ async fn bind(ch: &lapin::Channel, queue: &str, exchange: &str, key: &str, args:
     )
     .await
     .unwrap_or_else(|e| panic!("bind {queue} to {exchange} with {key:?}: {e}"));
-}
-
-fn passive() -> ExchangeDeclareOptions {
-    ExchangeDeclareOptions {
-        passive: true,
-        ..Default::default()
-    }
-}
-
-async fn exchange_exists(b: &TestBroker, name: &str) -> bool {
-    let (_c, ch) = b.channel().await;
-    match within(
-        5,
-        ch.exchange_declare(
-            name.into(),
-            ExchangeKind::Direct,
-            passive(),
-            FieldTable::default(),
-        ),
-    )
-    .await
-    {
-        Ok(()) => true,
-        Err(e) => {
-            assert_eq!(reply_code(&e), Some(404), "passive declare of {name}: {e}");
-            false
-        }
-    }
-}
-
-fn sorted(mut v: Vec<String>) -> Vec<String> {
-    v.sort();
-    v
-}
-
-fn strs(v: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
-    v.sort();
-    v
 }
 
 #[tokio::test]
@@ -83,7 +33,15 @@ async fn direct_routes_on_exact_key() {
     bind(&ch, "d2", "dx", "green", FieldTable::default()).await;
     bind(&ch, "d3", "dx", "", FieldTable::default()).await;
     for key in ["red", "green", "blue", "", "Red", "red.x"] {
-        publish_confirmed(&ch, "dx", key, key.as_bytes(), BasicProperties::default()).await;
+        publish_confirmed_within(
+            5,
+            &ch,
+            "dx",
+            key,
+            key.as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
     }
     assert_eq!(drain(&ch, "d1").await, vec!["red"]);
     assert_eq!(drain(&ch, "d2").await, vec!["red", "green"]);
@@ -102,7 +60,15 @@ async fn fanout_routes_to_every_bound_queue_ignoring_the_key() {
     bind(&ch, "f1", "fx", "", FieldTable::default()).await;
     bind(&ch, "f2", "fx", "whatever", FieldTable::default()).await;
     for key in ["a", "", "b.c"] {
-        publish_confirmed(&ch, "fx", key, key.as_bytes(), BasicProperties::default()).await;
+        publish_confirmed_within(
+            5,
+            &ch,
+            "fx",
+            key,
+            key.as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
     }
     assert_eq!(drain(&ch, "f1").await, vec!["a", "", "b.c"]);
     assert_eq!(drain(&ch, "f2").await, vec!["a", "", "b.c"]);
@@ -118,7 +84,7 @@ async fn fanout_delivers_once_per_queue_even_with_several_bindings() {
     declare_queue(&ch, "fq").await;
     bind(&ch, "fq", "fx2", "a", FieldTable::default()).await;
     bind(&ch, "fq", "fx2", "b", FieldTable::default()).await;
-    publish_confirmed(&ch, "fx2", "k", b"once", BasicProperties::default()).await;
+    publish_confirmed_within(5, &ch, "fx2", "k", b"once", BasicProperties::default()).await;
     assert_eq!(drain(&ch, "fq").await, vec!["once"]);
     b.stop().await;
 }
@@ -150,7 +116,8 @@ async fn topic_star_and_hash_as_rabbitmq() {
     let keys = ["a", "a.b", "b", "a.b.c", "a.c", "x.b", "a.x.y.c", ""];
     for k in keys {
         let body = if k.is_empty() { "<empty>" } else { k };
-        publish_confirmed(&ch, "tx", k, body.as_bytes(), BasicProperties::default()).await;
+        publish_confirmed_within(5, &ch, "tx", k, body.as_bytes(), BasicProperties::default())
+            .await;
     }
     let expect: &[(&str, &[&str])] = &[
         ("t_star_b", &["a.b", "x.b"]),
@@ -174,8 +141,8 @@ async fn topic_star_and_hash_as_rabbitmq() {
     let mut wrong = vec![];
     for (q, want) in expect {
         let got = sorted(drain(&ch, q).await);
-        if got != strs(want) {
-            wrong.push(format!("{q}: got {got:?}, want {:?}", strs(want)));
+        if got != sorted(strs(want)) {
+            wrong.push(format!("{q}: got {got:?}, want {:?}", sorted(strs(want))));
         }
     }
     assert!(
@@ -224,7 +191,7 @@ async fn headers_x_match_all_any_all_with_x_any_with_x() {
         } else {
             BasicProperties::default().with_headers(table(headers))
         };
-        publish_confirmed(&ch, "hx", "ignored", body.as_bytes(), props).await;
+        publish_confirmed_within(5, &ch, "hx", "ignored", body.as_bytes(), props).await;
     }
     let expect: &[(&str, &[&str])] = &[
         ("h_all", &["m_ab"]),
@@ -238,8 +205,8 @@ async fn headers_x_match_all_any_all_with_x_any_with_x() {
     let mut wrong = vec![];
     for (q, want) in expect {
         let got = sorted(drain(&ch, q).await);
-        if got != strs(want) {
-            wrong.push(format!("{q}: got {got:?}, want {:?}", strs(want)));
+        if got != sorted(strs(want)) {
+            wrong.push(format!("{q}: got {got:?}, want {:?}", sorted(strs(want))));
         }
     }
     assert!(
@@ -261,9 +228,14 @@ async fn predeclared_amq_exchanges_exist() {
         ("amq.headers", ExchangeKind::Headers),
         ("amq.match", ExchangeKind::Headers),
     ] {
-        ch.exchange_declare(name.into(), kind.clone(), passive(), FieldTable::default())
-            .await
-            .unwrap_or_else(|e| panic!("passive declare {name}: {e}"));
+        ch.exchange_declare(
+            name.into(),
+            kind.clone(),
+            passive_exchange(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("passive declare {name}: {e}"));
         // They are durable exchanges of their type: an equivalent redeclare is fine.
         ch.exchange_declare(
             name.into(),
@@ -284,7 +256,8 @@ async fn predeclared_amq_exchanges_exist() {
     bind(&ch2, "pq", "amq.topic", "t.*", FieldTable::default()).await;
     bind(&ch2, "pq", "amq.fanout", "", FieldTable::default()).await;
     bind(&ch2, "pq", "amq.match", "", table(&[("h", "1")])).await;
-    publish_confirmed(
+    publish_confirmed_within(
+        5,
         &ch2,
         "amq.direct",
         "k",
@@ -292,7 +265,8 @@ async fn predeclared_amq_exchanges_exist() {
         BasicProperties::default(),
     )
     .await;
-    publish_confirmed(
+    publish_confirmed_within(
+        5,
         &ch2,
         "amq.topic",
         "t.x",
@@ -300,7 +274,8 @@ async fn predeclared_amq_exchanges_exist() {
         BasicProperties::default(),
     )
     .await;
-    publish_confirmed(
+    publish_confirmed_within(
+        5,
         &ch2,
         "amq.fanout",
         "zzz",
@@ -308,7 +283,8 @@ async fn predeclared_amq_exchanges_exist() {
         BasicProperties::default(),
     )
     .await;
-    publish_confirmed(
+    publish_confirmed_within(
+        5,
         &ch2,
         "amq.match",
         "",
@@ -328,9 +304,10 @@ async fn default_exchange_routes_by_queue_name() {
     let b = TestBroker::start().await;
     let (_c, ch) = confirm_channel(&b).await;
     declare_queue(&ch, "byname").await;
-    let c = publish_confirmed(&ch, "", "byname", b"hello", BasicProperties::default()).await;
+    let c =
+        publish_confirmed_within(5, &ch, "", "byname", b"hello", BasicProperties::default()).await;
     assert!(c.is_ack());
-    publish_confirmed(&ch, "", "nobody", b"lost", BasicProperties::default()).await;
+    publish_confirmed_within(5, &ch, "", "nobody", b"lost", BasicProperties::default()).await;
     assert_eq!(drain(&ch, "byname").await, vec!["hello"]);
     b.stop().await;
 }
@@ -346,7 +323,7 @@ async fn declare_of_default_exchange_is_refused_403() {
         .exchange_declare(
             "".into(),
             ExchangeKind::Direct,
-            passive(),
+            passive_exchange(),
             FieldTable::default(),
         )
         .await;
@@ -372,7 +349,7 @@ async fn passive_declare_of_missing_exchange_is_404_and_closes_the_channel() {
         .exchange_declare(
             "nope".into(),
             ExchangeKind::Direct,
-            passive(),
+            passive_exchange(),
             FieldTable::default(),
         )
         .await;
@@ -401,16 +378,9 @@ async fn durable_exchange_survives_a_restart_and_transient_does_not() {
         .await
         .unwrap();
         declare_exchange(&ch, "ex.transient", ExchangeKind::Topic).await;
-        ch.queue_declare(
-            "ex.durable.q".into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        ch.queue_declare("ex.durable.q".into(), durable(), FieldTable::default())
+            .await
+            .unwrap();
         bind(
             &ch,
             "ex.durable.q",
@@ -427,7 +397,8 @@ async fn durable_exchange_survives_a_restart_and_transient_does_not() {
     // The binding between durable objects came back too.
     {
         let (_c, ch) = confirm_channel(&b).await;
-        publish_confirmed(
+        publish_confirmed_within(
+            5,
             &ch,
             "ex.durable",
             "a.b",
@@ -435,7 +406,8 @@ async fn durable_exchange_survives_a_restart_and_transient_does_not() {
             BasicProperties::default(),
         )
         .await;
-        publish_confirmed(
+        publish_confirmed_within(
+            5,
             &ch,
             "ex.durable",
             "b.b",
@@ -800,7 +772,7 @@ async fn exchange_to_exchange_bindings_route() {
     bind(&ch, "q_leaf", "leaf", "", FieldTable::default()).await;
     bind(&ch, "q_src", "src", "#", FieldTable::default()).await;
     for k in ["orders.eu", "orders.us", "other"] {
-        publish_confirmed(&ch, "src", k, k.as_bytes(), BasicProperties::default()).await;
+        publish_confirmed_within(5, &ch, "src", k, k.as_bytes(), BasicProperties::default()).await;
     }
     assert_eq!(drain(&ch, "q_mid").await, vec!["orders.eu"]);
     assert_eq!(drain(&ch, "q_leaf").await, vec!["orders.eu"]);
@@ -811,7 +783,15 @@ async fn exchange_to_exchange_bindings_route() {
 
     // A queue reachable on two paths gets the message once.
     bind(&ch, "q_leaf", "src", "orders.eu", FieldTable::default()).await;
-    publish_confirmed(&ch, "src", "orders.eu", b"once", BasicProperties::default()).await;
+    publish_confirmed_within(
+        5,
+        &ch,
+        "src",
+        "orders.eu",
+        b"once",
+        BasicProperties::default(),
+    )
+    .await;
     assert_eq!(drain(&ch, "q_leaf").await, vec!["once"]);
     assert_eq!(drain(&ch, "q_mid").await, vec!["once"]);
 
@@ -825,7 +805,8 @@ async fn exchange_to_exchange_bindings_route() {
     )
     .await
     .unwrap();
-    publish_confirmed(
+    publish_confirmed_within(
+        5,
         &ch,
         "src",
         "orders.eu",
@@ -863,7 +844,7 @@ async fn exchange_binding_cycles_do_not_loop() {
     .await
     .unwrap();
     bind(&ch, "cyq", "cy2", "", FieldTable::default()).await;
-    let c = publish_confirmed(&ch, "cy1", "", b"round", BasicProperties::default()).await;
+    let c = publish_confirmed_within(5, &ch, "cy1", "", b"round", BasicProperties::default()).await;
     assert!(c.is_ack());
     assert_eq!(drain(&ch, "cyq").await, vec!["round"]);
     b.stop().await;
@@ -892,8 +873,24 @@ async fn alternate_exchange_catches_unroutable_messages() {
     declare_queue(&ch, "main_q").await;
     bind(&ch, "main_q", "main", "known", FieldTable::default()).await;
 
-    publish_confirmed(&ch, "main", "known", b"routed", BasicProperties::default()).await;
-    publish_confirmed(&ch, "main", "unknown", b"to-ae", BasicProperties::default()).await;
+    publish_confirmed_within(
+        5,
+        &ch,
+        "main",
+        "known",
+        b"routed",
+        BasicProperties::default(),
+    )
+    .await;
+    publish_confirmed_within(
+        5,
+        &ch,
+        "main",
+        "unknown",
+        b"to-ae",
+        BasicProperties::default(),
+    )
+    .await;
     // A mandatory message the alternate exchange routes is not returned.
     let pc = ch
         .basic_publish(
@@ -1027,7 +1024,8 @@ async fn headers_binding_with_an_invalid_x_match_is_406() {
     assert!(c.status().connected());
     // Nothing was bound.
     let (_c2, ch) = confirm_channel(&b).await;
-    publish_confirmed(
+    publish_confirmed_within(
+        5,
         &ch,
         "amq.headers",
         "",
@@ -1140,7 +1138,8 @@ async fn cc_and_bcc_headers_add_routing_keys() {
     headers.insert("CC".into(), arr(&["k2"]));
     headers.insert("BCC".into(), arr(&["k3"]));
     headers.insert("other".into(), AMQPValue::LongString("kept".into()));
-    publish_confirmed(
+    publish_confirmed_within(
+        5,
         &ch,
         "amq.direct",
         "k1",

@@ -3,8 +3,11 @@
 //! bounded, so that CI runs it): they never panic, never consume bytes they
 //! did not decode, and whenever they accept something amq-protocol agrees.
 
+mod common;
+use common::encode;
+
 use amq_protocol::frame::parsing::parse_content_header;
-use amq_protocol::frame::{gen_frame, AMQPContentHeader, AMQPFrame, WriteContext};
+use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{basic, parse_class, AMQPClass, BasicProperties};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::BytesMut;
@@ -121,10 +124,6 @@ fn exercise(data: &[u8], chunk: usize, frame_max: u32) {
             }
         }
     }
-}
-
-fn encode(f: &AMQPFrame) -> Vec<u8> {
-    gen_frame(f)(WriteContext::from(Vec::new())).unwrap().write
 }
 
 fn short() -> impl Strategy<Value = String> {

@@ -2,8 +2,6 @@
 //! commands, and `move` interrupted by kill -9 and resumed.
 
 mod common;
-#[path = "common/http.rs"]
-mod http;
 
 use common::*;
 use lapin::options::*;
@@ -58,14 +56,6 @@ async fn json(b: &TestBroker, args: &[&str]) -> Value {
     let mut a = args.to_vec();
     a.extend(["--format", "json"]);
     serde_json::from_str(&ok(b, &a).await).expect("JSON output")
-}
-
-fn names(v: &Value) -> Vec<&str> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["name"].as_str().unwrap())
-        .collect()
 }
 
 /// The row of a table whose first cells are `first`.
@@ -158,7 +148,7 @@ async fn status_list_declare_purge_delete() {
     assert_eq!(got[0]["payload"], "hello world");
     assert_eq!(got[0]["redelivered"], true);
     assert_eq!(got[0]["properties"]["delivery_mode"], 2);
-    let q1 = b.broker().vhost("/").unwrap().queue("q1").unwrap();
+    let q1 = b.queue("/", "q1").unwrap();
     assert_eq!(q1.message_count(), 2, "get requeues");
 
     // other lists
@@ -381,12 +371,7 @@ async fn export_and_import() {
     );
     let out = ok(&b, &["import", fixture]).await;
     assert!(out.contains("note:") && out.contains("policies"), "{out}");
-    assert!(b
-        .broker()
-        .vhost("shop")
-        .unwrap()
-        .queue("orders.created")
-        .is_some());
+    assert!(b.queue("shop", "orders.created").is_some());
 
     // a broken file changes nothing
     let bad = dir.path().join("bad.json");
@@ -406,39 +391,19 @@ async fn export_and_import() {
     b.stop().await;
 }
 
-/// Read and remove everything in a queue, through the broker's own API.
-fn drain(q: &lepus::broker::queue::Queue) -> Vec<Vec<u8>> {
-    let taken = q.take(usize::MAX);
-    let mut out = Vec::with_capacity(taken.len());
-    for (_, pos, _) in taken {
-        out.push(
-            q.store()
-                .with_message(pos, |m| m.body.to_vec())
-                .expect("message in store"),
-        );
-        q.drop_taken(pos);
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn move_killed_halfway_and_resumed_loses_nothing() {
     const N: usize = 100_000;
     const PREFETCH: usize = 200;
     let b = TestBroker::start().await;
     let (_c, ch) = b.channel().await;
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.queue_declare("dlq".into(), durable, FieldTable::default())
+    ch.queue_declare("dlq".into(), durable(), FieldTable::default())
         .await
         .unwrap();
-    ch.queue_declare("work".into(), durable, FieldTable::default())
+    ch.queue_declare("work".into(), durable(), FieldTable::default())
         .await
         .unwrap();
-    let vh = b.broker().vhost("/").unwrap();
-    let (src, dst) = (vh.queue("dlq").unwrap(), vh.queue("work").unwrap());
+    let (src, dst) = (b.queue("/", "dlq").unwrap(), b.queue("/", "work").unwrap());
     // the backlog: unique ids as bodies, one property to carry over
     let t = Instant::now();
     let props = BasicProperties::default().with_content_type("text/plain".into());
@@ -498,9 +463,7 @@ async fn move_killed_halfway_and_resumed_loses_nothing() {
     );
     // its connection is gone: what it had not acked is back in the source
     assert!(
-        eventually(10, || b.broker().connections.lock().len() == 1
-            && src.unacked_count() == 0)
-        .await,
+        eventually(10, || b.connection_count() == 1 && src.unacked_count() == 0).await,
         "the killed mover's connection is still there"
     );
     let (in_src, in_dst) = (src.message_count() as usize, dst.message_count() as usize);
@@ -537,7 +500,7 @@ async fn move_killed_halfway_and_resumed_loses_nothing() {
     assert!(eventually(5, || src.unacked_count() == 0).await);
 
     // every id exactly once, or twice for the few in flight at the kill
-    let bodies = drain(&dst);
+    let bodies = take_bodies(&dst);
     let mut seen: HashMap<usize, u32> = HashMap::new();
     for body in &bodies {
         let id: usize = std::str::from_utf8(body).unwrap().parse().unwrap();
@@ -576,7 +539,7 @@ async fn move_refuses_what_it_cannot_do_safely() {
     )
     .await
     .unwrap();
-    let a = b.broker().vhost("/").unwrap().queue("a").unwrap();
+    let a = b.queue("/", "a").unwrap();
     assert!(eventually(5, || a.message_count() == 1).await);
     let uri = b.uri();
     assert!(fails(&b, &["move", "a", "missing", "--amqp-url", &uri])
@@ -614,7 +577,7 @@ async fn move_refuses_what_it_cannot_do_safely() {
             .await
             .contains("moved 4 messages")
     );
-    let bq = b.broker().vhost("/").unwrap().queue("b").unwrap();
+    let bq = b.queue("/", "b").unwrap();
     assert!(eventually(5, || a.message_count() == 6 && bq.message_count() == 4).await);
     assert!(ok(&b, &["move", "a", "b", "--amqp-url", &uri])
         .await
@@ -665,7 +628,7 @@ async fn delayed_messages_list_cancel_purge() {
         .unwrap();
     }
     ch.wait_for_confirms().await.unwrap();
-    let api = http::Api::new(&b.mgmt_url());
+    let api = common::http::Api::new(&b.mgmt_url());
     let ex = api.get("/api/exchanges/%2F/dl").await;
     assert_eq!(ex.status, 200);
     assert_eq!(ex.body["delayed"]["pending"], 3);

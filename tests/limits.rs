@@ -7,62 +7,6 @@ use common::*;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
-use std::time::{Duration, Instant};
-
-fn plain() -> QueueDeclareOptions {
-    QueueDeclareOptions::default()
-}
-
-fn text(d: &lapin::message::Delivery) -> String {
-    String::from_utf8_lossy(&d.data).into_owned()
-}
-
-async fn consume_with(
-    ch: &lapin::Channel,
-    queue: &str,
-    tag: &str,
-    arguments: FieldTable,
-) -> lapin::Consumer {
-    within(
-        5,
-        ch.basic_consume(
-            queue.into(),
-            tag.into(),
-            BasicConsumeOptions::default(),
-            arguments,
-        ),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("consume {queue}: {e}"))
-}
-
-/// Arguments dead-lettering through the default exchange into `dlq`, plus `more`.
-fn dead_letter_to(dlq: &str, more: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut pairs: Vec<(&str, AMQPValue)> = vec![
-        ("x-dead-letter-exchange", lstr("")),
-        ("x-dead-letter-routing-key", lstr(dlq)),
-    ];
-    pairs.extend(more.iter().cloned());
-    arg_table(&pairs)
-}
-
-/// Poll basic.get until a message comes (at most `secs`).
-async fn wait_get(
-    ch: &lapin::Channel,
-    queue: &str,
-    secs: u64,
-) -> Option<lapin::message::BasicGetMessage> {
-    let end = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(m) = get_message(ch, queue).await {
-            return Some(m);
-        }
-        if Instant::now() >= end {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// (reason, queue, count) of the first x-death entry.
 fn first_x_death(p: &BasicProperties) -> (String, String, i64) {
@@ -81,19 +25,6 @@ fn first_x_death(p: &BasicProperties) -> (String, String, i64) {
 
 fn death_of(reason: &str, queue: &str) -> (String, String, i64) {
     (reason.to_string(), queue.to_string(), 1)
-}
-
-async fn publish_all(ch: &lapin::Channel, queue: &str, bodies: &[&str]) -> Vec<bool> {
-    let mut acks = vec![];
-    for body in bodies {
-        let c = publish_confirmed(ch, "", queue, body.as_bytes(), BasicProperties::default()).await;
-        acks.push(c.is_ack());
-    }
-    acks
-}
-
-fn strs(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
 }
 
 // ----- length limits -----
@@ -284,7 +215,7 @@ async fn redeliveries_carry_an_x_delivery_count_header() {
         arg_table(&[("x-delivery-limit", int(5))]),
     )
     .await;
-    publish_confirmed(&ch, "", "dc", b"m", BasicProperties::default()).await;
+    publish_confirmed_within(5, &ch, "", "dc", b"m", BasicProperties::default()).await;
     let m = get_message(&ch, "dc").await.expect("first delivery");
     assert!(!m.delivery.redelivered);
     assert_eq!(
@@ -344,7 +275,7 @@ async fn the_delivery_limit_dead_letters_with_reason_delivery_limit() {
         dead_letter_to("dl-dlq", &[("x-delivery-limit", int(2))]),
     )
     .await;
-    publish_confirmed(&ch, "", "dl", b"poison", BasicProperties::default()).await;
+    publish_confirmed_within(5, &ch, "", "dl", b"poison", BasicProperties::default()).await;
     let mut seen = vec![];
     for round in 0..3 {
         let m = get_message(&ch, "dl").await.unwrap_or_else(|| {
@@ -396,7 +327,7 @@ async fn a_delivery_limit_of_zero_dead_letters_on_the_first_return() {
         dead_letter_to("dl0-dlq", &[("x-delivery-limit", int(0))]),
     )
     .await;
-    publish_confirmed(&ch, "", "dl0", b"m", BasicProperties::default()).await;
+    publish_confirmed_within(5, &ch, "", "dl0", b"m", BasicProperties::default()).await;
     let (tag, _, _) = get_one(&ch, "dl0").await.expect("delivered once");
     ch.basic_reject(tag, BasicRejectOptions { requeue: true })
         .await
@@ -438,7 +369,7 @@ async fn higher_priority_first_fifo_within_a_priority_and_above_max_is_max() {
             Some(p) => BasicProperties::default().with_priority(*p),
             None => BasicProperties::default(),
         };
-        publish_confirmed(&ch, "", "prio", body.as_bytes(), props).await;
+        publish_confirmed_within(5, &ch, "", "prio", body.as_bytes(), props).await;
     }
     assert_eq!(
         drain(&ch, "prio").await,
@@ -448,7 +379,8 @@ async fn higher_priority_first_fifo_within_a_priority_and_above_max_is_max() {
 
     // The same order to a consumer that arrives after the publishes.
     for (body, p) in [("low", 1u8), ("high", 4), ("mid", 2)] {
-        publish_confirmed(
+        publish_confirmed_within(
+            5,
             &ch,
             "",
             "prio",
@@ -482,7 +414,8 @@ async fn a_requeued_message_goes_back_before_lower_priorities() {
     )
     .await;
     for (body, p) in [("h1", 3u8), ("h2", 3), ("l1", 1)] {
-        publish_confirmed(
+        publish_confirmed_within(
+            5,
             &ch,
             "",
             "prq",

@@ -2,12 +2,10 @@
 //! real AMQP clients (lapin) making the traffic it shows.
 
 mod common;
-#[path = "common/http.rs"]
-mod http;
 
+use common::http::Api;
 use common::*;
 use futures_lite::StreamExt;
-use http::Api;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
@@ -18,30 +16,19 @@ fn api(b: &TestBroker) -> Api {
     Api::new(&b.mgmt_url())
 }
 
-fn names(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("not a list: {v}"))
-        .iter()
-        .map(|x| x["name"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 async fn publish_n(ch: &lapin::Channel, rk: &str, n: usize) {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .ok();
     for i in 0..n {
-        ch.basic_publish(
-            "".into(),
-            rk.into(),
-            BasicPublishOptions::default(),
+        publish_confirmed(
+            ch,
+            "",
+            rk,
             format!("m{i}").as_bytes(),
             BasicProperties::default(),
         )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        .await;
     }
 }
 
@@ -148,7 +135,7 @@ async fn authentication_and_user_tags() {
         vec!["/", "other"]
     );
     let _c = b.connect().await;
-    assert!(eventually(5, || b.broker().connections.lock().len() == 1).await);
+    assert!(eventually(5, || b.connection_count() == 1).await);
     assert_eq!(
         mon.get("/api/connections")
             .await
@@ -213,8 +200,7 @@ async fn overview_health_and_aliveness() {
 
     let h = a.get("/api/health/checks/alarms").await;
     assert_eq!((h.status, h.body.clone()), (200, json!({"status": "ok"})));
-    b.broker()
-        .set_alarm(vec!["disk free 10 below limit 20".into()]);
+    b.set_alarm(&["disk free 10 below limit 20"]);
     let h = a.get("/api/health/checks/alarms").await;
     assert_eq!(h.status, 503);
     assert_eq!(h.body["status"], "failed");
@@ -226,7 +212,7 @@ async fn overview_health_and_aliveness() {
         "{}",
         h.text
     );
-    b.broker().set_alarm(vec![]);
+    b.clear_alarm();
     assert_eq!(a.get("/api/health/checks/alarms").await.status, 200);
     assert_eq!(
         a.anonymous().get("/api/health/checks/alarms").await.status,
@@ -328,7 +314,7 @@ async fn vhosts() {
         "an empty body is fine"
     );
     assert_eq!(a.put_raw("/api/vhosts/v3", "{not json").await.status, 400);
-    assert!(b.broker().vhost("v3").is_none());
+    assert!(!b.vhost_exists("v3"));
     assert_eq!(
         names(&a.get("/api/vhosts").await.body),
         vec!["/", "v1", "v2"]
@@ -356,7 +342,7 @@ async fn vhosts() {
     );
     assert_eq!(a.delete("/api/vhosts/v1").await.status, 404);
     assert_eq!(a.get("/api/vhosts/v1").await.status, 404);
-    assert!(b.broker().vhost("v1").is_none());
+    assert!(!b.vhost_exists("v1"));
     b.stop().await;
 }
 
@@ -599,7 +585,7 @@ async fn queues_stats_rates_and_purge() {
     for d in &got[..2] {
         d.ack(BasicAckOptions::default()).await.unwrap();
     }
-    let work = b.broker().vhost("/").unwrap().queue("work").unwrap();
+    let work = b.queue("/", "work").unwrap();
     assert!(eventually(5, || work.unacked_count() == 4 && work.message_count() == 4).await);
     let q = a.get("/api/queues/%2F/work").await.body;
     for k in [
@@ -650,17 +636,7 @@ async fn queues_stats_rates_and_purge() {
     let mut last_check = start;
     loop {
         for _ in 0..20 {
-            ch.basic_publish(
-                "".into(),
-                "work".into(),
-                BasicPublishOptions::default(),
-                b"r",
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+            publish_confirmed(&ch, "", "work", b"r", BasicProperties::default()).await;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
         if last_check.elapsed() < Duration::from_millis(250) {
@@ -708,7 +684,7 @@ async fn queues_stats_rates_and_purge() {
     );
     assert_eq!(a.delete("/api/queues/%2F/work").await.status, 204);
     assert_eq!(a.delete("/api/queues/%2F/work").await.status, 404);
-    assert!(b.broker().vhost("/").unwrap().queue("work").is_none());
+    assert!(b.queue("/", "work").is_none());
     b.stop().await;
 }
 
@@ -717,16 +693,9 @@ async fn get_messages_from_a_queue() {
     let b = TestBroker::start().await;
     let a = api(&b);
     let (_c, ch) = b.channel().await;
-    ch.queue_declare(
-        "g".into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    ch.queue_declare("g".into(), durable(), FieldTable::default())
+        .await
+        .unwrap();
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
@@ -742,17 +711,7 @@ async fn get_messages_from_a_queue() {
         (vec![0xff, 0x00, 0xfe], BasicProperties::default()),
         (b"third".to_vec(), BasicProperties::default()),
     ] {
-        ch.basic_publish(
-            "".into(),
-            "g".into(),
-            BasicPublishOptions::default(),
-            &body,
-            p,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        publish_confirmed(&ch, "", "g", &body, p).await;
     }
     let get = |body: Value| {
         let a = a.clone();
@@ -792,7 +751,7 @@ async fn get_messages_from_a_queue() {
     );
     assert_eq!(m[0]["payload"], "aGU=", "truncated to 2 bytes, base64");
     assert_eq!(m[0]["payload_bytes"], 5);
-    let q = b.broker().vhost("/").unwrap().queue("g").unwrap();
+    let q = b.queue("/", "g").unwrap();
     assert_eq!(q.message_count(), 3);
     // consumed for good
     let r = get(json!({"count": 1, "ackmode": "ack_requeue_false", "encoding": "auto"})).await;
@@ -1138,15 +1097,7 @@ async fn bindings() {
         )
         .await;
     assert_eq!(r.body, json!({"routed": true}));
-    assert_eq!(
-        b.broker()
-            .vhost("/")
-            .unwrap()
-            .queue("bq")
-            .unwrap()
-            .message_count(),
-        1
-    );
+    assert_eq!(b.queue("/", "bq").unwrap().message_count(), 1);
 
     // errors
     assert_eq!(
@@ -1340,7 +1291,7 @@ async fn connections_channels_consumers_and_close() {
     assert!(eventually(5, || !errors.lock().is_empty()).await);
     let got = errors.lock().join("; ");
     assert!(got.contains("CONNECTION_FORCED - maintenance"), "{got}");
-    assert!(eventually(5, || b.broker().connections.lock().is_empty()).await);
+    assert!(eventually(5, || b.connection_count() == 0).await);
     assert_eq!(a.get("/api/connections").await.body, json!([]));
     assert_eq!(a.get("/api/consumers").await.body, json!([]));
     b.stop().await;
@@ -1521,9 +1472,8 @@ async fn definitions_round_trip() {
     assert_eq!(r.body["imported"]["queues"], 3);
     let second = a.get("/api/definitions").await.body;
     assert_eq!(first, second);
-    let dv = b.broker().vhost("dv").unwrap();
     assert!(
-        dv.exchange("later").unwrap().delayed.is_some(),
+        b.exchange("dv", "later").unwrap().delayed.is_some(),
         "still a delayed exchange"
     );
     // the password came back with its hash
@@ -1540,17 +1490,7 @@ async fn definitions_round_trip() {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    ch.basic_publish(
-        "events".into(),
-        "order.x".into(),
-        BasicPublishOptions::default(),
-        b"o",
-        BasicProperties::default(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    publish_confirmed(&ch, "events", "order.x", b"o", BasicProperties::default()).await;
     let d = ch
         .basic_get("orders".into(), BasicGetOptions { no_ack: true })
         .await
@@ -1624,32 +1564,20 @@ async fn rabbitmq_definitions_import() {
         ("order.created.eu", BasicProperties::default()),
         ("order.paid.eu", BasicProperties::default().with_headers(h)),
     ] {
-        ch.basic_publish(
-            "orders.events".into(),
-            rk.into(),
-            BasicPublishOptions::default(),
-            b"x",
-            props,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        publish_confirmed(&ch, "orders.events", rk, b"x", props).await;
     }
-    let shop = b.broker().vhost("shop").unwrap();
-    assert_eq!(shop.queue("orders.created").unwrap().message_count(), 1);
-    assert_eq!(shop.queue("billing.invoices").unwrap().message_count(), 1);
-    assert!(shop.exchange("billing").unwrap().internal);
+    assert_eq!(
+        b.queue("shop", "orders.created").unwrap().message_count(),
+        1
+    );
+    assert_eq!(
+        b.queue("shop", "billing.invoices").unwrap().message_count(),
+        1
+    );
+    assert!(b.exchange("shop", "billing").unwrap().internal);
     let q = a.get("/api/queues/shop/orders.created").await.body;
     assert_eq!(q["arguments"]["x-max-length"], 100000);
-    assert!(
-        b.broker()
-            .vhost("/")
-            .unwrap()
-            .queue("audit")
-            .unwrap()
-            .durable
-    );
+    assert!(b.queue("/", "audit").unwrap().durable);
     // the permissions came along: orders-app may not configure billing.*
     let e = ch
         .queue_declare(
@@ -1840,12 +1768,12 @@ async fn invalid_definitions_change_nothing() {
         }
     }
     assert_eq!(a.get("/api/definitions").await.body, before);
-    assert!(b.broker().vhost("nv").is_none());
-    assert!(!b.broker().users.read().contains_key("nu"));
+    assert!(!b.vhost_exists("nv"));
+    assert!(!b.user_exists("nu"));
     // the valid one goes in whole
     let r = a.post("/api/definitions", valid).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert!(b.broker().vhost("nv").unwrap().queue("nq").is_some());
+    assert!(b.queue("nv", "nq").is_some());
     assert_eq!(
         a.as_user("guest", "guest")
             .post("/api/definitions", json!({}))
@@ -1913,16 +1841,9 @@ async fn prometheus_metrics() {
     let b = TestBroker::start().await;
     let a = api(&b);
     let (_c, ch) = b.channel().await;
-    ch.queue_declare(
-        "m1".into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    ch.queue_declare("m1".into(), durable(), FieldTable::default())
+        .await
+        .unwrap();
     ch.queue_declare(
         "we\"ird\\q".into(),
         QueueDeclareOptions::default(),
@@ -1934,17 +1855,14 @@ async fn prometheus_metrics() {
         .await
         .unwrap();
     for _ in 0..5 {
-        ch.basic_publish(
-            "".into(),
-            "m1".into(),
-            BasicPublishOptions::default(),
+        publish_confirmed(
+            &ch,
+            "",
+            "m1",
             b"x",
             BasicProperties::default().with_delivery_mode(2),
         )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        .await;
     }
     let d = ch
         .basic_get("m1".into(), BasicGetOptions::default())
@@ -1993,12 +1911,11 @@ async fn prometheus_metrics() {
     assert!(s.contains_key("lepus_store_fsync_seconds_sum"));
     assert_eq!(s["lepus_alarm{resource=\"disk\"}"], 0.0);
     assert_eq!(s["lepus_alarm_active"], 0.0);
-    b.broker()
-        .set_alarm(vec!["memory 100 above high watermark 10".into()]);
+    b.set_alarm(&["memory 100 above high watermark 10"]);
     let s = check_exposition(&a.anonymous().get("/metrics").await.text);
     assert_eq!(s["lepus_alarm{resource=\"memory\"}"], 1.0);
     assert_eq!(s["lepus_alarm_active"], 1.0);
-    b.broker().set_alarm(vec![]);
+    b.clear_alarm();
     // pending delayed messages, per delayed-message exchange
     assert_eq!(
         a.put(

@@ -12,7 +12,7 @@ mod common;
 use common::*;
 
 use amq_protocol::auth::{Credentials, SASLMechanism};
-use amq_protocol::frame::{gen_frame, parse_frame, AMQPContentHeader, AMQPFrame, WriteContext};
+use amq_protocol::frame::{parse_frame, AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{
     basic, channel, confirm, connection, exchange, queue, tx, AMQPClass, BasicProperties,
 };
@@ -34,12 +34,6 @@ const ANSWER: Duration = Duration::from_secs(5);
 // ---------------------------------------------------------------------------
 // Encoding helpers
 // ---------------------------------------------------------------------------
-
-fn encode(frame: &AMQPFrame) -> Vec<u8> {
-    gen_frame(frame)(WriteContext::from(Vec::new()))
-        .expect("encodable frame")
-        .write
-}
 
 fn method(ch: u16, m: AMQPClass) -> Vec<u8> {
     encode(&AMQPFrame::Method(ch, m))
@@ -464,14 +458,8 @@ impl Bystander {
         );
         let q = within(
             5,
-            self.ch.queue_declare(
-                "bystander".into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            ),
+            self.ch
+                .queue_declare("bystander".into(), passive(), FieldTable::default()),
         )
         .await
         .expect("the bystander's channel still works");
@@ -618,14 +606,8 @@ async fn frame_larger_than_frame_max_is_frame_error() {
     // The queue got nothing.
     let q = within(
         5,
-        by.ch.queue_declare(
-            "big".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
+        by.ch
+            .queue_declare("big".into(), passive(), FieldTable::default()),
     )
     .await
     .unwrap();
@@ -799,14 +781,8 @@ async fn undecodable_message_properties_are_rejected_at_publish() {
     }
     let q = within(
         5,
-        by.ch.queue_declare(
-            "poison".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
+        by.ch
+            .queue_declare("poison".into(), passive(), FieldTable::default()),
     )
     .await
     .unwrap();
@@ -986,28 +962,14 @@ async fn client_disconnecting_mid_publish_loses_only_the_partial_message() {
         loop {
             let q = by
                 .ch
-                .queue_declare(
-                    "midpub".into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
+                .queue_declare("midpub".into(), passive(), FieldTable::default())
                 .await
                 .unwrap();
             // Give the broker a moment to notice the closed socket.
             tokio::time::sleep(Duration::from_millis(300)).await;
             let q2 = by
                 .ch
-                .queue_declare(
-                    "midpub".into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
+                .queue_declare("midpub".into(), passive(), FieldTable::default())
                 .await
                 .unwrap();
             if q.message_count() == q2.message_count() {
@@ -1302,14 +1264,7 @@ async fn amqplain_login_works() {
     let ch = within(5, conn.create_channel()).await.unwrap();
     let q = within(
         5,
-        ch.queue_declare(
-            "amqplain".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
+        ch.queue_declare("amqplain".into(), passive(), FieldTable::default()),
     )
     .await
     .unwrap();

@@ -9,27 +9,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, ExchangeKind};
 use std::time::{Duration, Instant};
 
-fn plain() -> QueueDeclareOptions {
-    QueueDeclareOptions::default()
-}
-
-fn durable() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    }
-}
-
 fn with_id(id: &str) -> BasicProperties {
     BasicProperties::default().with_message_id(id.into())
-}
-
-fn strs(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
-fn text(d: &lapin::message::Delivery) -> String {
-    String::from_utf8_lossy(&d.data).into_owned()
 }
 
 /// Publish each (body, properties) with confirms; whether each was acked.
@@ -42,7 +23,7 @@ async fn publish_each(
     let mut acks = vec![];
     for (body, props) in msgs {
         acks.push(
-            publish_confirmed(ch, exchange, key, body.as_bytes(), props)
+            publish_confirmed_within(5, ch, exchange, key, body.as_bytes(), props)
                 .await
                 .is_ack(),
         );
@@ -278,23 +259,6 @@ async fn declare_error(b: &TestBroker, name: &str, args: FieldTable) -> (u16, St
     )
 }
 
-async fn queue_missing(b: &TestBroker, name: &str) -> bool {
-    let (_c, ch) = b.channel().await;
-    let r = within(
-        5,
-        ch.queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await;
-    matches!(r, Err(ref e) if reply_code(e) == Some(404))
-}
-
 #[tokio::test]
 async fn a_negative_x_message_ttl_is_406_value_negative() {
     let b = TestBroker::start().await;
@@ -506,7 +470,8 @@ async fn a_durable_queue_with_ttl_dlx_and_max_length_keeps_working_across_a_rest
         declare_queue_with(&ch, "dq-dead", durable(), FieldTable::default()).await;
         bind_queue(&ch, "dq-dead", "dlx-d", "dead").await;
         t0 = Instant::now();
-        publish_confirmed(
+        publish_confirmed_within(
+            5,
             &ch,
             "",
             "dq",
@@ -514,7 +479,7 @@ async fn a_durable_queue_with_ttl_dlx_and_max_length_keeps_working_across_a_rest
             persistent().with_expiration("4000".into()),
         )
         .await;
-        publish_confirmed(&ch, "", "dq", b"a", persistent()).await;
+        publish_confirmed_within(5, &ch, "", "dq", b"a", persistent()).await;
         tokio::time::sleep(Duration::from_millis(3000)).await;
     }
     b.restart().await;
@@ -552,7 +517,7 @@ async fn a_durable_queue_with_ttl_dlx_and_max_length_keeps_working_across_a_rest
 
     // x-max-length 3 still holds, dead-lettering with reason maxlen.
     for body in ["b", "c", "d"] {
-        publish_confirmed(&ch, "", "dq", body.as_bytes(), persistent()).await;
+        publish_confirmed_within(5, &ch, "", "dq", body.as_bytes(), persistent()).await;
     }
     let d = next_delivery(&mut dead).await;
     assert_eq!(text(&d), "a", "the oldest is dropped");
@@ -689,7 +654,7 @@ async fn quorum_queues_keep_transient_messages_and_count_deliveries() {
         declare_queue_with(&ch, "qq", durable(), qargs()).await;
         declare_queue_with(&ch, "cq", durable(), FieldTable::default()).await;
         for q in ["qq", "cq"] {
-            publish_confirmed(&ch, "", q, b"transient", BasicProperties::default()).await;
+            publish_confirmed_within(5, &ch, "", q, b"transient", BasicProperties::default()).await;
         }
     }
     b.restart().await;

@@ -9,40 +9,10 @@ use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 
-fn passive() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    }
-}
-
-/// Whether a queue exists, asked on a fresh connection (so exclusivity
-/// elsewhere does not matter: 405 counts as existing).
-async fn queue_exists(b: &TestBroker, name: &str) -> bool {
-    let (_c, ch) = b.channel().await;
-    match within(
-        5,
-        ch.queue_declare(name.into(), passive(), FieldTable::default()),
-    )
-    .await
-    {
-        Ok(_) => true,
-        Err(e) => match reply_code(&e) {
-            Some(404) => false,
-            Some(405) => true,
-            _ => panic!("passive declare of {name}: {e}"),
-        },
-    }
-}
-
 fn max_length(n: i64) -> FieldTable {
     let mut t = FieldTable::default();
     t.insert("x-max-length".into(), AMQPValue::LongLongInt(n));
     t
-}
-
-fn persistent() -> BasicProperties {
-    BasicProperties::default().with_delivery_mode(2)
 }
 
 #[tokio::test]
@@ -74,7 +44,7 @@ async fn server_named_queues_start_with_amq_gen() {
     assert!(n1.len() > "amq.gen-".len());
     assert_ne!(n1, n2, "each declare gets a new name");
     // The name is a real queue: it can be used like any other.
-    publish_confirmed(&ch, "", &n1, b"to-gen", BasicProperties::default()).await;
+    publish_confirmed_within(5, &ch, "", &n1, b"to-gen", BasicProperties::default()).await;
     assert_eq!(drain(&ch, &n1).await, vec!["to-gen"]);
     assert_eq!(queue_counts(&ch, &n2).await, (0, 0));
     b.stop().await;
@@ -112,7 +82,8 @@ async fn declare_ok_reports_ready_messages_and_consumers() {
         .unwrap();
     assert_eq!((q.message_count(), q.consumer_count()), (0, 0));
     for i in 0..3 {
-        publish_confirmed(
+        publish_confirmed_within(
+            5,
             &ch,
             "",
             "counted",
@@ -176,29 +147,32 @@ async fn durable_queue_keeps_persistent_messages_across_a_restart() {
     let mut b = TestBroker::start().await;
     {
         let (c, ch) = confirm_channel(&b).await;
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        ch.queue_declare("dq".into(), durable, FieldTable::default())
+        ch.queue_declare("dq".into(), durable(), FieldTable::default())
             .await
             .unwrap();
         declare_queue(&ch, "tq").await;
         for body in ["p1", "p2"] {
             assert!(
-                publish_confirmed(&ch, "", "dq", body.as_bytes(), persistent())
+                publish_confirmed_within(5, &ch, "", "dq", body.as_bytes(), persistent())
                     .await
                     .is_ack()
             );
         }
+        assert!(publish_confirmed_within(
+            5,
+            &ch,
+            "",
+            "dq",
+            b"transient-msg",
+            BasicProperties::default()
+        )
+        .await
+        .is_ack());
         assert!(
-            publish_confirmed(&ch, "", "dq", b"transient-msg", BasicProperties::default())
+            publish_confirmed_within(5, &ch, "", "tq", b"t1", persistent())
                 .await
                 .is_ack()
         );
-        assert!(publish_confirmed(&ch, "", "tq", b"t1", persistent())
-            .await
-            .is_ack());
         c.close(200, "bye".into()).await.unwrap();
     }
     b.restart().await;
@@ -208,16 +182,9 @@ async fn durable_queue_keeps_persistent_messages_across_a_restart() {
     // Persistent messages come back; a transient message in a durable queue does not.
     assert_eq!(drain(&ch, "dq").await, vec!["p1", "p2"]);
     // Redeclaring it as durable is equivalent.
-    ch.queue_declare(
-        "dq".into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    ch.queue_declare("dq".into(), durable(), FieldTable::default())
+        .await
+        .unwrap();
     b.stop().await;
 }
 
@@ -350,14 +317,10 @@ async fn exclusive_queue_is_deleted_when_its_connection_closes() {
     assert!(queue_exists(&b, "excl-named").await);
     owner.close(200, "bye".into()).await.unwrap();
     let (_c, ch) = b.channel().await;
-    let mut gone = false;
-    for _ in 0..500 {
-        if !queue_exists(&b, &name).await && !queue_exists(&b, "excl-named").await {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let gone = eventually_async(10, || async {
+        !queue_exists(&b, &name).await && !queue_exists(&b, "excl-named").await
+    })
+    .await;
     assert!(gone, "exclusive queues deleted with their connection");
     // Its name is free again, for anyone.
     ch.queue_declare(
@@ -459,7 +422,8 @@ async fn bind_and_unbind_control_routing() {
     )
     .await
     .unwrap();
-    publish_confirmed(
+    publish_confirmed_within(
+        5,
         &ch,
         "amq.direct",
         "k1",
@@ -467,7 +431,8 @@ async fn bind_and_unbind_control_routing() {
         BasicProperties::default(),
     )
     .await;
-    publish_confirmed(
+    publish_confirmed_within(
+        5,
         &ch,
         "amq.direct",
         "k2",
@@ -484,7 +449,8 @@ async fn bind_and_unbind_control_routing() {
     )
     .await
     .unwrap();
-    publish_confirmed(
+    publish_confirmed_within(
+        5,
         &ch,
         "amq.direct",
         "k1",
@@ -535,7 +501,8 @@ async fn purge_returns_the_number_of_ready_messages() {
     let (_c, ch) = confirm_channel(&b).await;
     declare_queue(&ch, "pq").await;
     for i in 0..5 {
-        publish_confirmed(
+        publish_confirmed_within(
+            5,
             &ch,
             "",
             "pq",
@@ -582,7 +549,7 @@ async fn delete_if_unused_and_if_empty_are_406() {
         .unwrap();
     declare_queue(&ch, "busy").await;
     declare_queue(&ch, "full").await;
-    publish_confirmed(&ch, "", "full", b"m", BasicProperties::default()).await;
+    publish_confirmed_within(5, &ch, "", "full", b"m", BasicProperties::default()).await;
     let cch = c.create_channel().await.unwrap();
     let _consumer = cch
         .basic_consume(
@@ -680,28 +647,17 @@ async fn inequivalent_queue_redeclare_is_406() {
     let b = TestBroker::start().await;
     let c = b.connect().await;
     let ch = c.create_channel().await.unwrap();
-    ch.queue_declare(
-        "eq".into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        max_length(10),
-    )
-    .await
-    .unwrap();
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
+    ch.queue_declare("eq".into(), durable(), max_length(10))
+        .await
+        .unwrap();
     let cases: Vec<(&str, QueueDeclareOptions, FieldTable)> = vec![
         (
             "durable differs",
             QueueDeclareOptions::default(),
             max_length(10),
         ),
-        ("x-max-length differs", durable, max_length(20)),
-        ("x-max-length missing", durable, FieldTable::default()),
+        ("x-max-length differs", durable(), max_length(20)),
+        ("x-max-length missing", durable(), FieldTable::default()),
         (
             "auto-delete differs",
             QueueDeclareOptions {
@@ -722,7 +678,9 @@ async fn inequivalent_queue_redeclare_is_406() {
     let ch = c.create_channel().await.unwrap();
     let mut args = FieldTable::default();
     args.insert("x-max-length".into(), AMQPValue::LongInt(10));
-    ch.queue_declare("eq".into(), durable, args).await.unwrap();
+    ch.queue_declare("eq".into(), durable(), args)
+        .await
+        .unwrap();
     b.stop().await;
 }
 
@@ -790,7 +748,8 @@ async fn deleting_a_queue_removes_its_bindings() {
         .await
         .unwrap();
     declare_queue(&ch, "rq").await;
-    publish_confirmed(
+    publish_confirmed_within(
+        5,
         &ch,
         "amq.topic",
         "any.key",
@@ -846,7 +805,8 @@ async fn empty_queue_name_means_the_last_queue_declared_on_the_channel() {
     )
     .await
     .unwrap();
-    publish_confirmed(
+    publish_confirmed_within(
+        5,
         &ch,
         "amq.direct",
         &name,
@@ -854,7 +814,8 @@ async fn empty_queue_name_means_the_last_queue_declared_on_the_channel() {
         BasicProperties::default(),
     )
     .await;
-    publish_confirmed(
+    publish_confirmed_within(
+        5,
         &ch,
         "amq.direct",
         &name,

@@ -11,65 +11,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, ExchangeKind};
 use std::time::{Duration, Instant};
 
-fn plain() -> QueueDeclareOptions {
-    QueueDeclareOptions::default()
-}
-
-fn passive() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    }
-}
-
 fn expiring(ms: &str) -> BasicProperties {
     BasicProperties::default().with_expiration(ms.into())
-}
-
-fn text(d: &lapin::message::Delivery) -> String {
-    String::from_utf8_lossy(&d.data).into_owned()
-}
-
-async fn consume(ch: &lapin::Channel, queue: &str, tag: &str) -> lapin::Consumer {
-    within(
-        5,
-        ch.basic_consume(
-            queue.into(),
-            tag.into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("consume {queue}: {e}"))
-}
-
-/// Arguments dead-lettering through the default exchange into `dlq`, plus `more`.
-fn dead_letter_to(dlq: &str, more: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut pairs: Vec<(&str, AMQPValue)> = vec![
-        ("x-dead-letter-exchange", lstr("")),
-        ("x-dead-letter-routing-key", lstr(dlq)),
-    ];
-    pairs.extend(more.iter().cloned());
-    arg_table(&pairs)
-}
-
-/// Poll basic.get until a message comes (at most `secs`).
-async fn wait_get(
-    ch: &lapin::Channel,
-    queue: &str,
-    secs: u64,
-) -> Option<lapin::message::BasicGetMessage> {
-    let end = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(m) = get_message(ch, queue).await {
-            return Some(m);
-        }
-        if Instant::now() >= end {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// The next delivery within `ms`, or a failure naming what was expected.
@@ -156,10 +99,6 @@ fn deaths(p: &BasicProperties) -> Vec<Death> {
     x_deaths(p).iter().map(death).collect()
 }
 
-fn strs(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
 const DEATH_FIELDS: &[&str] = &[
     "count",
     "exchange",
@@ -227,7 +166,7 @@ async fn queue_ttl_and_message_expiration_the_shorter_wins() {
 
     // Queue TTL 100 ms, message expiration 60 s: gone after 100 ms.
     let t0 = Instant::now();
-    publish_confirmed(&ch, "", "queue-ttl-shorter", b"q", expiring("60000")).await;
+    publish_confirmed_within(5, &ch, "", "queue-ttl-shorter", b"q", expiring("60000")).await;
     let d = delivery_within(&mut dead, 10_000, "queue TTL 100 beats expiration 60000").await;
     let el = t0.elapsed();
     assert_eq!(text(&d), "q");
@@ -252,7 +191,7 @@ async fn queue_ttl_and_message_expiration_the_shorter_wins() {
 
     // Queue TTL 60 s, message expiration 100 ms: gone after 100 ms.
     let t0 = Instant::now();
-    publish_confirmed(&ch, "", "message-ttl-shorter", b"m", expiring("100")).await;
+    publish_confirmed_within(5, &ch, "", "message-ttl-shorter", b"m", expiring("100")).await;
     let d = delivery_within(&mut dead, 10_000, "expiration 100 beats queue TTL 60000").await;
     let el = t0.elapsed();
     assert_eq!(text(&d), "m");
@@ -281,7 +220,8 @@ async fn an_expired_message_is_never_delivered() {
     .await;
     declare_queue(&ch, "mttl").await;
     for i in 0..3 {
-        publish_confirmed(
+        publish_confirmed_within(
+            5,
             &ch,
             "",
             "qttl",
@@ -290,9 +230,11 @@ async fn an_expired_message_is_never_delivered() {
         )
         .await;
     }
-    publish_confirmed(&ch, "", "mttl", b"short", expiring("100")).await;
-    publish_confirmed(&ch, "", "mttl", b"keep", expiring("60000")).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish_confirmed_within(5, &ch, "", "mttl", b"short", expiring("100")).await;
+    publish_confirmed_within(5, &ch, "", "mttl", b"keep", expiring("60000")).await;
+    // Wait until the broker has expired them (looking in, not taking any).
+    let ready = |q: &str| b.queue("/", q).unwrap().message_count();
+    eventually(10, || ready("qttl") == 0 && ready("mttl") == 1).await;
 
     assert!(
         get_one(&ch, "qttl").await.is_none(),
@@ -303,8 +245,8 @@ async fn an_expired_message_is_never_delivered() {
     assert_eq!(got, vec!["keep".to_string()], "only the unexpired message");
 
     // A consumer arriving late gets nothing either.
-    publish_confirmed(&ch, "", "mttl", b"late", expiring("50")).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    publish_confirmed_within(5, &ch, "", "mttl", b"late", expiring("50")).await;
+    eventually(10, || ready("mttl") == 0).await;
     let (_c2, cch) = b.channel().await;
     let mut cons = consume(&cch, "mttl", "late").await;
     assert!(
@@ -330,7 +272,7 @@ async fn ttl_zero_delivers_only_to_a_consumer_that_can_take_it_now() {
     // A waiting consumer: delivered.
     let (_c2, cch) = b.channel().await;
     let mut cons = consume(&cch, "zero", "waiting").await;
-    publish_confirmed(&ch, "", "zero", b"live", BasicProperties::default()).await;
+    publish_confirmed_within(5, &ch, "", "zero", b"live", BasicProperties::default()).await;
     let d = delivery_within(
         &mut cons,
         10_000,
@@ -353,7 +295,7 @@ async fn ttl_zero_delivers_only_to_a_consumer_that_can_take_it_now() {
     cch.basic_cancel("waiting".into(), BasicCancelOptions::default())
         .await
         .unwrap();
-    publish_confirmed(&ch, "", "zero", b"nobody", BasicProperties::default()).await;
+    publish_confirmed_within(5, &ch, "", "zero", b"nobody", BasicProperties::default()).await;
     let m = wait_get(&ch, "zero-dlq", 10)
         .await
         .expect("TTL 0 without a consumer: dead-lettered at once");
@@ -371,7 +313,7 @@ async fn ttl_zero_delivers_only_to_a_consumer_that_can_take_it_now() {
 
     // Per-message expiration "0" without a consumer: dropped at once.
     declare_queue(&ch, "zero-msg").await;
-    publish_confirmed(&ch, "", "zero-msg", b"x", expiring("0")).await;
+    publish_confirmed_within(5, &ch, "", "zero-msg", b"x", expiring("0")).await;
     assert!(get_one(&ch, "zero-msg").await.is_none());
     b.stop().await;
 }
@@ -388,9 +330,9 @@ async fn a_message_expires_at_its_own_time_behind_a_longer_ttl() {
     let (_c2, dch) = b.channel().await;
     let mut dead = consume(&dch, "behind-dlq", "dead").await;
 
-    publish_confirmed(&ch, "", "behind", b"long", expiring("30000")).await;
+    publish_confirmed_within(5, &ch, "", "behind", b"long", expiring("30000")).await;
     let t0 = Instant::now();
-    publish_confirmed(&ch, "", "behind", b"short", expiring("100")).await;
+    publish_confirmed_within(5, &ch, "", "behind", b"short", expiring("100")).await;
     let d = delivery_within(&mut dead, 10_000, "the 100 ms message behind a 30 s one").await;
     let el = t0.elapsed();
     assert_eq!(text(&d), "short");
@@ -420,7 +362,7 @@ async fn a_requeued_message_keeps_its_original_expiry() {
     let mut dead = consume(&dch, "rq-dlq", "dead").await;
 
     let t0 = Instant::now();
-    publish_confirmed(&ch, "", "rq", b"m", BasicProperties::default()).await;
+    publish_confirmed_within(5, &ch, "", "rq", b"m", BasicProperties::default()).await;
     let (tag, body, redelivered) = get_one(&ch, "rq").await.expect("the message");
     assert_eq!((body.as_str(), redelivered), ("m", false));
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -460,7 +402,7 @@ async fn a_message_requeued_after_its_deadline_is_expired_not_redelivered() {
         dead_letter_to("late-dlq", &[("x-message-ttl", int(1500))]),
     )
     .await;
-    publish_confirmed(&ch, "", "late", b"m", BasicProperties::default()).await;
+    publish_confirmed_within(5, &ch, "", "late", b"m", BasicProperties::default()).await;
     let (tag, _, _) = get_one(&ch, "late").await.expect("the message");
     tokio::time::sleep(Duration::from_millis(2000)).await;
     ch.basic_reject(tag, BasicRejectOptions { requeue: true })
@@ -555,23 +497,10 @@ async fn an_expiration_over_ten_years_closes_the_channel_with_406() {
 
 // ----- queue expiry (x-expires) -----
 
-async fn passive_code(b: &TestBroker, name: &str) -> Option<u16> {
-    let (_c, ch) = b.channel().await;
-    match within(
-        5,
-        ch.queue_declare(name.into(), passive(), FieldTable::default()),
-    )
-    .await
-    {
-        Ok(_) => None,
-        Err(e) => Some(reply_code(&e).unwrap_or_else(|| panic!("passive declare {name}: {e}"))),
-    }
-}
-
 /// Whether the queue exists, looked up in the broker: unlike a passive
 /// declare this does not count as use, so it does not renew an x-expires lease.
 fn exists(b: &TestBroker, name: &str) -> bool {
-    b.broker().vhost("/").unwrap().queue(name).is_some()
+    b.has_queue("/", name)
 }
 
 /// Wait (generously: the expiry timer may run late on a loaded machine) for
@@ -591,7 +520,7 @@ async fn an_unused_queue_is_deleted_after_x_expires() {
     declare_queue_with(&ch, "exp1", plain(), arg_table(&[("x-expires", int(3000))])).await;
     assert!(exists(&b, "exp1"), "still there before 3 s");
     assert!(expires(&b, "exp1").await, "deleted once unused for 3 s");
-    assert_eq!(passive_code(&b, "exp1").await, Some(404));
+    assert_eq!(passive_declare_code(&b, "exp1").await, Some(404));
     b.stop().await;
 }
 
@@ -706,7 +635,7 @@ async fn a_rejected_message_is_dead_lettered_with_rabbitmqs_x_death() {
         .with_content_type("text/plain".into())
         .with_priority(3)
         .with_headers(table(&[("app", "kept")]));
-    publish_confirmed(&ch, "src", "rk1", b"body", props).await;
+    publish_confirmed_within(5, &ch, "src", "rk1", b"body", props).await;
     let (tag, _, _) = get_one(&ch, "work").await.expect("in work");
     ch.basic_reject(tag, BasicRejectOptions { requeue: false })
         .await
@@ -756,7 +685,7 @@ async fn a_rejected_message_is_dead_lettered_with_rabbitmqs_x_death() {
     assert_eq!(last_death(p), some3("rejected", "work", "src"));
 
     // basic.nack with requeue=false is a rejection too.
-    publish_confirmed(&ch, "src", "rk1", b"nacked", BasicProperties::default()).await;
+    publish_confirmed_within(5, &ch, "src", "rk1", b"nacked", BasicProperties::default()).await;
     let (tag, _, _) = get_one(&ch, "work").await.expect("in work");
     ch.basic_nack(
         tag,
@@ -788,7 +717,7 @@ async fn an_expired_message_keeps_its_expiration_only_in_x_death() {
         dead_letter_to("exp-dlq", &[("x-message-ttl", int(50))]),
     )
     .await;
-    publish_confirmed(&ch, "", "per-msg", b"a", expiring("50")).await;
+    publish_confirmed_within(5, &ch, "", "per-msg", b"a", expiring("50")).await;
     let m = wait_get(&ch, "exp-dlq", 10).await.expect("expired a");
     let p = &m.delivery.properties;
     assert_eq!(p.expiration(), &None, "the copy has no expiration property");
@@ -806,7 +735,7 @@ async fn an_expired_message_keeps_its_expiration_only_in_x_death() {
     assert_eq!(x[0].routing_keys, strs(&["per-msg"]));
     assert_eq!(first_death(p), some3("expired", "per-msg", ""));
 
-    publish_confirmed(&ch, "", "per-queue", b"b", BasicProperties::default()).await;
+    publish_confirmed_within(5, &ch, "", "per-queue", b"b", BasicProperties::default()).await;
     let m = wait_get(&ch, "exp-dlq", 10).await.expect("expired b");
     let x = deaths(&m.delivery.properties);
     assert_eq!(
@@ -853,7 +782,8 @@ async fn x_dead_letter_routing_key_replaces_the_routing_keys_and_drops_cc() {
     }
     let mut h = FieldTable::default();
     h.insert("CC".into(), str_array(&["cc1"]));
-    publish_confirmed(
+    publish_confirmed_within(
+        5,
         &ch,
         "",
         "src-q",
@@ -925,7 +855,8 @@ async fn cc_keys_are_in_x_death_routing_keys_and_route_the_dead_letter() {
     }
     let mut h = FieldTable::default();
     h.insert("CC".into(), str_array(&["b"]));
-    publish_confirmed(
+    publish_confirmed_within(
+        5,
         &ch,
         "src",
         "a",
@@ -988,7 +919,8 @@ async fn bcc_is_stripped_from_delivered_and_dead_lettered_messages() {
     let mut h = FieldTable::default();
     h.insert("BCC".into(), str_array(&["hidden"]));
     h.insert("other".into(), lstr("kept"));
-    publish_confirmed(
+    publish_confirmed_within(
+        5,
         &ch,
         "src",
         "a",
@@ -1052,7 +984,7 @@ async fn x_death_counts_repeat_deaths_and_a_cycle_with_a_reject_goes_on() {
     .await;
     bind_queue(&ch, "cyc-a", "dlx2", "to-a").await;
     bind_queue(&ch, "cyc-b", "dlx2", "to-b").await;
-    publish_confirmed(&ch, "", "cyc-a", b"m", BasicProperties::default()).await;
+    publish_confirmed_within(5, &ch, "", "cyc-a", b"m", BasicProperties::default()).await;
 
     // Round 1: rejected in A, expired in B, back in A.
     let (tag, _, _) = get_one(&ch, "cyc-a").await.expect("in A");
@@ -1133,7 +1065,7 @@ async fn a_repeated_death_moves_its_entry_to_the_front() {
     let (_c, ch) = confirm_channel(&b).await;
     declare_queue_with(&ch, "ping", plain(), dead_letter_to("pong", &[])).await;
     declare_queue_with(&ch, "pong", plain(), dead_letter_to("ping", &[])).await;
-    publish_confirmed(&ch, "", "ping", b"m", BasicProperties::default()).await;
+    publish_confirmed_within(5, &ch, "", "ping", b"m", BasicProperties::default()).await;
     // ping rejects -> pong; pong rejects -> ping; ping rejects -> pong.
     for q in ["ping", "pong", "ping"] {
         let m = wait_get(&ch, q, 10)
@@ -1206,9 +1138,8 @@ async fn an_automatic_dead_letter_cycle_is_dropped_after_one_round_trip() {
     bind_queue(&ch, "watch", "cyc", "to-a").await;
     bind_queue(&ch, "watch", "cyc", "to-b").await;
 
-    publish_confirmed(&ch, "", "ta", b"m", BasicProperties::default()).await;
-    let vh = b.broker().vhost("/").unwrap();
-    let count = |q: &str| vh.queue(q).unwrap().message_count();
+    publish_confirmed_within(5, &ch, "", "ta", b"m", BasicProperties::default()).await;
+    let count = |q: &str| b.queue("/", q).unwrap().message_count();
     assert!(
         eventually(10, || count("watch") == 2
             && count("ta") == 0
@@ -1254,14 +1185,14 @@ async fn a_missing_dead_letter_exchange_just_drops() {
         arg_table(&[("x-dead-letter-exchange", lstr("no-such-exchange"))]),
     )
     .await;
-    publish_confirmed(&ch, "", "orphan", b"m", BasicProperties::default()).await;
+    publish_confirmed_within(5, &ch, "", "orphan", b"m", BasicProperties::default()).await;
     let (tag, _, _) = get_one(&ch, "orphan").await.expect("in orphan");
     ch.basic_reject(tag, BasicRejectOptions { requeue: false })
         .await
         .unwrap();
     // And an expiring one.
-    publish_confirmed(&ch, "", "orphan", b"e", expiring("20")).await;
-    let q = b.broker().vhost("/").unwrap().queue("orphan").unwrap();
+    publish_confirmed_within(5, &ch, "", "orphan", b"e", expiring("20")).await;
+    let q = b.queue("/", "orphan").unwrap();
     assert!(eventually(10, || q.message_count() == 0).await, "expired");
     assert_eq!(queue_counts(&ch, "orphan").await, (0, 0));
     assert!(c.status().connected());

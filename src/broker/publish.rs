@@ -87,14 +87,26 @@ pub enum Outcome {
     NotStored(AppendError),
 }
 
+/// How a publisher confirm is decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Confirm {
+    /// basic.ack now.
+    Ack,
+    /// basic.ack once the store's sync covers this sequence number.
+    AckAfter(SyncSeq),
+    /// basic.nack now.
+    Nack,
+}
+
 impl Outcome {
-    /// How a publisher confirm is decided: `Ok(Some(s))` after sync `s`,
-    /// `Ok(None)` at once, `Err(())` a nack.
-    pub fn confirm(&self) -> Result<Option<SyncSeq>, ()> {
+    pub fn confirm(&self) -> Confirm {
         match self {
-            Outcome::Routed { sync } | Outcome::Scheduled { sync, .. } => Ok(*sync),
-            Outcome::Unroutable | Outcome::Duplicate => Ok(None),
-            Outcome::Rejected | Outcome::NotStored(_) => Err(()),
+            Outcome::Routed { sync } | Outcome::Scheduled { sync, .. } => match sync {
+                Some(s) => Confirm::AckAfter(*s),
+                None => Confirm::Ack,
+            },
+            Outcome::Unroutable | Outcome::Duplicate => Confirm::Ack,
+            Outcome::Rejected | Outcome::NotStored(_) => Confirm::Nack,
         }
     }
 }
@@ -143,9 +155,16 @@ pub fn publish(
             }
         }
     }
-    let mut keys: Vec<&str> = Vec::with_capacity(1 + s.keys.len());
-    keys.push(msg.routing_key);
-    keys.extend(s.keys.iter().map(|k| k.as_str()));
+    // Without CC/BCC (nearly always) the keys are the routing key alone: no allocation.
+    let with_cc: Vec<&str>;
+    let keys: &[&str] = if s.keys.is_empty() {
+        std::slice::from_ref(&msg.routing_key)
+    } else {
+        with_cc = std::iter::once(msg.routing_key)
+            .chain(s.keys.iter().map(|k| k.as_str()))
+            .collect();
+        &with_cc
+    };
 
     let mut queues = std::mem::take(&mut s.queues);
     queues.clear();
@@ -157,7 +176,7 @@ pub fn publish(
             queues.push(q.clone())
         }
         _ => {
-            vh.route(ex, &keys, msg.headers, msg.header, &mut queues);
+            vh.route(ex, keys, msg.headers, msg.header, &mut queues);
             if ex.name.is_empty() && queues.len() == 1 {
                 s.default_route = Some(queues[0].clone());
             }

@@ -1,5 +1,7 @@
-//! One client connection: handshake, the read loop, heartbeats, blocking on
-//! resource alarms, and the writer task that owns the socket's write half.
+//! One client connection: handshake ([`handshake`]), the read loop,
+//! heartbeats, blocking on resource alarms, and the writer task that owns
+//! the socket's write half ([`writer`]). Generic over the byte stream
+//! ([`Transport`]): TCP and TLS share this code.
 //!
 //! The read loop decodes every complete frame in the buffer and handles it
 //! before reading again, so a burst of publishes costs one read and, through
@@ -12,23 +14,26 @@ use crate::channel::{Channel, ConnCtx};
 use crate::error::{AmqpError, AmqpResult, ReplyCode};
 use crate::protocol::{
     self, fast, put_method, RawFrame, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
-    PROTOCOL_HEADER,
 };
-use amq_protocol::frame::parsing::parse_frame;
 use amq_protocol::protocol::{
     basic as bm, channel as chm, connection as cm, parse_class, AMQPClass,
 };
-use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
+
+mod handshake;
+mod transport;
+mod writer;
+
+use handshake::handshake;
+pub use transport::{Stream, Transport};
+use writer::write_loop;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read buffer: starts at READ_MIN; a read that fills it doubles the next
@@ -37,13 +42,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_MIN: usize = 4096;
 const READ_MAX: usize = 256 * 1024;
 
-pub async fn serve(
+/// Serve one client connection over `socket` until it closes or `shutdown`
+/// turns true.
+pub async fn serve<T: Transport>(
     broker: Arc<Broker>,
-    socket: TcpStream,
+    socket: T,
     peer: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _ = socket.set_nodelay(true);
     // RabbitMQ names a connection "client -> server" with the real ports.
     let local_port = socket
         .local_addr()
@@ -117,347 +123,6 @@ pub async fn serve(
     tracing::debug!(%peer, "connection closed");
 }
 
-struct Handshake {
-    user: String,
-    vhost: Arc<crate::broker::vhost::VHost>,
-    channel_max: u16,
-    frame_max: u32,
-    heartbeat: u16,
-    cancel_notify: bool,
-    blocked_capability: bool,
-    client_properties: String,
-}
-
-async fn read_frame(
-    rd: &mut OwnedReadHalf,
-    buf: &mut BytesMut,
-    frame_max: u32,
-) -> AmqpResult<Option<RawFrame>> {
-    loop {
-        if let Some(f) = protocol::decode_frame(buf, frame_max)? {
-            return Ok(Some(f));
-        }
-        match rd.read_buf(buf).await {
-            Ok(0) | Err(_) => return Ok(None),
-            Ok(_) => {}
-        }
-    }
-}
-
-async fn read_method(
-    rd: &mut OwnedReadHalf,
-    buf: &mut BytesMut,
-    frame_max: u32,
-) -> AmqpResult<Option<AMQPClass>> {
-    loop {
-        let Some(f) = read_frame(rd, buf, frame_max).await? else {
-            return Ok(None);
-        };
-        match f.kind {
-            FRAME_HEARTBEAT => continue,
-            FRAME_METHOD if f.channel == 0 => {
-                return parse_class(&f.payload[..])
-                    .map(|(_, m)| Some(m))
-                    .map_err(|_| AmqpError::frame_error("malformed method frame"));
-            }
-            _ => {
-                return Err(AmqpError::unexpected_frame(
-                    "expected a connection method on channel 0",
-                ))
-            }
-        }
-    }
-}
-
-fn server_properties() -> FieldTable {
-    let mut caps = FieldTable::default();
-    for c in [
-        "publisher_confirms",
-        "exchange_exchange_bindings",
-        "basic.nack",
-        "consumer_cancel_notify",
-        "connection.blocked",
-        "authentication_failure_close",
-        "per_consumer_qos",
-        "consumer_priorities",
-        "direct_reply_to",
-    ] {
-        caps.insert(c.into(), AMQPValue::Boolean(true));
-    }
-    let mut p = FieldTable::default();
-    let s = |v: &str| AMQPValue::LongString(LongString::from(v.as_bytes().to_vec()));
-    p.insert("capabilities".into(), AMQPValue::FieldTable(caps));
-    p.insert("product".into(), s("Lepus"));
-    p.insert("version".into(), s(env!("CARGO_PKG_VERSION")));
-    p.insert("platform".into(), s("Rust"));
-    p.insert("cluster_name".into(), s("lepus"));
-    p.insert("copyright".into(), s("The Lepus authors"));
-    p.insert(
-        "information".into(),
-        s("An AMQP 0-9-1 broker; see README.md"),
-    );
-    p
-}
-
-async fn send_now(wr: &mut OwnedWriteHalf, channel: u16, m: AMQPClass) -> std::io::Result<()> {
-    let mut out = BytesMut::new();
-    put_method(&mut out, channel, m);
-    wr.write_all(&out).await
-}
-
-async fn refuse(wr: &mut OwnedWriteHalf, e: AmqpError) {
-    tracing::info!(error = %e, "connection refused");
-    let _ = send_now(
-        wr,
-        0,
-        AMQPClass::Connection(cm::AMQPMethod::Close(cm::Close {
-            reply_code: e.code as u16,
-            reply_text: e.reply_text().into(),
-            class_id: e.class_id,
-            method_id: e.method_id,
-        })),
-    )
-    .await;
-    let _ = wr.shutdown().await;
-}
-
-/// Parse a SASL response into (user, password).
-fn sasl_credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
-    match mechanism {
-        "PLAIN" => {
-            let mut parts = response.split(|b| *b == 0);
-            let _authzid = parts.next()?;
-            let user = String::from_utf8(parts.next()?.to_vec()).ok()?;
-            let pass = String::from_utf8(parts.next()?.to_vec()).ok()?;
-            Some((user, pass))
-        }
-        "AMQPLAIN" => {
-            // A field table without its length prefix.
-            let mut framed = (response.len() as u32).to_be_bytes().to_vec();
-            framed.extend_from_slice(response);
-            let (_, t) = amq_protocol::types::parsing::parse_field_table(&framed[..]).ok()?;
-            let user = crate::broker::args::get_str(&t, "LOGIN")?;
-            let pass = crate::broker::args::get_str(&t, "PASSWORD")?;
-            Some((user, pass))
-        }
-        _ => None,
-    }
-}
-
-async fn handshake(
-    broker: &Arc<Broker>,
-    rd: &mut OwnedReadHalf,
-    wr: &mut OwnedWriteHalf,
-    buf: &mut BytesMut,
-    peer: SocketAddr,
-    _conn_id: u64,
-) -> std::io::Result<Option<Handshake>> {
-    while buf.len() < 8 {
-        if rd.read_buf(buf).await? == 0 {
-            return Ok(None);
-        }
-    }
-    // RabbitMQ also takes the AMQP 0-9 header ("AMQP" 1 1 0 9) as 0-9-1.
-    if &buf[..8] != PROTOCOL_HEADER && &buf[..8] != b"AMQP\x01\x01\x00\x09" {
-        // Wrong protocol or version: answer with ours and close (spec 4.2.2).
-        let _ = parse_frame(&buf[..8]);
-        wr.write_all(PROTOCOL_HEADER).await?;
-        let _ = wr.shutdown().await;
-        tracing::info!(%peer, header = ?&buf[..8], "bad protocol header");
-        return Ok(None);
-    }
-    let _ = buf.split_to(8);
-    let cfg = &broker.config;
-    send_now(
-        wr,
-        0,
-        AMQPClass::Connection(cm::AMQPMethod::Start(cm::Start {
-            version_major: 0,
-            version_minor: 9,
-            server_properties: server_properties(),
-            mechanisms: "PLAIN AMQPLAIN".into(),
-            locales: "en_US".into(),
-        })),
-    )
-    .await?;
-    let fm = cfg.frame_max;
-    let so = match read_method(rd, buf, fm).await {
-        Ok(Some(AMQPClass::Connection(cm::AMQPMethod::StartOk(so)))) => so,
-        Ok(None) => return Ok(None),
-        Ok(Some(_)) => {
-            refuse(
-                wr,
-                AmqpError::command_invalid("expected connection.start-ok").hard(),
-            )
-            .await;
-            return Ok(None);
-        }
-        Err(e) => {
-            refuse(wr, e).await;
-            return Ok(None);
-        }
-    };
-    let caps = match so.client_properties.inner().get("capabilities") {
-        Some(AMQPValue::FieldTable(t)) => t.clone(),
-        _ => FieldTable::default(),
-    };
-    let cap = |k: &str| matches!(caps.inner().get(k), Some(AMQPValue::Boolean(true)));
-    let mechanism = so.mechanism.as_str().to_owned();
-    let creds = sasl_credentials(&mechanism, so.response.as_bytes());
-    let user = match creds {
-        Some((u, p)) => {
-            let loopback_only = cfg.loopback_users.contains(&u);
-            if loopback_only && !peer.ip().is_loopback() {
-                tracing::warn!(%peer, user = %u, "user may only connect via localhost");
-                None
-            } else {
-                broker.authenticate(&u, &p).map(|x| x.name)
-            }
-        }
-        None => None,
-    };
-    let Some(user) = user else {
-        refuse(
-            wr,
-            AmqpError::access_refused(format!(
-                "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
-            ))
-            .hard(),
-        )
-        .await;
-        return Ok(None);
-    };
-    send_now(
-        wr,
-        0,
-        AMQPClass::Connection(cm::AMQPMethod::Tune(cm::Tune {
-            channel_max: cfg.channel_max,
-            frame_max: cfg.frame_max,
-            heartbeat: cfg.heartbeat,
-        })),
-    )
-    .await?;
-    let tune = match read_method(rd, buf, fm).await {
-        Ok(Some(AMQPClass::Connection(cm::AMQPMethod::TuneOk(t)))) => t,
-        Ok(None) => return Ok(None),
-        Ok(Some(_)) | Err(_) => {
-            refuse(
-                wr,
-                AmqpError::command_invalid("expected connection.tune-ok").hard(),
-            )
-            .await;
-            return Ok(None);
-        }
-    };
-    let channel_max = match tune.channel_max {
-        0 => cfg.channel_max,
-        n => n.min(cfg.channel_max),
-    };
-    let frame_max = match tune.frame_max {
-        0 => cfg.frame_max,
-        n => n.min(cfg.frame_max),
-    };
-    if frame_max < protocol::FRAME_MIN_SIZE {
-        refuse(
-            wr,
-            AmqpError::not_allowed(format!(
-                "frame_max={frame_max} < {} min size",
-                protocol::FRAME_MIN_SIZE
-            ))
-            .hard(),
-        )
-        .await;
-        return Ok(None);
-    }
-    let open = match read_method(rd, buf, frame_max).await {
-        Ok(Some(AMQPClass::Connection(cm::AMQPMethod::Open(o)))) => o,
-        Ok(None) => return Ok(None),
-        Ok(Some(_)) | Err(_) => {
-            refuse(
-                wr,
-                AmqpError::command_invalid("expected connection.open").hard(),
-            )
-            .await;
-            return Ok(None);
-        }
-    };
-    let vname = open.virtual_host.as_str().to_owned();
-    let Some(vhost) = broker.vhost(&vname) else {
-        refuse(
-            wr,
-            AmqpError::not_allowed(format!("vhost {vname} not found")).with_method(10, 40),
-        )
-        .await;
-        return Ok(None);
-    };
-    if !broker.can_access_vhost(&user, &vname) {
-        refuse(
-            wr,
-            AmqpError::not_allowed(format!(
-                "access to vhost '{vname}' refused for user '{user}'"
-            ))
-            .with_method(10, 40),
-        )
-        .await;
-        return Ok(None);
-    }
-    send_now(
-        wr,
-        0,
-        AMQPClass::Connection(cm::AMQPMethod::OpenOk(cm::OpenOk {})),
-    )
-    .await?;
-    Ok(Some(Handshake {
-        user,
-        vhost,
-        channel_max,
-        frame_max,
-        heartbeat: tune.heartbeat,
-        cancel_notify: cap("consumer_cancel_notify"),
-        blocked_capability: cap("connection.blocked"),
-        client_properties: format!("{:?}", so.client_properties),
-    }))
-}
-
-async fn write_loop(
-    conn: Arc<ConnShared>,
-    mut wr: OwnedWriteHalf,
-    store: Arc<crate::store::Store>,
-) {
-    let mut buf = BytesMut::new();
-    loop {
-        conn.notify.notified().await;
-        loop {
-            conn.take(&mut buf);
-            if buf.is_empty() {
-                break;
-            }
-            // Delivered-marks and acks of persistent messages reach the
-            // kernel before the deliveries that depend on them leave.
-            if conn.flush_store.swap(false, Ordering::Relaxed) {
-                store.flush_acks();
-            }
-            if wr.write_all(&buf).await.is_err() {
-                conn.closed.store(true, Ordering::SeqCst);
-                return;
-            }
-            conn.bytes_out
-                .fetch_add(buf.len() as u64, Ordering::Relaxed);
-            // Give back memory after a burst of large messages.
-            if buf.capacity() > 8 << 20 {
-                buf = BytesMut::new();
-            } else {
-                buf.clear();
-            }
-            conn.resume();
-        }
-        if conn.closed.load(Ordering::SeqCst) {
-            let _ = wr.shutdown().await;
-            return;
-        }
-    }
-}
-
 struct Conn {
     ctx: ConnCtx,
     channels: HashMap<u16, Channel>,
@@ -487,7 +152,7 @@ impl Drop for Conn {
 impl Conn {
     async fn run(
         &mut self,
-        rd: &mut OwnedReadHalf,
+        rd: &mut (impl AsyncRead + Unpin),
         buf: &mut BytesMut,
         shutdown: &mut watch::Receiver<bool>,
     ) {

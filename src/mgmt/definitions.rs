@@ -15,9 +15,10 @@
 //! ([`crate::broker::args::validate_queue_args`], [`crate::broker::args::validate_exchange_args`]),
 //! quorum queues ([`crate::broker::args::is_quorum`], [`crate::broker::args::validate_quorum`]),
 //! argument equivalence ([`crate::broker::args::check_equivalent`]) and permission
-//! regexes ([`Permission::new`]). What the broker checks inline in
+//! regexes ([`Permission::new`]) and binding arguments
+//! ([`crate::broker::check_binding_args`]). What the broker checks inline in
 //! `declare_exchange`, `declare_queue` and `bind` (the flags' equivalence,
-//! reserved names, a headers binding's x-match, a consistent-hash weight) is
+//! reserved names) is
 //! checked here too, against the plan as well as the live objects, with this
 //! API's texts. Applying goes through the broker's `add_vhost`, `put_user`,
 //! `set_permissions`, `declare_exchange`, `declare_queue` and `bind`.
@@ -26,7 +27,7 @@ use super::common::{blocking, parse_body, ApiError, ApiResult, Caller};
 use super::json::{json_to_table, table_to_json};
 use super::users::{check_password_hash, parse_tags};
 use super::App;
-use crate::broker::exchange::{Dest, ExchangeKind};
+use crate::broker::exchange::Dest;
 use crate::broker::{Broker, Permission};
 use amq_protocol::types::FieldTable;
 use axum::body::Bytes;
@@ -617,33 +618,9 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
                     .and_then(|v| v.exchange(&b.source))
                     .map(|e| e.kind)
             });
-        match source_kind {
-            Some(ExchangeKind::Headers) => {
-                if let Some(m) = arguments.inner().get("x-match") {
-                    let ok = crate::broker::args::str_value(m).is_some_and(|m| {
-                        matches!(m.as_str(), "all" | "any" | "all-with-x" | "any-with-x")
-                    });
-                    if !ok {
-                        return Err(bad(
-                            &what,
-                            "x-match must be all, any, all-with-x or any-with-x",
-                        ));
-                    }
-                }
-            }
-            Some(ExchangeKind::ConsistentHash) => {
-                let w = b.routing_key.trim().parse::<u32>().ok();
-                if w.is_none_or(|w| w > crate::broker::exchange::MAX_HASH_WEIGHT) {
-                    return Err(bad(
-                        &what,
-                        format!(
-                            "the routing key of an x-consistent-hash binding is a weight from 0 to {}",
-                            crate::broker::exchange::MAX_HASH_WEIGHT
-                        ),
-                    ));
-                }
-            }
-            _ => {}
+        if let Some(kind) = source_kind {
+            crate::broker::check_binding_args(kind, &b.routing_key, &arguments)
+                .map_err(|e| bad(&what, e.text))?;
         }
         p.bindings.push(BPlan {
             vhost,

@@ -16,6 +16,10 @@
 //! their AMQP permissions (configure, write, read), as over AMQP.
 //!
 //! Endpoints are listed in docs/management.md.
+//!
+//! Never writes AMQP frames nor imports the channel, connection or protocol
+//! layers: everything goes through the broker (its publish pipeline, its
+//! checks), so the API and AMQP cannot drift apart.
 
 mod bindings;
 mod common;

@@ -7,6 +7,8 @@
 //! generated with amq-protocol while deliveries, confirms and content frames are
 //! written by hand straight into the connection's output buffer. The differential
 //! tests in [`fast`] check every hand-written codec against amq-protocol.
+//!
+//! Imports nothing from the crate but [`crate::error`].
 
 pub mod fast;
 pub mod frame;

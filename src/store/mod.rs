@@ -19,7 +19,10 @@
 //! definitions log, dedup logs and delay-index runs) or, for segment records,
 //! reported by the segment right after its copy into the map; an observer
 //! attached through [`StoreIo::observer`] sees all of it (see [`replica`]).
-//! The store knows no AMQP session, socket or HTTP.
+//!
+//! Never imports the broker, channel, connection or mgmt layers: the store
+//! knows no AMQP session, socket or HTTP request (and no network: a
+//! replicator is just an observer).
 
 pub mod definitions;
 pub mod durable;

@@ -1,6 +1,12 @@
 //! Shared test helpers: a real broker on a free port in a temporary data dir,
-//! and lapin connections to it.
+//! and lapin connections to it. The suites see the broker's internals only
+//! through the helpers of `internals.rs` (on [`TestBroker`]).
 #![allow(dead_code)]
+
+pub mod http;
+mod internals;
+#[allow(unused_imports)]
+pub use internals::{take_bodies, Faults};
 
 use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
 use lepus::config::Config;
@@ -8,7 +14,7 @@ use lepus::server::Handle;
 use std::time::Duration;
 
 pub struct TestBroker {
-    pub handle: Option<Handle>,
+    handle: Option<Handle>,
     pub dir: tempfile::TempDir,
     pub config: Config,
 }
@@ -62,10 +68,6 @@ impl TestBroker {
         format!("amqp://guest:guest@{}/%2f", self.addr())
     }
 
-    pub fn broker(&self) -> &std::sync::Arc<lepus::broker::Broker> {
-        &self.handle.as_ref().unwrap().broker
-    }
-
     pub async fn connect(&self) -> Connection {
         connect(&self.uri()).await
     }
@@ -85,6 +87,15 @@ impl TestBroker {
             .await
             .expect("broker restarts");
         self.handle = Some(h);
+    }
+
+    /// Stop, keeping the data dir for a later [`TestBroker::restart`].
+    pub async fn shutdown(&mut self) {
+        self.handle
+            .take()
+            .expect("the broker is running")
+            .shutdown()
+            .await;
     }
 
     pub async fn stop(mut self) {
@@ -129,6 +140,22 @@ pub async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     f()
+}
+
+/// Wait for the async check `f` to hold, polling every 20 ms, for at most
+/// `secs`: whether it did.
+pub async fn eventually_async<Fut>(secs: u64, mut f: impl FnMut() -> Fut) -> bool
+where
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f().await
 }
 
 pub async fn within<T>(secs: u64, f: impl std::future::Future<Output = T>) -> T {
@@ -279,7 +306,8 @@ pub async fn publish_with(
     .expect("basic.publish");
 }
 
-/// Publish on a channel in confirm mode and wait for the broker's confirm.
+/// Publish on a channel in confirm mode and wait for the broker's confirm,
+/// however long it takes.
 pub async fn publish_confirmed(
     ch: &Channel,
     exchange: &str,
@@ -287,8 +315,31 @@ pub async fn publish_confirmed(
     body: &[u8],
     props: BasicProperties,
 ) -> Confirmation {
+    ch.basic_publish(
+        exchange.into(),
+        key.into(),
+        BasicPublishOptions::default(),
+        body,
+        props,
+    )
+    .await
+    .expect("basic.publish")
+    .await
+    .expect("publisher confirm")
+}
+
+/// [`publish_confirmed`], failing the test if the publish or the confirm
+/// takes longer than `secs` seconds.
+pub async fn publish_confirmed_within(
+    secs: u64,
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> Confirmation {
     let pc = within(
-        5,
+        secs,
         ch.basic_publish(
             exchange.into(),
             key.into(),
@@ -299,7 +350,7 @@ pub async fn publish_confirmed(
     )
     .await
     .expect("basic.publish");
-    within(5, pc).await.expect("publisher confirm")
+    within(secs, pc).await.expect("publisher confirm")
 }
 
 /// A channel in confirm mode on a new connection.
@@ -505,5 +556,226 @@ pub fn x_deaths(p: &BasicProperties) -> Vec<FieldTable> {
             })
             .collect(),
         Some(other) => panic!("x-death is not an array: {other:?}"),
+    }
+}
+
+// ----- options, properties and small helpers shared by several suites -----
+
+/// Default queue.declare options: transient, not exclusive, not auto-delete.
+pub fn plain() -> QueueDeclareOptions {
+    QueueDeclareOptions::default()
+}
+
+/// queue.declare options for a durable queue.
+pub fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+/// queue.declare options for a passive declare (does the queue exist?).
+pub fn passive() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    }
+}
+
+/// exchange.declare options for a passive declare.
+pub fn passive_exchange() -> lapin::options::ExchangeDeclareOptions {
+    lapin::options::ExchangeDeclareOptions {
+        passive: true,
+        ..Default::default()
+    }
+}
+
+/// Properties of a persistent message (delivery mode 2).
+pub fn persistent() -> BasicProperties {
+    BasicProperties::default().with_delivery_mode(2)
+}
+
+/// A delivery's body as a string.
+pub fn text(d: &lapin::message::Delivery) -> String {
+    String::from_utf8_lossy(&d.data).into_owned()
+}
+
+/// Owned strings, in the given order.
+pub fn strs(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// The strings, sorted.
+pub fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// The "name" field of every object in a JSON array (management API and
+/// lepusctl JSON output).
+pub fn names(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
+        .iter()
+        .map(|x| x["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Encode one AMQP frame to its wire bytes.
+pub fn encode(frame: &amq_protocol::frame::AMQPFrame) -> Vec<u8> {
+    amq_protocol::frame::gen_frame(frame)(amq_protocol::frame::WriteContext::from(Vec::new()))
+        .expect("encodable frame")
+        .write
+}
+
+/// Arguments dead-lettering through the default exchange into `dlq`, plus `more`.
+pub fn dead_letter_to(dlq: &str, more: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut pairs: Vec<(&str, AMQPValue)> = vec![
+        ("x-dead-letter-exchange", lstr("")),
+        ("x-dead-letter-routing-key", lstr(dlq)),
+    ];
+    pairs.extend(more.iter().cloned());
+    arg_table(&pairs)
+}
+
+/// Poll basic.get (acks required) until a message comes (at most `secs`).
+pub async fn wait_get(
+    ch: &Channel,
+    queue: &str,
+    secs: u64,
+) -> Option<lapin::message::BasicGetMessage> {
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(m) = get_message(ch, queue).await {
+            return Some(m);
+        }
+        if std::time::Instant::now() >= end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Start a consumer (acks required) with the given tag.
+pub async fn consume(ch: &Channel, queue: &str, tag: &str) -> lapin::Consumer {
+    consume_with(ch, queue, tag, FieldTable::default()).await
+}
+
+/// Start a consumer (acks required) with the given tag and arguments.
+pub async fn consume_with(
+    ch: &Channel,
+    queue: &str,
+    tag: &str,
+    arguments: FieldTable,
+) -> lapin::Consumer {
+    within(
+        5,
+        ch.basic_consume(
+            queue.into(),
+            tag.into(),
+            lapin::options::BasicConsumeOptions::default(),
+            arguments,
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("consume {queue}: {e}"))
+}
+
+/// Publish each body to `queue` through the default exchange, waiting at most
+/// 5 s for each confirm: whether each was acked.
+pub async fn publish_all(ch: &Channel, queue: &str, bodies: &[&str]) -> Vec<bool> {
+    let mut acks = vec![];
+    for body in bodies {
+        let c = publish_confirmed_within(
+            5,
+            ch,
+            "",
+            queue,
+            body.as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
+        acks.push(c.is_ack());
+    }
+    acks
+}
+
+/// Declare an exchange with default options and no arguments.
+pub async fn declare_exchange(ch: &Channel, name: &str, kind: lapin::ExchangeKind) {
+    ch.exchange_declare(
+        name.into(),
+        kind,
+        lapin::options::ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("declare exchange {name}: {e}"));
+}
+
+/// The reply code of a passive queue.declare on a fresh connection, `None`
+/// if the queue exists and is not exclusive to another connection.
+pub async fn passive_declare_code(b: &TestBroker, name: &str) -> Option<u16> {
+    let (_c, ch) = b.channel().await;
+    match within(
+        5,
+        ch.queue_declare(name.into(), passive(), FieldTable::default()),
+    )
+    .await
+    {
+        Ok(_) => None,
+        Err(e) => Some(reply_code(&e).unwrap_or_else(|| panic!("passive declare {name}: {e}"))),
+    }
+}
+
+/// Whether a queue exists, asked on a fresh connection (so exclusivity
+/// elsewhere does not matter: 405 counts as existing).
+pub async fn queue_exists(b: &TestBroker, name: &str) -> bool {
+    let (_c, ch) = b.channel().await;
+    match within(
+        5,
+        ch.queue_declare(name.into(), passive(), FieldTable::default()),
+    )
+    .await
+    {
+        Ok(_) => true,
+        Err(e) => match reply_code(&e) {
+            Some(404) => false,
+            Some(405) => true,
+            _ => panic!("passive declare of {name}: {e}"),
+        },
+    }
+}
+
+/// Whether a passive declare on a fresh connection answers 404.
+pub async fn queue_missing(b: &TestBroker, name: &str) -> bool {
+    let (_c, ch) = b.channel().await;
+    let r = within(
+        5,
+        ch.queue_declare(name.into(), passive(), FieldTable::default()),
+    )
+    .await;
+    matches!(r, Err(ref e) if reply_code(e) == Some(404))
+}
+
+/// Whether an exchange exists, asked with a passive declare on a fresh
+/// connection (any refusal but 404 fails the test).
+pub async fn exchange_exists(b: &TestBroker, name: &str) -> bool {
+    let (_c, ch) = b.channel().await;
+    match within(
+        5,
+        ch.exchange_declare(
+            name.into(),
+            lapin::ExchangeKind::Direct,
+            passive_exchange(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    {
+        Ok(()) => true,
+        Err(e) => {
+            assert_eq!(reply_code(&e), Some(404), "passive declare of {name}: {e}");
+            false
+        }
     }
 }
