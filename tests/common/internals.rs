@@ -138,6 +138,130 @@ impl TestBroker {
     }
 }
 
+/// The replication seam (`lepus::store::replica`): an observer that records
+/// every durable write, and the follower side that replays them.
+pub use lepus::store::replica::{differences, Mirror, Op, Recorder};
+
+/// Entries a delayed exchange's time index holds in memory before it writes
+/// a run file.
+pub const DELAY_INDEX_SPILL: usize = lepus::broker::delayed::SPILL;
+
+impl TestBroker {
+    /// Start with `observer` attached to the store's I/O: it sees every
+    /// durable write (the replication seam).
+    pub async fn start_observed(
+        dir: tempfile::TempDir,
+        config: lepus::config::Config,
+        observer: Arc<Recorder>,
+    ) -> TestBroker {
+        let handle = lepus::server::start_with_io(config.clone(), observed(observer))
+            .await
+            .expect("broker starts");
+        TestBroker {
+            handle: Some(handle),
+            dir,
+            config,
+        }
+    }
+
+    /// [`TestBroker::restart`] with `observer` attached again.
+    pub async fn restart_observed(&mut self, observer: Arc<Recorder>) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown().await;
+        }
+        let h = lepus::server::start_with_io(self.config.clone(), observed(observer))
+            .await
+            .expect("broker restarts");
+        self.handle = Some(h);
+    }
+
+    pub fn put_user(&self, name: &str, password: &str) {
+        self.broker()
+            .put_user(name, lepus::broker::hash_password(password), vec![])
+            .unwrap_or_else(|e| panic!("put user {name}: {e:?}"));
+    }
+
+    pub fn delete_user(&self, name: &str) {
+        self.broker()
+            .delete_user(name)
+            .unwrap_or_else(|e| panic!("delete user {name}: {e:?}"));
+    }
+
+    fn delayed(&self, vhost: &str, exchange: &str) -> Arc<Exchange> {
+        let ex = self
+            .exchange(vhost, exchange)
+            .unwrap_or_else(|| panic!("no exchange {exchange:?}"));
+        assert!(ex.delayed.is_some(), "{exchange:?} does not delay");
+        ex
+    }
+
+    /// A delayed exchange's pending messages: how many, and the first 20 as
+    /// (due ms, store position).
+    pub fn delayed_pending(&self, vhost: &str, exchange: &str) -> (u64, Vec<(u64, u64)>) {
+        let ex = self.delayed(vhost, exchange);
+        let d = ex.delayed.as_ref().unwrap();
+        let first = d.list(20).into_iter().map(|(due, p)| (due, p.0)).collect();
+        (d.pending(), first)
+    }
+
+    /// Messages a delayed exchange has released so far.
+    pub fn delayed_released(&self, vhost: &str, exchange: &str) -> u64 {
+        let ex = self.delayed(vhost, exchange);
+        let d = ex.delayed.as_ref().unwrap();
+        d.released.load(Ordering::Relaxed)
+    }
+
+    /// Store and schedule `n` persistent messages on a delayed exchange
+    /// through the broker's own API (fast enough for a few hundred
+    /// thousand): bodies "bulk <i>", an x-delay header of `delay_ms`.
+    pub async fn schedule_delayed(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        routing_key: &str,
+        n: usize,
+        delay_ms: i64,
+    ) {
+        let ex = self.delayed(vhost, exchange);
+        let (exchange, routing_key) = (exchange.to_owned(), routing_key.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let d = ex.delayed.as_ref().unwrap();
+            let mut headers = lapin::types::FieldTable::default();
+            headers.insert(
+                "x-delay".into(),
+                lapin::types::AMQPValue::LongLongInt(delay_ms),
+            );
+            let props = lapin::BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_headers(headers);
+            let mut prefix = vec![];
+            for i in 0..n {
+                let body = format!("bulk {i}");
+                let header = lepus::protocol::props::encode_header(body.len() as u64, &props);
+                d.store_and_schedule(
+                    &exchange,
+                    &routing_key,
+                    &header,
+                    body.as_bytes(),
+                    true,
+                    delay_ms as u64,
+                    &mut prefix,
+                )
+                .expect("stored");
+            }
+        })
+        .await
+        .unwrap();
+    }
+}
+
+fn observed(observer: Arc<Recorder>) -> Arc<lepus::store::io::Observed<lepus::store::io::RealIo>> {
+    Arc::new(lepus::store::io::Observed::new(
+        lepus::store::io::RealIo,
+        observer,
+    ))
+}
+
 /// The switches of a broker started with [`TestBroker::start_with_faults`].
 pub struct Faults(Arc<FaultyIo>);
 

@@ -6,7 +6,7 @@
 pub mod http;
 mod internals;
 #[allow(unused_imports)]
-pub use internals::{take_bodies, Faults};
+pub use internals::{differences, take_bodies, Faults, Mirror, Op, Recorder, DELAY_INDEX_SPILL};
 
 use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
 use lepus::config::Config;
