@@ -107,6 +107,9 @@ impl Channel {
     }
 
     pub(super) fn consume(&mut self, ctx: &ConnCtx, c: bm::Consume) -> AmqpResult<()> {
+        if reply_to::is_pseudo_queue(c.queue.as_str()) {
+            return self.consume_reply_to(ctx, c);
+        }
         let q = self.queue_for(ctx, c.queue.as_str())?;
         ctx.broker
             .check_access(&ctx.user, &ctx.vhost.name, Access::Read, "queue", &q.name)?;
@@ -124,17 +127,15 @@ impl Channel {
             )));
         }
         let tag = if c.consumer_tag.as_str().is_empty() {
-            let r: [u8; 16] = rand::random();
-            format!(
-                "amq.ctag-{}",
-                base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, r)
-            )
+            reply_to::new_consumer_tag()
         } else {
             c.consumer_tag.as_str().to_owned()
         };
         {
             let st = self.shared.state.lock();
-            if st.consumers.iter().any(|x| x.tag == tag) {
+            if st.consumers.iter().any(|x| x.tag == tag)
+                || st.reply.as_ref().is_some_and(|r| r.tag == tag)
+            {
                 return Err(AmqpError::not_allowed(format!(
                     "attempt to reuse consumer tag '{tag}'"
                 )));
@@ -208,7 +209,9 @@ impl Channel {
             bm::AMQPMethod::Consume(c) => self.consume(ctx, c)?,
             bm::AMQPMethod::Cancel(c) => {
                 let tag = c.consumer_tag.as_str().to_owned();
-                self.cancel_consumer(ctx, &tag);
+                if !self.cancel_reply_to(ctx, &tag) {
+                    self.cancel_consumer(ctx, &tag);
+                }
                 if !c.nowait {
                     self.reply(
                         ctx,
