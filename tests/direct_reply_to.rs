@@ -328,16 +328,29 @@ async fn a_second_reply_consumer_on_a_channel_is_refused() {
     // The refused channel is closed: its token is gone, the other's stays.
     assert_eq!(b.reply_to_tokens(), 1);
 
-    // The reply consumer's tag is taken like any consumer's, both ways.
+    // As in RabbitMQ 3.10, a queue consumer may take the reply consumer's
+    // tag, but the reply consumer cannot take a queue consumer's (530).
     let ch = c.create_channel().await.unwrap();
-    let _r = consume_replies(&ch, "tag").await;
+    let _replies = consume_replies(&ch, "tag").await;
     declare_queue(&ch, "q").await;
+    let mut queue_consumer = consume(&ch, "q", "tag").await;
+    publish(&ch, "", "q", b"consumed").await;
+    assert_eq!(text(&next_delivery(&mut queue_consumer).await), "consumed");
+    assert_eq!(b.reply_to_tokens(), 2);
+
+    let ch = c.create_channel().await.unwrap();
+    declare_queue(&ch, "q2").await;
+    let _q = consume(&ch, "q2", "taken").await;
+    let mut closes = watch_closes(&c);
     let e = within(
         5,
         ch.basic_consume(
-            "q".into(),
-            "tag".into(),
-            BasicConsumeOptions::default(),
+            RT.into(),
+            "taken".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         ),
     )
@@ -345,8 +358,11 @@ async fn a_second_reply_consumer_on_a_channel_is_refused() {
     .expect_err("the tag is in use");
     assert_eq!(reply_code(&e), Some(530));
     assert_eq!(
-        reply_text(&e),
-        "NOT_ALLOWED - attempt to reuse consumer tag 'tag'"
+        closes.next_close().await,
+        (
+            530,
+            "NOT_ALLOWED - attempt to reuse consumer tag 'taken'".to_string()
+        )
     );
     b.stop().await;
 }

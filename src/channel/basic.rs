@@ -133,9 +133,10 @@ impl Channel {
         };
         {
             let st = self.shared.state.lock();
-            if st.consumers.iter().any(|x| x.tag == tag)
-                || st.reply.as_ref().is_some_and(|r| r.tag == tag)
-            {
+            // The reply consumer's tag does not count (RabbitMQ 3.10 lets a
+            // queue consumer take it too; basic.cancel then ends the reply
+            // consumer first).
+            if st.consumers.iter().any(|x| x.tag == tag) {
                 return Err(AmqpError::not_allowed(format!(
                     "attempt to reuse consumer tag '{tag}'"
                 )));
