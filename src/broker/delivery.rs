@@ -3,8 +3,8 @@
 //! and the one place in the core that writes frames for a message handed
 //! out (basic.deliver, basic.get-ok, their content), including a direct
 //! reply that comes from a publish rather than the store, or a consumer
-//! cancelled by the server (basic.cancel). Never imports the channel or connection
-//! layers: they read the outbox this module fills.
+//! cancelled by the server (basic.cancel). Never imports the channel or
+//! connection layers: they read the outbox this module fills.
 //!
 //! Queues deliver from whichever task holds their lock (usually the
 //! publisher's), so these are shared. Lock order, always: queue, then

@@ -4,6 +4,15 @@
 
 use super::*;
 
+/// A server-generated consumer tag.
+pub(super) fn new_consumer_tag() -> String {
+    let r: [u8; 16] = rand::random();
+    format!(
+        "amq.ctag-{}",
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, r)
+    )
+}
+
 #[derive(Clone, Copy)]
 pub(super) enum Settle {
     Ack,
@@ -127,7 +136,7 @@ impl Channel {
             )));
         }
         let tag = if c.consumer_tag.as_str().is_empty() {
-            reply_to::new_consumer_tag()
+            new_consumer_tag()
         } else {
             c.consumer_tag.as_str().to_owned()
         };

@@ -83,6 +83,7 @@ impl Channel {
     /// Every check a publish must pass, with what they parse. Also run when
     /// a publish is queued in a transaction, so that tx.commit cannot fail
     /// half-way.
+    ///
     /// A request's reply-to of `amq.rabbitmq.reply-to` is rewritten here to
     /// name this channel (RabbitMQ does it at the same point: after the
     /// exchange checks, before the user-id check).
@@ -133,6 +134,7 @@ impl Channel {
 
     /// Publish one message through the broker's pipeline; returns how its
     /// confirm is decided.
+    ///
     /// A direct reply (default exchange, a reply-to key) is decided here
     /// and never enters the pipeline.
     pub(super) fn publish(&mut self, ctx: &ConnCtx, msg: &mut Message) -> AmqpResult<Confirm> {

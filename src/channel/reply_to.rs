@@ -15,7 +15,7 @@ impl Channel {
     /// basic.consume of [`PSEUDO_QUEUE`].
     pub(super) fn consume_reply_to(&mut self, ctx: &ConnCtx, c: bm::Consume) -> AmqpResult<()> {
         let tag = if c.consumer_tag.as_str().is_empty() {
-            new_consumer_tag()
+            super::basic::new_consumer_tag()
         } else {
             c.consumer_tag.as_str().to_owned()
         };
@@ -153,13 +153,4 @@ pub(super) fn reply_token<'a>(exchange: &str, routing_key: &'a str) -> Option<&'
     } else {
         None
     }
-}
-
-/// A server-generated consumer tag.
-pub(super) fn new_consumer_tag() -> String {
-    let r: [u8; 16] = rand::random();
-    format!(
-        "amq.ctag-{}",
-        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, r)
-    )
 }
