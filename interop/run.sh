@@ -39,7 +39,7 @@ INSTALL_BUDGET=${INTEROP_INSTALL_BUDGET:-420}
 TIME_LIMIT=${INTEROP_TIME_LIMIT:-840}
 
 # The scenarios, in table order: id and row label.
-SCENARIOS=(basic confirms mandatory dlx ttl cancel large heartbeat tx delayed declare get celery)
+SCENARIOS=(basic confirms mandatory dlx ttl cancel large heartbeat tx delayed declare get replyto celery)
 declare -A LABEL=(
   [basic]="publish, consume, ack"
   [confirms]="publisher confirms"
@@ -53,15 +53,16 @@ declare -A LABEL=(
   [delayed]="x-delayed-message, x-delay 300 ms"
   [declare]="queue declare: passive, server-named, 404"
   [get]="basic.get with properties"
+  [replyto]="RPC over direct reply-to"
   [celery]="Celery worker runs a task (rpc:// results)"
 )
 COMMON="basic confirms mandatory dlx ttl cancel large heartbeat tx delayed"
 # The scenarios each client must report on (others are shown as "-").
 declare -A PLAN=(
-  [pika]="$COMMON declare get"
+  [pika]="$COMMON declare get replyto"
   [aio-pika]="$COMMON"
   [kombu]="$COMMON celery"
-  [amqplib]="$COMMON"
+  [amqplib]="$COMMON replyto"
   [amqp-tools]="$COMMON"
   [java]="$COMMON"
 )

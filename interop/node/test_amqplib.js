@@ -151,6 +151,62 @@ const scenarios = {
     await ch.deleteQueue(q);
   },
 
+  // RPC over direct reply-to: the requester consumes amq.rabbitmq.reply-to
+  // (noAck) and names it as replyTo; a responder on another connection
+  // answers to the replyTo the broker put there; the replies come back with
+  // their correlation ids and are never queued.
+  async replyto(conn) {
+    const rt = 'amq.rabbitmq.reply-to';
+    const q = unique('amqplib-rpc');
+    const respConn = await connect();
+    try {
+      const req = await conn.createChannel();
+      const n = 3;
+      const replies = [];
+      let allIn;
+      const done = new Promise((resolve) => { allIn = resolve; });
+      await req.consume(rt, (m) => {
+        replies.push(m);
+        if (replies.length === n) allIn();
+      }, { noAck: true });
+      const resp = await respConn.createChannel();
+      await resp.assertQueue(q);
+      const seen = [];
+      await resp.consume(q, (m) => {
+        if (m === null) return; // cancelled by the broker (the queue's deletion below)
+        seen.push(m.properties.replyTo);
+        resp.sendToQueue(m.properties.replyTo, Buffer.from(`re: ${m.content}`),
+          { correlationId: m.properties.correlationId });
+        resp.ack(m);
+      });
+      for (let i = 0; i < n; i++) {
+        req.sendToQueue(q, Buffer.from(`call ${i}`), { replyTo: rt, correlationId: `corr-${i}` });
+      }
+      await within(TIMEOUT, done, `${n} replies`);
+      replies.forEach((m, i) => {
+        check(m.content.toString() === `re: call ${i}`, `reply ${i} body ${m.content}`);
+        check(m.properties.correlationId === `corr-${i}`, `reply ${i} correlationId ${m.properties.correlationId}`);
+        check(m.fields.routingKey === seen[i], `reply ${i} routing key ${m.fields.routingKey}`);
+      });
+      check(seen.every((r) => r.startsWith(`${rt}.`)), `the broker did not name the channel in replyTo: ${seen}`);
+      check(new Set(seen).size === 1, `one channel, one replyTo: ${seen}`);
+      check((await count(respConn, q)) === 0, 'requests left in the queue');
+      // Consuming the pseudo-queue with acks is refused (406).
+      const bad = await conn.createChannel();
+      bad.on('error', () => {});
+      let refused = null;
+      try {
+        await within(TIMEOUT, bad.consume(rt, () => {}, { noAck: false }), 'consume with acks');
+      } catch (e) {
+        refused = e;
+      }
+      check(refused && refused.code === 406, `an acking consumer of ${rt}: ${refused ? refused.message : 'accepted'}`);
+      await resp.deleteQueue(q);
+    } finally {
+      await closeQuietly(respConn);
+    }
+  },
+
   async confirms(conn) {
     const ch = await conn.createConfirmChannel();
     const q = unique('amqplib-confirm');

@@ -376,6 +376,55 @@ def scenario_get():
         ch.queue_delete(queue=q)
 
 
+def scenario_replyto():
+    """RPC over direct reply-to: the requester consumes amq.rabbitmq.reply-to
+    (no-ack) and names it as reply_to; a responder on another connection
+    answers to the reply_to the broker put there; the replies come back to
+    the requester with their correlation ids and are never queued."""
+    rt = "amq.rabbitmq.reply-to"
+    q = unique("pika-rpc")
+    with Conn() as req_conn, Conn() as resp_conn:
+        req = req_conn.channel()
+        replies = []
+        req.basic_consume(queue=rt, auto_ack=True,
+                          on_message_callback=lambda c, m, p, b: replies.append((m, p, b)))
+        resp = resp_conn.channel()
+        resp.queue_declare(queue=q)
+        seen_reply_to = []
+
+        def on_request(chan, method, props, body):
+            seen_reply_to.append(props.reply_to)
+            chan.basic_publish(exchange="", routing_key=props.reply_to, body=b"re: " + body,
+                               properties=pika.BasicProperties(correlation_id=props.correlation_id))
+            chan.basic_ack(method.delivery_tag)
+
+        resp.basic_consume(queue=q, on_message_callback=on_request)
+        n = 3
+        for i in range(n):
+            req.basic_publish(exchange="", routing_key=q, body=("call %d" % i).encode(),
+                              properties=pika.BasicProperties(reply_to=rt, correlation_id="corr-%d" % i))
+        end = time.monotonic() + TIMEOUT
+        while len(replies) < n and time.monotonic() < end:
+            resp_conn.process_data_events(time_limit=0.02)
+            req_conn.process_data_events(time_limit=0.02)
+        check(len(replies) == n, "%d of %d replies arrived" % (len(replies), n))
+        for i, (method, props, body) in enumerate(replies):
+            check(body == ("re: call %d" % i).encode(), "reply %d body %r" % (i, body))
+            check(props.correlation_id == "corr-%d" % i, "reply %d correlation_id %r" % (i, props.correlation_id))
+            check(method.routing_key == seen_reply_to[i], "reply %d routing key %r" % (i, method.routing_key))
+        check(all(r.startswith(rt + ".") for r in seen_reply_to),
+              "the broker did not name the channel in reply_to: %r" % seen_reply_to)
+        check(len(set(seen_reply_to)) == 1, "one channel, one reply_to: %r" % seen_reply_to)
+        check(count(resp_conn, q) == 0, "requests left in the queue")
+        # Consuming the pseudo-queue with acks is refused (406).
+        try:
+            req_conn.channel().basic_consume(queue=rt, on_message_callback=lambda *a: None)
+            raise AssertionError("an acking consumer of amq.rabbitmq.reply-to was accepted")
+        except pika.exceptions.ChannelClosedByBroker as e:
+            check(e.reply_code == 406, "expected 406, got %d %s" % (e.reply_code, e.reply_text))
+        resp.queue_delete(queue=q)
+
+
 SCENARIOS = [
     ("basic", scenario_basic),
     ("confirms", scenario_confirms),
@@ -389,6 +438,7 @@ SCENARIOS = [
     ("delayed", scenario_delayed),
     ("declare", scenario_declare),
     ("get", scenario_get),
+    ("replyto", scenario_replyto),
 ]
 
 if __name__ == "__main__":

@@ -107,6 +107,7 @@ impl Broker {
             next_queue_id: AtomicU32::new(max_id.max(store.max_recorded_id) + 1),
             next_conn_id: AtomicU64::new(1),
             connections: Mutex::new(HashMap::new()),
+            reply_to: Default::default(),
             alarm,
             alarm_reasons: Mutex::new(vec![]),
             me: std::sync::OnceLock::new(),

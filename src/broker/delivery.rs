@@ -1,9 +1,10 @@
 //! What a queue sees of its consumers: the consumer, its channel's delivery
 //! state (tags, unacked messages, prefetch) and the connection's outbox;
 //! and the one place in the core that writes frames for a message handed
-//! out (basic.deliver, basic.get-ok, their content) or a consumer cancelled
-//! by the server (basic.cancel). Never imports the channel or connection
-//! layers: they read the outbox this module fills.
+//! out (basic.deliver, basic.get-ok, their content), including a direct
+//! reply that comes from a publish rather than the store, or a consumer
+//! cancelled by the server (basic.cancel). Never imports the channel or
+//! connection layers: they read the outbox this module fills.
 //!
 //! Queues deliver from whichever task holds their lock (usually the
 //! publisher's), so these are shared. Lock order, always: queue, then
@@ -157,6 +158,17 @@ pub struct DeliveryState {
     pub flow: bool,
     pub closed: bool,
     pub consumers: Vec<Arc<Consumer>>,
+    /// The channel's consumer of the direct reply-to pseudo-queue, if any.
+    pub reply: Option<ReplyConsumer>,
+}
+
+/// A consumer of `amq.rabbitmq.reply-to` (always no-ack): replies reach it
+/// straight from their publisher's channel (see [`deliver_reply`]).
+pub struct ReplyConsumer {
+    pub tag: String,
+    /// The token in the reply routing keys that name this consumer
+    /// ([`crate::broker::reply_to`]).
+    pub token: String,
 }
 
 pub struct ChannelShared {
@@ -177,6 +189,7 @@ impl ChannelShared {
                 flow: true,
                 closed: false,
                 consumers: vec![],
+                reply: None,
             }),
         }
     }
@@ -222,6 +235,45 @@ pub fn server_cancel(c: &Arc<Consumer>) {
             )
         });
     }
+}
+
+/// A direct reply: hand a message, as its responder published it, straight
+/// to `ch`'s reply consumer if it is still the one `token` names (never
+/// stored, never queued). Returns whether it was delivered. As in RabbitMQ,
+/// the delivery carries the channel's next delivery tag without using it up
+/// (a no-ack delivery is never acked).
+pub fn deliver_reply(
+    ch: &ChannelShared,
+    token: &str,
+    exchange: &str,
+    routing_key: &str,
+    header: &[u8],
+    body: &[u8],
+) -> bool {
+    let st = ch.state.lock();
+    let Some(rc) = st.reply.as_ref().filter(|r| r.token == token) else {
+        return false;
+    };
+    if st.closed || ch.conn.closed.load(Ordering::Relaxed) {
+        return false;
+    }
+    let frame_max = ch.conn.frame_max();
+    {
+        let mut out = ch.conn.outbox();
+        fast::put_deliver(
+            &mut out,
+            ch.id,
+            &rc.tag,
+            st.next_tag,
+            false,
+            exchange,
+            routing_key,
+        );
+        fast::put_content(&mut out, ch.id, header, body, frame_max);
+    }
+    drop(st);
+    ch.conn.wake();
+    true
 }
 
 /// How a message is handed out.

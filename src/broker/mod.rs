@@ -5,7 +5,8 @@
 //! pipeline) → [`vhost`] (routing) → [`exchange`] (each type's matching) →
 //! [`queue`] (ready lists, dispatch, timers) → [`delivery`] (the only core
 //! file that writes deliver frames); beside the path: [`dead_letter`],
-//! [`dedup`], [`delayed`], [`args`] (argument checks with RabbitMQ's texts);
+//! [`dedup`], [`delayed`], [`args`] (argument checks with RabbitMQ's texts),
+//! [`reply_to`] (which channel a direct reply-to key names);
 //! and for definitions: [`topology`], [`auth`], [`model`], [`boot`].
 //!
 //! Validation happens before any side effect; durable changes are appended to
@@ -25,6 +26,7 @@ pub mod exchange;
 mod model;
 pub mod publish;
 pub mod queue;
+pub mod reply_to;
 mod topology;
 pub mod vhost;
 
@@ -75,6 +77,8 @@ pub struct Broker {
     next_queue_id: AtomicU32,
     next_conn_id: AtomicU64,
     pub connections: Mutex<HashMap<u64, (ConnInfo, Arc<crate::broker::delivery::ConnShared>)>>,
+    /// Direct reply-to: the channels consuming `amq.rabbitmq.reply-to`, by token.
+    pub reply_to: reply_to::Registry,
     /// true while a resource alarm (memory or disk) blocks publishers.
     pub alarm: watch::Sender<bool>,
     pub alarm_reasons: Mutex<Vec<String>>,

@@ -4,6 +4,15 @@
 
 use super::*;
 
+/// A server-generated consumer tag.
+pub(super) fn new_consumer_tag() -> String {
+    let r: [u8; 16] = rand::random();
+    format!(
+        "amq.ctag-{}",
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, r)
+    )
+}
+
 #[derive(Clone, Copy)]
 pub(super) enum Settle {
     Ack,
@@ -107,6 +116,9 @@ impl Channel {
     }
 
     pub(super) fn consume(&mut self, ctx: &ConnCtx, c: bm::Consume) -> AmqpResult<()> {
+        if reply_to::is_pseudo_queue(c.queue.as_str()) {
+            return self.consume_reply_to(ctx, c);
+        }
         let q = self.queue_for(ctx, c.queue.as_str())?;
         ctx.broker
             .check_access(&ctx.user, &ctx.vhost.name, Access::Read, "queue", &q.name)?;
@@ -124,16 +136,15 @@ impl Channel {
             )));
         }
         let tag = if c.consumer_tag.as_str().is_empty() {
-            let r: [u8; 16] = rand::random();
-            format!(
-                "amq.ctag-{}",
-                base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, r)
-            )
+            new_consumer_tag()
         } else {
             c.consumer_tag.as_str().to_owned()
         };
         {
             let st = self.shared.state.lock();
+            // The reply consumer's tag does not count (RabbitMQ 3.10 lets a
+            // queue consumer take it too; basic.cancel then ends the reply
+            // consumer first).
             if st.consumers.iter().any(|x| x.tag == tag) {
                 return Err(AmqpError::not_allowed(format!(
                     "attempt to reuse consumer tag '{tag}'"
@@ -208,7 +219,9 @@ impl Channel {
             bm::AMQPMethod::Consume(c) => self.consume(ctx, c)?,
             bm::AMQPMethod::Cancel(c) => {
                 let tag = c.consumer_tag.as_str().to_owned();
-                self.cancel_consumer(ctx, &tag);
+                if !self.cancel_reply_to(ctx, &tag) {
+                    self.cancel_consumer(ctx, &tag);
+                }
                 if !c.nowait {
                     self.reply(
                         ctx,

@@ -151,7 +151,7 @@ impl Channel {
             Body::One(b) => b,
             Body::Many(m) => m.freeze(),
         };
-        let msg = Message {
+        let mut msg = Message {
             exchange: p.exchange,
             routing_key: p.routing_key,
             mandatory: p.mandatory,
@@ -161,11 +161,11 @@ impl Channel {
         if self.tx.is_some() {
             // Validate now (404, 403, 406) so errors come at publish time, as
             // in RabbitMQ, and tx.commit cannot fail half-way.
-            self.check_publish(ctx, &msg)?;
+            self.check_publish(ctx, &mut msg)?;
             self.tx.as_mut().unwrap().push(TxOp::Publish(msg));
             return Ok(());
         }
-        let outcome = self.publish(ctx, &msg)?;
+        let outcome = self.publish(ctx, &mut msg)?;
         if self.confirm {
             self.publish_seq += 1;
             self.confirms.push_back((self.publish_seq, outcome));

@@ -8,7 +8,8 @@
 //!
 //! Files: `content` (assembly), `publish` (the guards before the
 //! broker's pipeline), one file per class (`exchange`, `queue`,
-//! `basic`), `confirms` and `tx`. Imports the broker and the protocol,
+//! `basic`), `confirms`, `tx` and `reply_to` (direct reply-to: its
+//! consumer, requests and replies). Imports the broker and the protocol,
 //! never the connection or mgmt layers.
 
 mod basic;
@@ -17,6 +18,7 @@ mod content;
 mod exchange;
 mod publish;
 mod queue;
+mod reply_to;
 mod tx;
 
 use basic::Settle;
@@ -157,6 +159,7 @@ impl Channel {
         if let Some(ops) = self.tx.take() {
             self.tx_rollback(ops);
         }
+        self.close_reply_to(ctx);
         let (consumers, unacked) = {
             let mut st = self.shared.state.lock();
             st.closed = true;

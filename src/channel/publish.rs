@@ -1,6 +1,7 @@
 //! A client's publish: the named guards (exchange exists, not internal,
 //! write access, user-id, expiration), then the broker's one publish
-//! pipeline ([`crate::broker::publish`]); mandatory returns are written here.
+//! pipeline ([`crate::broker::publish`]), or, for a direct reply, the
+//! requester's consumer (`reply_to.rs`); mandatory returns are written here.
 
 use super::*;
 
@@ -82,10 +83,23 @@ impl Channel {
     /// Every check a publish must pass, with what they parse. Also run when
     /// a publish is queued in a transaction, so that tx.commit cannot fail
     /// half-way.
-    pub(super) fn check_publish(&mut self, ctx: &ConnCtx, msg: &Message) -> AmqpResult<Checked> {
+    ///
+    /// A request's reply-to of `amq.rabbitmq.reply-to` is rewritten here to
+    /// name this channel (RabbitMQ does it at the same point: after the
+    /// exchange checks, before the user-id check).
+    pub(super) fn check_publish(
+        &mut self,
+        ctx: &ConnCtx,
+        msg: &mut Message,
+    ) -> AmqpResult<Checked> {
         let ex = self.lookup_exchange(ctx, &msg.exchange)?;
         let peek = props::peek(&msg.header)
             .ok_or_else(|| AmqpError::frame_error("malformed content header"))?;
+        if peek.reply_to.is_some_and(reply_to::is_pseudo_queue) {
+            self.name_reply_to(msg)?;
+            // The new reply-to is not the pseudo-queue: this recurses once.
+            return self.check_publish(ctx, msg);
+        }
         if let Some(uid) = peek.user_id {
             if uid != ctx.user {
                 return Err(AmqpError::precondition(format!(
@@ -120,8 +134,15 @@ impl Channel {
 
     /// Publish one message through the broker's pipeline; returns how its
     /// confirm is decided.
-    pub(super) fn publish(&mut self, ctx: &ConnCtx, msg: &Message) -> AmqpResult<Confirm> {
+    ///
+    /// A direct reply (default exchange, a reply-to key) is decided here
+    /// and never enters the pipeline.
+    pub(super) fn publish(&mut self, ctx: &ConnCtx, msg: &mut Message) -> AmqpResult<Confirm> {
         let c = self.check_publish(ctx, msg)?;
+        if let Some(token) = reply_to::reply_token(&c.ex.name, &msg.routing_key) {
+            return Ok(self.publish_reply(ctx, msg, token));
+        }
+        let msg = &*msg;
         let p = Publish {
             exchange: &c.ex,
             routing_key: &msg.routing_key,
@@ -141,17 +162,21 @@ impl Channel {
             &mut self.scratch,
         );
         match &outcome {
-            Outcome::Unroutable if msg.mandatory => {
-                let id = self.id();
-                let fm = ctx.conn.frame_max();
-                ctx.conn.send(|out| {
-                    fast::put_return(out, id, 312, "NO_ROUTE", &msg.exchange, &msg.routing_key);
-                    fast::put_content(out, id, &msg.header, &msg.body, fm);
-                });
-            }
+            Outcome::Unroutable if msg.mandatory => self.return_unroutable(ctx, msg),
             Outcome::NotStored(e) => tracing::error!(error = %e, "publish not stored"),
             _ => {}
         }
         Ok(outcome.confirm())
+    }
+
+    /// basic.return 312 NO_ROUTE with the message, for a mandatory publish
+    /// nothing took.
+    pub(super) fn return_unroutable(&self, ctx: &ConnCtx, msg: &Message) {
+        let id = self.id();
+        let fm = ctx.conn.frame_max();
+        ctx.conn.send(|out| {
+            fast::put_return(out, id, 312, "NO_ROUTE", &msg.exchange, &msg.routing_key);
+            fast::put_content(out, id, &msg.header, &msg.body, fm);
+        });
     }
 }

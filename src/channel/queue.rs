@@ -28,6 +28,9 @@ impl Channel {
         let vh = &ctx.vhost;
         match m {
             qm::AMQPMethod::Declare(d) => {
+                if let Some(r) = self.declare_reply_to(ctx, d.queue.as_str(), d.nowait) {
+                    return r;
+                }
                 if !d.passive && !d.queue.as_str().is_empty() {
                     b.check_access(
                         &ctx.user,

@@ -65,7 +65,7 @@ impl Channel {
                 let mut ops = ops.into_iter();
                 while let Some(op) = ops.next() {
                     match op {
-                        TxOp::Publish(msg) => match self.publish(ctx, &msg) {
+                        TxOp::Publish(mut msg) => match self.publish(ctx, &mut msg) {
                             Ok(Confirm::AckAfter(s)) => wait = Some(s),
                             Ok(_) => {}
                             Err(e) => {

@@ -27,6 +27,7 @@ pub struct Peek<'a> {
     pub expiration: Option<&'a str>,
     pub message_id: Option<&'a str>,
     pub user_id: Option<&'a str>,
+    pub reply_to: Option<&'a str>,
     /// The encoded headers table (without its length prefix), if present.
     pub headers: Option<&'a [u8]>,
 }
@@ -86,6 +87,7 @@ pub fn peek(h: &[u8]) -> Option<Peek<'_>> {
             EXPIRATION => p.expiration = Some(short(&mut at)?),
             MESSAGE_ID => p.message_id = Some(short(&mut at)?),
             USER_ID => p.user_id = Some(short(&mut at)?),
+            REPLY_TO => p.reply_to = Some(short(&mut at)?),
             _ => {
                 short(&mut at)?;
             }
@@ -139,6 +141,15 @@ pub fn strip_bcc(header: &[u8]) -> Option<Vec<u8>> {
     Some(encode_header(peek.body_size, &p))
 }
 
+/// The content header with its reply-to property set to `reply_to`
+/// (direct reply-to names the requester's channel there). `None` if the
+/// header is malformed.
+pub fn with_reply_to(header: &[u8], reply_to: &str) -> Option<Vec<u8>> {
+    let peek = peek(header)?;
+    let p = full_properties(header)?.with_reply_to(reply_to.into());
+    Some(encode_header(peek.body_size, &p))
+}
+
 /// The content header with an x-delivery-count header (quorum-queue style).
 pub fn with_delivery_count(header: &[u8], body_size: u64, deliveries: u32) -> Vec<u8> {
     let mut p = full_properties(header).unwrap_or_default();
@@ -184,6 +195,7 @@ mod tests {
             .with_message_id("m-1".into())
             .with_timestamp(99)
             .with_user_id("guest".into())
+            .with_reply_to("amq.rabbitmq.reply-to".into())
             .with_app_id("app".into());
         let h = raw(props);
         let p = peek(&h).unwrap();
@@ -193,10 +205,26 @@ mod tests {
         assert_eq!(p.expiration, Some("1500"));
         assert_eq!(p.message_id, Some("m-1"));
         assert_eq!(p.user_id, Some("guest"));
+        assert_eq!(p.reply_to, Some("amq.rabbitmq.reply-to"));
         assert!(p.headers.is_some());
         let empty = raw(BasicProperties::default());
         let p = peek(&empty).unwrap();
         assert_eq!(p.delivery_mode, 0);
         assert!(peek(&empty[..13]).is_none());
+    }
+
+    #[test]
+    fn reply_to_is_replaced_and_nothing_else_changes() {
+        let props = BasicProperties::default()
+            .with_correlation_id("c-1".into())
+            .with_reply_to("amq.rabbitmq.reply-to".into())
+            .with_message_id("m-1".into());
+        let h = with_reply_to(&raw(props.clone()), "amq.rabbitmq.reply-to.abc").unwrap();
+        assert_eq!(
+            full_properties(&h).unwrap(),
+            props.with_reply_to("amq.rabbitmq.reply-to.abc".into())
+        );
+        assert_eq!(peek(&h).unwrap().body_size, 42);
+        assert!(with_reply_to(&[0; 5], "x").is_none());
     }
 }

@@ -100,6 +100,11 @@ impl TestBroker {
         self.broker().connections.lock().len()
     }
 
+    /// Channels registered for direct reply-to (tokens that name a channel).
+    pub fn reply_to_tokens(&self) -> usize {
+        self.broker().reply_to.len()
+    }
+
     /// Bytes of message data the store holds.
     pub fn store_bytes_used(&self) -> u64 {
         self.broker().store.bytes_used()
