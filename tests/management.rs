@@ -1992,3 +1992,141 @@ async fn management_port_conflict_is_a_startup_error() {
     assert!(lepus::server::start(config).await.is_err());
     b.stop().await;
 }
+
+/// Whether `user` may declare queue `name` over AMQP (configure access); the
+/// name the broker gave it. 403 is a refusal; anything else fails the test.
+async fn declare_as(b: &TestBroker, user: &str, vhost: &str, name: &str) -> Option<String> {
+    let uri = format!("amqp://{user}:pw@{}/{}", b.addr(), vhost);
+    let c = connect(&uri).await;
+    let ch = c.create_channel().await.unwrap();
+    let r = ch
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                exclusive: name.is_empty(),
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    let out = match r {
+        Ok(q) => Some(q.name().to_string()),
+        Err(e) => {
+            assert_eq!(
+                reply_code(&e),
+                Some(403),
+                "{user} declaring {name:?}: {e:?}"
+            );
+            None
+        }
+    };
+    let _ = c.close(200, "bye".into()).await;
+    out
+}
+
+/// RabbitMQ's permission patterns are searched, not anchored: `^app\.`
+/// grants `app.q1`, `own` grants `my.own`; `""` is `^$` (no access). Server
+/// named queues are checked under their `amq.gen-…` name. The same holds
+/// for permissions that arrive in imported definitions.
+#[tokio::test]
+async fn permission_patterns_are_searched_as_in_rabbitmq() {
+    let b = TestBroker::start().await;
+    let a = api(&b);
+    assert_eq!(a.put("/api/vhosts/pv", json!({})).await.status, 201);
+    // (pattern, names granted, names refused); "" is a server-named queue.
+    let cases: Vec<(&str, Vec<&str>, Vec<&str>)> = vec![
+        (
+            r"^app\.",
+            vec!["app.q1"],
+            vec!["my.app.q", "xapp.q", "other", ""],
+        ),
+        ("own", vec!["own.q1", "my.own"], vec!["other", ""]),
+        (r"^amq\.gen.*", vec![""], vec!["app.q1", "other"]),
+        (".*", vec!["app.q1", "other", ""], vec![]),
+        ("", vec![], vec!["app.q1", "other", ""]),
+    ];
+    for (i, (pattern, granted, refused)) in cases.iter().enumerate() {
+        let user = format!("p{i}");
+        let r = a
+            .put(
+                &format!("/api/users/{user}"),
+                json!({"password": "pw", "tags": ""}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let r = a
+            .put(
+                &format!("/api/permissions/pv/{user}"),
+                json!({"configure": pattern, "write": ".*", "read": ".*"}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        for name in granted {
+            let got = declare_as(&b, &user, "pv", name).await;
+            let got = got.unwrap_or_else(|| panic!("{pattern:?} refused {name:?}"));
+            if name.is_empty() {
+                assert!(got.starts_with("amq.gen-"), "{got}");
+            }
+        }
+        for name in refused {
+            assert_eq!(
+                declare_as(&b, &user, "pv", name).await,
+                None,
+                "{pattern:?} granted {name:?}"
+            );
+        }
+    }
+    // Through imported definitions: a prefix pattern lets the user at its
+    // own resources, and only those; write and read are searched too.
+    let defs = json!({
+        "users": [{"name": "imp", "password": "pw", "tags": ""}],
+        "vhosts": [{"name": "iv"}],
+        "permissions": [{"user": "imp", "vhost": "iv",
+            "configure": r"^own\.", "write": r"^own\.|^amq\.default$", "read": r"^own\."}],
+    });
+    let r = a.post("/api/definitions", defs).await;
+    assert!(r.status < 300, "{} {}", r.status, r.text);
+    assert_eq!(
+        declare_as(&b, "imp", "iv", "own.q1").await.as_deref(),
+        Some("own.q1")
+    );
+    assert_eq!(declare_as(&b, "imp", "iv", "other.q1").await, None);
+    // The default exchange is checked as amq.default, as RabbitMQ does:
+    // without it in the write pattern, publishing to "" is refused.
+    let r = a
+        .put(
+            "/api/permissions/iv/p4",
+            json!({"configure": "", "write": r"^own\.", "read": ""}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let c = connect(&format!("amqp://p4:pw@{}/iv", b.addr())).await;
+    let ch = c.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut closes = watch_closes(&c);
+    ch.basic_publish(
+        "".into(),
+        "own.q1".into(),
+        BasicPublishOptions::default(),
+        b"refused",
+        BasicProperties::default(),
+    )
+    .await
+    .ok();
+    assert_eq!(closes.next_code().await, 403);
+    let c = connect(&format!("amqp://imp:pw@{}/iv", b.addr())).await;
+    let ch = c.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    publish_confirmed(&ch, "", "own.q1", b"mine", BasicProperties::default()).await;
+    let got = ch
+        .basic_get("own.q1".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("a message in own.q1");
+    assert_eq!(got.delivery.data, b"mine");
+    b.stop().await;
+}

@@ -28,16 +28,12 @@ impl Channel {
         let vh = &ctx.vhost;
         match m {
             qm::AMQPMethod::Declare(d) => {
-                if !d.passive && !d.queue.as_str().is_empty() {
-                    b.check_access(
-                        &ctx.user,
-                        &vh.name,
-                        Access::Configure,
-                        "queue",
-                        d.queue.as_str(),
-                    )?;
-                }
-                let q = b.declare_queue(
+                // Configure access on the actual name, a server-named
+                // queue's `amq.gen-…` included (RabbitMQ).
+                let configure = |name: &str| {
+                    b.check_access(&ctx.user, &vh.name, Access::Configure, "queue", name)
+                };
+                let q = b.declare_queue_checked(
                     vh,
                     d.queue.as_str(),
                     d.passive,
@@ -46,6 +42,7 @@ impl Channel {
                     d.auto_delete,
                     d.arguments,
                     ctx.conn_id,
+                    &configure,
                 )?;
                 self.last_queue = Some(q.name.clone());
                 if !d.nowait {
