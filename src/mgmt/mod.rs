@@ -55,10 +55,10 @@ pub struct App {
     pub mgmt_addr: Option<SocketAddr>,
 }
 
-/// Serve the API on `listener` until `stop` turns true. `amqp_addr` is
+/// Serve the API on every listener until `stop` turns true. `amqp_addr` is
 /// where AMQP clients connect, for the overview's listeners.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     amqp_addr: Option<SocketAddr>,
     broker: Arc<Broker>,
     stop: watch::Receiver<bool>,
@@ -75,20 +75,24 @@ pub async fn serve(
         broker,
         stats,
         amqp_addr,
-        mgmt_addr: listener.local_addr().ok(),
+        mgmt_addr: listeners.first().and_then(|l| l.local_addr().ok()),
     };
-    let mut stop2 = stop.clone();
-    let r = axum::serve(
-        listener,
-        router(app).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = stop2.wait_for(|s| *s).await;
-    })
-    .await;
-    if let Err(e) = r {
-        tracing::error!(error = %e, "management API stopped");
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let mut stop2 = stop.clone();
+        let service = router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        servers.spawn(async move {
+            let r = axum::serve(listener, service)
+                .with_graceful_shutdown(async move {
+                    let _ = stop2.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "management API stopped");
+            }
+        });
     }
+    while servers.join_next().await.is_some() {}
     sampler.abort();
 }
 
