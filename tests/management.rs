@@ -2130,3 +2130,172 @@ async fn permission_patterns_are_searched_as_in_rabbitmq() {
     assert_eq!(got.delivery.data, b"mine");
     b.stop().await;
 }
+
+/// A client that looks itself up, as connection-recovery suites do: its
+/// lapin connection, found by `connection_name` through `/api/connections/`
+/// (trailing slash), with RabbitMQ's name (`client -> server`),
+/// `user_provided_name` and `client_properties` as nested JSON; then the
+/// paginated, filtered, column-cut list; then closed through the API.
+#[tokio::test]
+async fn a_client_finds_its_connection_by_name_and_closes_it() {
+    let b = TestBroker::start().await;
+    let a = api(&b);
+    let _other = b.connect().await;
+    let props =
+        lapin::ConnectionProperties::default().with_connection_name("recovery-suite-conn".into());
+    let c = within(10, lapin::Connection::connect(&b.uri(), props))
+        .await
+        .unwrap();
+    let errors = std::sync::Arc::new(parking_lot::Mutex::new(vec![]));
+    let e2 = errors.clone();
+    let mut events = c.events_listener();
+    tokio::spawn(async move {
+        while let Some(e) = events.next().await {
+            if let lapin::Event::Error(e) = e {
+                e2.lock().push(format!("{e}"));
+            }
+        }
+    });
+    let r = a.get("/api/connections/").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let list = r.body.as_array().unwrap().clone();
+    assert_eq!(list.len(), 2);
+    let mine: Vec<&Value> = list
+        .iter()
+        .filter(|c| c["client_properties"]["connection_name"] == "recovery-suite-conn")
+        .collect();
+    assert_eq!(mine.len(), 1, "{list:?}");
+    let mine = mine[0].clone();
+    assert_eq!(mine["user_provided_name"], "recovery-suite-conn");
+    assert!(
+        mine["client_properties"]["capabilities"].is_object(),
+        "tables are nested objects: {}",
+        mine["client_properties"]
+    );
+    assert_eq!(
+        mine["client_properties"]["capabilities"]["publisher_confirms"],
+        true
+    );
+    let name = mine["name"].as_str().unwrap().to_owned();
+    assert_eq!(
+        name,
+        format!(
+            "127.0.0.1:{} -> {}",
+            mine["peer_port"].as_u64().unwrap(),
+            b.addr()
+        )
+    );
+    let unnamed = list.iter().find(|c| c["name"] != name.as_str()).unwrap();
+    assert_eq!(unnamed["user_provided_name"], Value::Null);
+
+    // Paginated and cut to columns, as RabbitMQ answers.
+    let port = mine["peer_port"].as_u64().unwrap();
+    let r = a
+        .get(&format!(
+            "/api/connections/?page=1&page_size=10&name=:{port}%20-%3E&columns=name,user_provided_name,client_properties.connection_name"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.body,
+        json!({"filtered_count": 1, "item_count": 1, "page": 1, "page_count": 1,
+               "page_size": 10, "total_count": 2,
+               "items": [{"name": name, "user_provided_name": "recovery-suite-conn",
+                          "client_properties": {"connection_name": "recovery-suite-conn"}}]})
+    );
+
+    // Closed through the API by the name it found: 320 CONNECTION_FORCED.
+    let enc = percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC)
+        .to_string();
+    assert_eq!(
+        a.delete(&format!("/api/connections/{enc}/")).await.status,
+        204
+    );
+    assert!(
+        eventually(5, || !errors.lock().is_empty()).await,
+        "no error reported"
+    );
+    let got = errors.lock().join("; ");
+    assert!(
+        got.contains("CONNECTION_FORCED - Closed via management plugin"),
+        "{got}"
+    );
+    assert!(eventually(5, || b.connection_count() == 1).await);
+    b.stop().await;
+}
+
+/// RabbitMQ's pagination, name filter, sort and columns on the list
+/// endpoints, its 400s, and trailing slashes on every path.
+#[tokio::test]
+async fn list_endpoints_paginate_filter_and_cut_columns_as_rabbitmq() {
+    let b = TestBroker::start().await;
+    let a = api(&b);
+    let (_c, ch) = b.channel().await;
+    for q in ["pg.b", "pg.a", "PG.d", "pg.c", "other"] {
+        declare_queue(&ch, q).await;
+    }
+    let r = a
+        .get("/api/queues?page=1&page_size=2&name=pg.&columns=name,durable")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.body,
+        json!({"filtered_count": 4, "item_count": 2, "page": 1, "page_count": 2,
+               "page_size": 2, "total_count": 5,
+               "items": [{"name": "PG.d", "durable": false}, {"name": "pg.a", "durable": false}]})
+    );
+    let r = a
+        .get("/api/queues/%2F/?page=2&page_size=2&name=pg.&columns=name")
+        .await;
+    assert_eq!(r.body["items"], json!([{"name": "pg.b"}, {"name": "pg.c"}]));
+    let r = a
+        .get("/api/queues?page=1&name=%5Epg%5C.%5Bab%5D%24&use_regex=true&columns=name&sort=name&sort_reverse=true")
+        .await;
+    assert_eq!(r.body["items"], json!([{"name": "pg.b"}, {"name": "pg.a"}]));
+    // Without page a list stays a list; columns still apply.
+    let r = a.get("/api/queues?columns=name&name=pg").await;
+    assert_eq!(r.body.as_array().unwrap().len(), 5);
+    assert_eq!(r.body[0], json!({"name": "PG.d"}));
+    // A single object takes columns too.
+    let r = a.get("/api/queues/%2F/pg.a/?columns=name,vhost").await;
+    assert_eq!(r.body, json!({"name": "pg.a", "vhost": "/"}));
+    let r = a
+        .get("/api/exchanges/%2F?page=1&page_size=1&columns=name")
+        .await;
+    assert_eq!(r.body["items"], json!([{"name": ""}]));
+    assert!(r.body["total_count"].as_u64().unwrap() > 1);
+    let r = a.get("/api/vhosts/?page=1&columns=name").await;
+    assert_eq!(r.body["items"], json!([{"name": "/"}]));
+    // RabbitMQ's 400s.
+    for (q, error) in [
+        ("page=99&page_size=2&name=pg.", "page_out_of_range"),
+        ("page=0", "invalid_pagination_parameters"),
+        ("page=1&page_size=501", "invalid_pagination_parameters"),
+        ("page=x", "bad_request"),
+        ("page=1&name=(&use_regex=true", "bad_request"),
+    ] {
+        let r = a.get(&format!("/api/queues?{q}")).await;
+        assert_eq!(
+            (r.status, r.body["error"].as_str()),
+            (400, Some(error)),
+            "{q}"
+        );
+    }
+    // Every collection path answers with a trailing slash.
+    for p in [
+        "/api/overview/",
+        "/api/vhosts/",
+        "/api/users/",
+        "/api/permissions/",
+        "/api/exchanges/",
+        "/api/queues/",
+        "/api/bindings/",
+        "/api/connections/",
+        "/api/channels/",
+        "/api/consumers/",
+        "/api/definitions/",
+    ] {
+        assert_eq!(a.get(p).await.status, 200, "{p}");
+    }
+    b.stop().await;
+}
