@@ -10,12 +10,16 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Address to listen on for AMQP.
-    pub bind: String,
-    /// AMQP port; 0 picks a free one (tests).
+    /// Addresses to listen on for AMQP: one string or a list
+    /// (`["127.0.0.1", "::1"]`), all on `port`.
+    #[serde(deserialize_with = "one_or_many")]
+    pub bind: Vec<String>,
+    /// AMQP port; 0 picks a free one (tests), the same for every address.
     pub port: u16,
-    /// Address the HTTP management API (and /metrics) listens on.
-    pub mgmt_bind: String,
+    /// Addresses the HTTP management API (and /metrics) listens on: one
+    /// string or a list, as `bind`.
+    #[serde(deserialize_with = "one_or_many")]
+    pub mgmt_bind: Vec<String>,
     /// Management API port; 0 picks a free one (tests).
     pub mgmt_port: u16,
     /// Where segments and definitions live.
@@ -74,9 +78,9 @@ pub struct LimitsConfig {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            bind: "127.0.0.1".into(),
+            bind: vec!["127.0.0.1".into()],
             port: 5672,
-            mgmt_bind: "127.0.0.1".into(),
+            mgmt_bind: vec!["127.0.0.1".into()],
             mgmt_port: 15672,
             data_dir: PathBuf::from("data"),
             heartbeat: 60,
@@ -133,14 +137,14 @@ impl Config {
                 Err(_) => Ok(None),
             }
         }
-        if let Some(v) = get("LEPUS_BIND")? {
-            self.bind = v;
+        if let Some(v) = get::<String>("LEPUS_BIND")? {
+            self.bind = split_list(&v);
         }
         if let Some(v) = get("LEPUS_PORT")? {
             self.port = v;
         }
-        if let Some(v) = get("LEPUS_MGMT_BIND")? {
-            self.mgmt_bind = v;
+        if let Some(v) = get::<String>("LEPUS_MGMT_BIND")? {
+            self.mgmt_bind = split_list(&v);
         }
         if let Some(v) = get("LEPUS_MGMT_PORT")? {
             self.mgmt_port = v;
@@ -176,16 +180,18 @@ impl Config {
             self.limits.check_interval_ms = v;
         }
         if let Some(v) = get::<String>("LEPUS_LOOPBACK_USERS")? {
-            self.loopback_users = v
-                .split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect();
+            self.loopback_users = split_list(&v);
         }
         Ok(())
     }
 
     pub fn validate(&self) -> Result<(), String> {
+        if self.bind.is_empty() {
+            return Err("bind lists no address".into());
+        }
+        if self.mgmt_bind.is_empty() {
+            return Err("mgmt_bind lists no address".into());
+        }
         if self.frame_max < crate::protocol::FRAME_MIN_SIZE {
             return Err(format!(
                 "frame_max must be at least {}",
@@ -200,6 +206,28 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A comma-separated list (an environment variable or a flag), trimmed.
+pub fn split_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// A string or a list of strings.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 #[cfg(test)]
@@ -243,6 +271,25 @@ mod tests {
         ] {
             std::env::remove_var(k);
         }
+    }
+
+    #[test]
+    fn bind_is_one_address_or_a_list() {
+        let c: Config = toml::from_str(r#"bind = "0.0.0.0""#).unwrap();
+        assert_eq!(c.bind, vec!["0.0.0.0".to_string()]);
+        let c: Config = toml::from_str(
+            r#"bind = ["127.0.0.1", "::1"]
+mgmt_bind = ["127.0.0.1", "::1"]"#,
+        )
+        .unwrap();
+        assert_eq!(c.bind, vec!["127.0.0.1".to_string(), "::1".to_string()]);
+        assert_eq!(c.mgmt_bind, c.bind);
+        c.validate().unwrap();
+        let c: Config = toml::from_str("bind = []").unwrap();
+        assert!(c.validate().is_err());
+        assert!(toml::from_str::<Config>("bind = 1").is_err());
+        assert_eq!(Config::default().bind, vec!["127.0.0.1".to_string()]);
+        assert_eq!(split_list(" 127.0.0.1, ::1 ,"), vec!["127.0.0.1", "::1"]);
     }
 
     #[test]

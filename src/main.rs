@@ -10,7 +10,7 @@ struct Args {
     /// Configuration file (TOML); see config/lepus.toml.
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// Address to listen on (overrides the config file).
+    /// Addresses to listen on, comma-separated (overrides the config file).
     #[arg(long)]
     bind: Option<String>,
     /// AMQP port (overrides the config file; 0 picks a free one).
@@ -46,7 +46,7 @@ fn run(args: Args) -> Result<(), String> {
     };
     config.apply_env()?;
     if let Some(b) = args.bind {
-        config.bind = b;
+        config.bind = lepus::config::split_list(&b);
     }
     if let Some(p) = args.port {
         config.port = p;
@@ -63,14 +63,19 @@ fn run(args: Args) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start runtime: {e}"))?;
     rt.block_on(async move {
-        let addr = format!("{}:{}", config.bind, config.port);
-        let listener = tokio::net::TcpListener::bind(&addr)
+        let listeners = lepus::server::bind_all(&config.bind, config.port)
             .await
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        let mgmt_addr = format!("{}:{}", config.mgmt_bind, config.mgmt_port);
+            .map_err(|e| e.to_string())?;
         let mgmt = lepus::server::bind_mgmt(&config)
             .await
-            .map_err(|e| format!("cannot listen on {mgmt_addr} for the management API: {e}"))?;
+            .map_err(|e| format!("management API: {e}"))?;
+        let show = |ls: &[tokio::net::TcpListener]| {
+            ls.iter()
+                .filter_map(|l| l.local_addr().ok())
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let data_dir = config.data_dir.clone();
         let started = std::time::Instant::now();
         let broker = tokio::task::spawn_blocking(move || {
@@ -80,13 +85,13 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot open data dir {}: {e}", data_dir.display()))?;
         tracing::info!(
-            listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or(addr),
-            mgmt = %mgmt.local_addr().map(|a| a.to_string()).unwrap_or(mgmt_addr),
+            listen = %show(&listeners),
+            mgmt = %show(&mgmt),
             data_dir = %data_dir.display(),
             startup_ms = started.elapsed().as_millis() as u64,
             "lepus ready"
         );
-        lepus::server::run_with_mgmt(listener, Some(mgmt), broker, async {
+        lepus::server::run_with_mgmt(listeners, mgmt, broker, async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .expect("signal handler");

@@ -1992,3 +1992,310 @@ async fn management_port_conflict_is_a_startup_error() {
     assert!(lepus::server::start(config).await.is_err());
     b.stop().await;
 }
+
+/// Whether `user` may declare queue `name` over AMQP (configure access); the
+/// name the broker gave it. 403 is a refusal; anything else fails the test.
+async fn declare_as(b: &TestBroker, user: &str, vhost: &str, name: &str) -> Option<String> {
+    let uri = format!("amqp://{user}:pw@{}/{}", b.addr(), vhost);
+    let c = connect(&uri).await;
+    let ch = c.create_channel().await.unwrap();
+    let r = ch
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                exclusive: name.is_empty(),
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    let out = match r {
+        Ok(q) => Some(q.name().to_string()),
+        Err(e) => {
+            assert_eq!(
+                reply_code(&e),
+                Some(403),
+                "{user} declaring {name:?}: {e:?}"
+            );
+            None
+        }
+    };
+    let _ = c.close(200, "bye".into()).await;
+    out
+}
+
+/// RabbitMQ's permission patterns are searched, not anchored: `^app\.`
+/// grants `app.q1`, `own` grants `my.own`; `""` is `^$` (no access). Server
+/// named queues are checked under their `amq.gen-…` name. The same holds
+/// for permissions that arrive in imported definitions.
+#[tokio::test]
+async fn permission_patterns_are_searched_as_in_rabbitmq() {
+    let b = TestBroker::start().await;
+    let a = api(&b);
+    assert_eq!(a.put("/api/vhosts/pv", json!({})).await.status, 201);
+    // (pattern, names granted, names refused); "" is a server-named queue.
+    let cases: Vec<(&str, Vec<&str>, Vec<&str>)> = vec![
+        (
+            r"^app\.",
+            vec!["app.q1"],
+            vec!["my.app.q", "xapp.q", "other", ""],
+        ),
+        ("own", vec!["own.q1", "my.own"], vec!["other", ""]),
+        (r"^amq\.gen.*", vec![""], vec!["app.q1", "other"]),
+        (".*", vec!["app.q1", "other", ""], vec![]),
+        ("", vec![], vec!["app.q1", "other", ""]),
+    ];
+    for (i, (pattern, granted, refused)) in cases.iter().enumerate() {
+        let user = format!("p{i}");
+        let r = a
+            .put(
+                &format!("/api/users/{user}"),
+                json!({"password": "pw", "tags": ""}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let r = a
+            .put(
+                &format!("/api/permissions/pv/{user}"),
+                json!({"configure": pattern, "write": ".*", "read": ".*"}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        for name in granted {
+            let got = declare_as(&b, &user, "pv", name).await;
+            let got = got.unwrap_or_else(|| panic!("{pattern:?} refused {name:?}"));
+            if name.is_empty() {
+                assert!(got.starts_with("amq.gen-"), "{got}");
+            }
+        }
+        for name in refused {
+            assert_eq!(
+                declare_as(&b, &user, "pv", name).await,
+                None,
+                "{pattern:?} granted {name:?}"
+            );
+        }
+    }
+    // Through imported definitions: a prefix pattern lets the user at its
+    // own resources, and only those; write and read are searched too.
+    let defs = json!({
+        "users": [{"name": "imp", "password": "pw", "tags": ""}],
+        "vhosts": [{"name": "iv"}],
+        "permissions": [{"user": "imp", "vhost": "iv",
+            "configure": r"^own\.", "write": r"^own\.|^amq\.default$", "read": r"^own\."}],
+    });
+    let r = a.post("/api/definitions", defs).await;
+    assert!(r.status < 300, "{} {}", r.status, r.text);
+    assert_eq!(
+        declare_as(&b, "imp", "iv", "own.q1").await.as_deref(),
+        Some("own.q1")
+    );
+    assert_eq!(declare_as(&b, "imp", "iv", "other.q1").await, None);
+    // The default exchange is checked as amq.default, as RabbitMQ does:
+    // without it in the write pattern, publishing to "" is refused.
+    let r = a
+        .put(
+            "/api/permissions/iv/p4",
+            json!({"configure": "", "write": r"^own\.", "read": ""}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let c = connect(&format!("amqp://p4:pw@{}/iv", b.addr())).await;
+    let ch = c.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut closes = watch_closes(&c);
+    ch.basic_publish(
+        "".into(),
+        "own.q1".into(),
+        BasicPublishOptions::default(),
+        b"refused",
+        BasicProperties::default(),
+    )
+    .await
+    .ok();
+    assert_eq!(closes.next_code().await, 403);
+    let c = connect(&format!("amqp://imp:pw@{}/iv", b.addr())).await;
+    let ch = c.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    publish_confirmed(&ch, "", "own.q1", b"mine", BasicProperties::default()).await;
+    let got = ch
+        .basic_get("own.q1".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("a message in own.q1");
+    assert_eq!(got.delivery.data, b"mine");
+    b.stop().await;
+}
+
+/// A client that looks itself up, as connection-recovery suites do: its
+/// lapin connection, found by `connection_name` through `/api/connections/`
+/// (trailing slash), with RabbitMQ's name (`client -> server`),
+/// `user_provided_name` and `client_properties` as nested JSON; then the
+/// paginated, filtered, column-cut list; then closed through the API.
+#[tokio::test]
+async fn a_client_finds_its_connection_by_name_and_closes_it() {
+    let b = TestBroker::start().await;
+    let a = api(&b);
+    let _other = b.connect().await;
+    let props =
+        lapin::ConnectionProperties::default().with_connection_name("recovery-suite-conn".into());
+    let c = within(10, lapin::Connection::connect(&b.uri(), props))
+        .await
+        .unwrap();
+    let errors = std::sync::Arc::new(parking_lot::Mutex::new(vec![]));
+    let e2 = errors.clone();
+    let mut events = c.events_listener();
+    tokio::spawn(async move {
+        while let Some(e) = events.next().await {
+            if let lapin::Event::Error(e) = e {
+                e2.lock().push(format!("{e}"));
+            }
+        }
+    });
+    let r = a.get("/api/connections/").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let list = r.body.as_array().unwrap().clone();
+    assert_eq!(list.len(), 2);
+    let mine: Vec<&Value> = list
+        .iter()
+        .filter(|c| c["client_properties"]["connection_name"] == "recovery-suite-conn")
+        .collect();
+    assert_eq!(mine.len(), 1, "{list:?}");
+    let mine = mine[0].clone();
+    assert_eq!(mine["user_provided_name"], "recovery-suite-conn");
+    assert!(
+        mine["client_properties"]["capabilities"].is_object(),
+        "tables are nested objects: {}",
+        mine["client_properties"]
+    );
+    assert_eq!(
+        mine["client_properties"]["capabilities"]["publisher_confirms"],
+        true
+    );
+    let name = mine["name"].as_str().unwrap().to_owned();
+    assert_eq!(
+        name,
+        format!(
+            "127.0.0.1:{} -> {}",
+            mine["peer_port"].as_u64().unwrap(),
+            b.addr()
+        )
+    );
+    let unnamed = list.iter().find(|c| c["name"] != name.as_str()).unwrap();
+    assert_eq!(unnamed["user_provided_name"], Value::Null);
+
+    // Paginated and cut to columns, as RabbitMQ answers.
+    let port = mine["peer_port"].as_u64().unwrap();
+    let r = a
+        .get(&format!(
+            "/api/connections/?page=1&page_size=10&name=:{port}%20-%3E&columns=name,user_provided_name,client_properties.connection_name"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.body,
+        json!({"filtered_count": 1, "item_count": 1, "page": 1, "page_count": 1,
+               "page_size": 10, "total_count": 2,
+               "items": [{"name": name, "user_provided_name": "recovery-suite-conn",
+                          "client_properties": {"connection_name": "recovery-suite-conn"}}]})
+    );
+
+    // Closed through the API by the name it found: 320 CONNECTION_FORCED.
+    let enc = percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC)
+        .to_string();
+    assert_eq!(
+        a.delete(&format!("/api/connections/{enc}/")).await.status,
+        204
+    );
+    assert!(
+        eventually(5, || !errors.lock().is_empty()).await,
+        "no error reported"
+    );
+    let got = errors.lock().join("; ");
+    assert!(
+        got.contains("CONNECTION_FORCED - Closed via management plugin"),
+        "{got}"
+    );
+    assert!(eventually(5, || b.connection_count() == 1).await);
+    b.stop().await;
+}
+
+/// RabbitMQ's pagination, name filter, sort and columns on the list
+/// endpoints, its 400s, and trailing slashes on every path.
+#[tokio::test]
+async fn list_endpoints_paginate_filter_and_cut_columns_as_rabbitmq() {
+    let b = TestBroker::start().await;
+    let a = api(&b);
+    let (_c, ch) = b.channel().await;
+    for q in ["pg.b", "pg.a", "PG.d", "pg.c", "other"] {
+        declare_queue(&ch, q).await;
+    }
+    let r = a
+        .get("/api/queues?page=1&page_size=2&name=pg.&columns=name,durable")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.body,
+        json!({"filtered_count": 4, "item_count": 2, "page": 1, "page_count": 2,
+               "page_size": 2, "total_count": 5,
+               "items": [{"name": "PG.d", "durable": false}, {"name": "pg.a", "durable": false}]})
+    );
+    let r = a
+        .get("/api/queues/%2F/?page=2&page_size=2&name=pg.&columns=name")
+        .await;
+    assert_eq!(r.body["items"], json!([{"name": "pg.b"}, {"name": "pg.c"}]));
+    let r = a
+        .get("/api/queues?page=1&name=%5Epg%5C.%5Bab%5D%24&use_regex=true&columns=name&sort=name&sort_reverse=true")
+        .await;
+    assert_eq!(r.body["items"], json!([{"name": "pg.b"}, {"name": "pg.a"}]));
+    // Without page a list stays a list; columns still apply.
+    let r = a.get("/api/queues?columns=name&name=pg").await;
+    assert_eq!(r.body.as_array().unwrap().len(), 5);
+    assert_eq!(r.body[0], json!({"name": "PG.d"}));
+    // A single object takes columns too.
+    let r = a.get("/api/queues/%2F/pg.a/?columns=name,vhost").await;
+    assert_eq!(r.body, json!({"name": "pg.a", "vhost": "/"}));
+    let r = a
+        .get("/api/exchanges/%2F?page=1&page_size=1&columns=name")
+        .await;
+    assert_eq!(r.body["items"], json!([{"name": ""}]));
+    assert!(r.body["total_count"].as_u64().unwrap() > 1);
+    let r = a.get("/api/vhosts/?page=1&columns=name").await;
+    assert_eq!(r.body["items"], json!([{"name": "/"}]));
+    // RabbitMQ's 400s.
+    for (q, error) in [
+        ("page=99&page_size=2&name=pg.", "page_out_of_range"),
+        ("page=0", "invalid_pagination_parameters"),
+        ("page=1&page_size=501", "invalid_pagination_parameters"),
+        ("page=x", "bad_request"),
+        ("page=1&name=(&use_regex=true", "bad_request"),
+    ] {
+        let r = a.get(&format!("/api/queues?{q}")).await;
+        assert_eq!(
+            (r.status, r.body["error"].as_str()),
+            (400, Some(error)),
+            "{q}"
+        );
+    }
+    // Every collection path answers with a trailing slash.
+    for p in [
+        "/api/overview/",
+        "/api/vhosts/",
+        "/api/users/",
+        "/api/permissions/",
+        "/api/exchanges/",
+        "/api/queues/",
+        "/api/bindings/",
+        "/api/connections/",
+        "/api/channels/",
+        "/api/consumers/",
+        "/api/definitions/",
+    ] {
+        assert_eq!(a.get(p).await.status, 200, "{p}");
+    }
+    b.stop().await;
+}

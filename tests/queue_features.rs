@@ -156,7 +156,7 @@ async fn x_deduplication_header_names_the_key() {
     assert_eq!(
         drain(&ch, "ddh").await,
         strs(&["1", "2", "4"]),
-        "the header decides, not the message-id; no header: no key"
+        "the header decides, not the message-id; no header: the message-id (a lepus extension)"
     );
     b.stop().await;
 }
@@ -216,6 +216,11 @@ async fn dedup_state_of_durable_queues_and_exchanges_survives_a_restart() {
         declare_queue_with(&ch, "ddxq", durable(), FieldTable::default()).await;
         bind_queue(&ch, "ddxq", "ddx", "").await;
         publish_each(&ch, "", "ddq", vec![("1", persistent("a"))]).await;
+        let keyed = persistent("h-id").with_headers(arg_table(&[
+            ("x-deduplication-header", lstr("hk")),
+            ("x-cache-ttl", int(600_000)),
+        ]));
+        publish_each(&ch, "", "ddq", vec![("h1", keyed)]).await;
         publish_each(&ch, "ddx", "", vec![("x1", persistent("a"))]).await;
     }
     b.restart().await;
@@ -228,13 +233,111 @@ async fn dedup_state_of_durable_queues_and_exchanges_survives_a_restart() {
     )
     .await;
     assert_eq!(acks, vec![true, true]);
+    let keyed = persistent("h-id-2").with_headers(table(&[("x-deduplication-header", "hk")]));
+    publish_each(&ch, "", "ddq", vec![("h2", keyed)]).await;
     assert_eq!(
         drain(&ch, "ddq").await,
-        strs(&["1", "3"]),
-        "'a' is still known after the restart"
+        strs(&["1", "h1", "3"]),
+        "'a' and the header key 'hk' are still known after the restart"
     );
     publish_each(&ch, "ddx", "", vec![("x2", persistent("a"))]).await;
     assert_eq!(drain(&ch, "ddxq").await, strs(&["x1"]));
+    b.stop().await;
+}
+
+/// LavinMQ's and the RabbitMQ plugin's default: the key is the message's
+/// `x-deduplication-header` header, on queues and on exchanges; the
+/// message-id is only a fallback (a lepus extension) when it is absent.
+#[tokio::test]
+async fn the_x_deduplication_header_header_is_the_default_key() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = confirm_channel(&b).await;
+    let keyed =
+        |id: &str, key: &str| with_id(id).with_headers(table(&[("x-deduplication-header", key)]));
+    declare_queue_with(&ch, "ddk", plain(), dedup_args(&[])).await;
+    declare_exchange_with(
+        &ch,
+        "ddkx",
+        ExchangeKind::Fanout,
+        Default::default(),
+        dedup_args(&[]),
+    )
+    .await;
+    declare_queue(&ch, "ddkxq").await;
+    bind_queue(&ch, "ddkxq", "ddkx", "").await;
+    for (exchange, key, queue) in [("", "ddk", "ddk"), ("ddkx", "", "ddkxq")] {
+        let acks = publish_each(
+            &ch,
+            exchange,
+            key,
+            vec![
+                ("1", keyed("id-1", "k1")),
+                ("2", keyed("id-2", "k1")), // same header, other id: duplicate
+                ("3", keyed("id-1", "k2")), // same id, other header: new
+                (
+                    "4",
+                    BasicProperties::default()
+                        .with_headers(table(&[("x-deduplication-header", "k2")])),
+                ),
+                ("5", with_id("id-5")), // no header: keyed by message-id
+                ("6", with_id("id-5")),
+                ("7", BasicProperties::default()), // neither: never a duplicate
+                ("8", BasicProperties::default()),
+            ],
+        )
+        .await;
+        assert_eq!(acks, vec![true; 8], "duplicates are confirmed");
+        assert_eq!(
+            drain(&ch, queue).await,
+            strs(&["1", "3", "5", "7", "8"]),
+            "{queue}"
+        );
+    }
+    b.stop().await;
+}
+
+/// A message's own `x-cache-ttl` header (ms) bounds how long its key is
+/// remembered, whatever the cache's TTL (none here: forever).
+#[tokio::test]
+async fn a_message_x_cache_ttl_header_overrides_the_cache_ttl() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = confirm_channel(&b).await;
+    declare_queue_with(&ch, "ddm", plain(), dedup_args(&[])).await;
+    let short = BasicProperties::default().with_headers(arg_table(&[
+        ("x-deduplication-header", lstr("short")),
+        ("x-cache-ttl", int(300)),
+    ]));
+    let forever =
+        BasicProperties::default().with_headers(table(&[("x-deduplication-header", "forever")]));
+    let start = Instant::now();
+    publish_each(
+        &ch,
+        "",
+        "ddm",
+        vec![("s1", short.clone()), ("f1", forever.clone())],
+    )
+    .await;
+    // Publish the short-lived key again until it is accepted: after its
+    // 300 ms, not before.
+    let mut accepted_after = None;
+    while start.elapsed() < Duration::from_secs(10) {
+        publish_each(&ch, "", "ddm", vec![("s2", short.clone())]).await;
+        if drain(&ch, "ddm").await.contains(&"s2".to_string()) {
+            accepted_after = Some(start.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = accepted_after.expect("the short-lived key was never forgotten");
+    assert!(
+        after >= Duration::from_millis(300),
+        "forgotten after {after:?}"
+    );
+    publish_each(&ch, "", "ddm", vec![("f2", forever)]).await;
+    assert!(
+        drain(&ch, "ddm").await.is_empty(),
+        "the key without a TTL is still remembered"
+    );
     b.stop().await;
 }
 

@@ -844,3 +844,162 @@ async fn empty_queue_name_means_the_last_queue_declared_on_the_channel() {
     assert!(!queue_exists(&b, &name).await);
     b.stop().await;
 }
+
+/// RabbitMQ 3.10: unbinding a binding whose queue or exchange no longer
+/// exists answers unbind-ok (cleanup code unbinds after an auto-delete queue
+/// is gone); the default exchange and access are still checked, by name.
+#[tokio::test]
+async fn unbind_of_a_missing_queue_or_exchange_is_unbind_ok() {
+    let b = TestBroker::start().await;
+    let c = b.connect().await;
+    let ch = c.create_channel().await.unwrap();
+    declare_exchange(&ch, "ux", lapin::ExchangeKind::Direct).await;
+    declare_queue(&ch, "uq").await;
+    // A server-named exclusive queue, bound, then deleted: unbinding it is ok.
+    let gone = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .name()
+        .to_string();
+    ch.queue_bind(
+        gone.as_str().into(),
+        "ux".into(),
+        "k".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_delete(gone.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    for (q, x) in [
+        (gone.as_str(), "ux"),
+        ("no-such-q", "ux"),
+        ("uq", "no-such-x"),
+        ("no-such-q", "no-such-x"),
+        ("no-such-q", "amq.direct"),
+        ("uq", "ux"), // both exist, no such binding
+    ] {
+        ch.queue_unbind(q.into(), x.into(), "k".into(), FieldTable::default())
+            .await
+            .unwrap_or_else(|e| panic!("queue.unbind {q} from {x}: {e:?}"));
+    }
+    for (dest, src) in [
+        ("no-such-x", "ux"),
+        ("ux", "no-such-x"),
+        ("no-such-x", "no-such-x2"),
+        ("amq.fanout", "ux"), // both exist, no such binding
+    ] {
+        ch.exchange_unbind(
+            dest.into(),
+            src.into(),
+            "k".into(),
+            ExchangeUnbindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("exchange.unbind {dest} from {src}: {e:?}"));
+    }
+    assert!(c.status().connected());
+    // The channel stayed open through all of them.
+    declare_queue(&ch, "uq").await;
+
+    // The default exchange is refused first, even for a missing queue: 403.
+    let ch = c.create_channel().await.unwrap();
+    let r = ch
+        .queue_unbind(
+            "no-such-q".into(),
+            "".into(),
+            "k".into(),
+            FieldTable::default(),
+        )
+        .await;
+    assert_eq!(expect_code(r), 403);
+    for (dest, src) in [("", "ux"), ("ux", ""), ("no-such-x", "")] {
+        let ch = c.create_channel().await.unwrap();
+        let r = ch
+            .exchange_unbind(
+                dest.into(),
+                src.into(),
+                "k".into(),
+                ExchangeUnbindOptions::default(),
+                FieldTable::default(),
+            )
+            .await;
+        assert_eq!(expect_code(r), 403, "exchange.unbind {dest:?} from {src:?}");
+    }
+    // Access is checked by name before existence: a user without write
+    // access to the queue's name is refused even if the queue is gone.
+    b.set_permissions("guest", "/", ".*", "^uq$", ".*");
+    let ch = c.create_channel().await.unwrap();
+    let r = ch
+        .queue_unbind(
+            "no-such-q".into(),
+            "ux".into(),
+            "k".into(),
+            FieldTable::default(),
+        )
+        .await;
+    assert_eq!(expect_code(r), 403);
+    let ch = c.create_channel().await.unwrap();
+    ch.queue_unbind(
+        "uq".into(),
+        "no-such-x".into(),
+        "k".into(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    // Another connection's exclusive queue: unbind-ok while there is no
+    // such binding, 405 RESOURCE_LOCKED once there is one (RabbitMQ).
+    b.set_permissions("guest", "/", ".*", ".*", ".*");
+    let (_c2, ch2) = b.channel().await;
+    ch2.queue_declare(
+        "theirs".into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let ch = c.create_channel().await.unwrap();
+    ch.queue_unbind(
+        "theirs".into(),
+        "ux".into(),
+        "k".into(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch2.queue_bind(
+        "theirs".into(),
+        "ux".into(),
+        "k".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let r = ch
+        .queue_unbind(
+            "theirs".into(),
+            "ux".into(),
+            "k".into(),
+            FieldTable::default(),
+        )
+        .await;
+    assert_eq!(expect_code(r), 405);
+    b.stop().await;
+}

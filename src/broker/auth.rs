@@ -61,6 +61,12 @@ impl Broker {
         kind: &str,
         name: &str,
     ) -> AmqpResult<()> {
+        // RabbitMQ checks the default exchange under the name amq.default.
+        let name = if kind == "exchange" && name.is_empty() {
+            "amq.default"
+        } else {
+            name
+        };
         let perms = self.permissions.read();
         let ok = perms
             .get(&(user.to_owned(), vhost.to_owned()))
@@ -166,16 +172,44 @@ impl User {
 }
 
 impl Permission {
+    /// RabbitMQ's semantics: a pattern grants access when it matches
+    /// anywhere in the resource name (an unanchored search, so `^app\.`
+    /// allows `app.q1` and `own` allows `my.own`); the empty pattern means
+    /// `^$`, no access.
     pub fn new(configure: &str, write: &str, read: &str) -> Result<Self, String> {
-        let anchored = |p: &str| {
-            Regex::new(&format!("^(?:{p})$"))
-                .map_err(|e| format!("invalid permission regex {p:?}: {e}"))
+        let search = |p: &str| {
+            let p = if p.is_empty() { "^$" } else { p };
+            Regex::new(p).map_err(|e| format!("invalid permission regex {p:?}: {e}"))
         };
         Ok(Permission {
             configure: configure.into(),
             write: write.into(),
             read: read.into(),
-            re: [anchored(configure)?, anchored(write)?, anchored(read)?],
+            re: [search(configure)?, search(write)?, search(read)?],
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Permission;
+
+    fn allows(pattern: &str, name: &str) -> bool {
+        Permission::new(pattern, "", "").unwrap().re[0].is_match(name)
+    }
+
+    #[test]
+    fn patterns_are_searched_as_rabbitmq_does() {
+        assert!(allows(r"^app\.", "app.q1"));
+        assert!(!allows(r"^app\.", "my.app.q"));
+        assert!(allows("own", "my.own"));
+        assert!(allows(r"^amq\.gen.*", "amq.gen-abc"));
+        assert!(!allows(r"^amq\.gen.*", "q.amq.gen"));
+        assert!(allows(".*", ""));
+        assert!(allows(".*", "anything"));
+        // "" is "^$": nothing but the empty name.
+        assert!(!allows("", "q"));
+        assert!(allows("", ""));
+        assert!(Permission::new("(", ".*", ".*").is_err());
     }
 }

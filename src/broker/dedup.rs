@@ -1,5 +1,12 @@
-//! Message deduplication with LavinMQ's arguments: x-message-deduplication,
-//! x-cache-size, x-cache-ttl, x-deduplication-header (default: message-id).
+//! Message deduplication as LavinMQ and RabbitMQ's message-deduplication
+//! plugin do it, on queues and exchanges: arguments x-message-deduplication,
+//! x-cache-size, x-cache-ttl (ms) and x-deduplication-header (the name of the
+//! header holding the key; default `x-deduplication-header`). A message's
+//! own `x-cache-ttl` header (ms) overrides the cache TTL for its key.
+//!
+//! Lepus extension: a message without the key header is keyed by its
+//! message-id property, if it has one (LavinMQ and the plugin never treat
+//! it as a duplicate).
 //!
 //! A bounded cache of recently seen ids. For durable queues and exchanges the
 //! accepted ids are appended to a small log (`data/dedup/*.log`) that is read
@@ -25,8 +32,12 @@ pub const DIR: &str = "dedup";
 pub struct DedupConfig {
     pub cache_size: usize,
     pub ttl_ms: Option<u64>,
-    pub header: Option<String>,
+    /// The header holding the key (the `x-deduplication-header` argument).
+    pub header: String,
 }
+
+/// The header that holds a message's key unless an argument names another.
+pub const DEFAULT_HEADER: &str = "x-deduplication-header";
 
 struct Cache {
     seen: HashMap<Vec<u8>, u64>,
@@ -66,7 +77,8 @@ impl Dedup {
             ttl_ms: crate::broker::args::get_int(args, "x-cache-ttl")
                 .filter(|n| *n > 0)
                 .map(|n| n as u64),
-            header: crate::broker::args::get_str(args, "x-deduplication-header"),
+            header: crate::broker::args::get_str(args, "x-deduplication-header")
+                .unwrap_or_else(|| DEFAULT_HEADER.to_owned()),
         };
         let log = log_path.and_then(|p| match files.relative(&p) {
             Some(rel) => Some((files.clone(), rel)),
@@ -90,28 +102,34 @@ impl Dedup {
         Some(d)
     }
 
-    /// The deduplication key of a message: the named header, else message-id.
-    pub fn key(&self, header: &[u8]) -> Option<Vec<u8>> {
+    /// The deduplication key of a message (the key header's value, else
+    /// its message-id) and its own `x-cache-ttl` header, if positive.
+    pub fn key(&self, header: &[u8]) -> Option<(Vec<u8>, Option<u64>)> {
         let peek = props::peek(header)?;
-        match &self.config.header {
-            Some(h) => {
-                peek.headers?;
-                let headers = crate::protocol::props::full_headers(header)?;
-                let v = headers.inner().get(h.as_str())?;
-                Some(match v {
-                    AMQPValue::LongString(s) => s.as_bytes().to_vec(),
-                    AMQPValue::ShortString(s) => s.as_str().as_bytes().to_vec(),
-                    other => crate::broker::args::show(other).into_bytes(),
-                })
-            }
-            None => peek.message_id.map(|m| m.as_bytes().to_vec()),
-        }
+        let headers = peek
+            .headers
+            .and_then(|_| crate::protocol::props::full_headers(header));
+        let from_header = headers
+            .as_ref()
+            .and_then(|h| h.inner().get(self.config.header.as_str()))
+            .map(|v| match v {
+                AMQPValue::LongString(s) => s.as_bytes().to_vec(),
+                AMQPValue::ShortString(s) => s.as_str().as_bytes().to_vec(),
+                other => crate::broker::args::show(other).into_bytes(),
+            });
+        let key = from_header.or_else(|| peek.message_id.map(|m| m.as_bytes().to_vec()))?;
+        let ttl = headers
+            .as_ref()
+            .and_then(|h| crate::broker::args::get_int(h, "x-cache-ttl"))
+            .filter(|t| *t > 0)
+            .map(|t| t as u64);
+        Some((key, ttl))
     }
 
     /// True if the message was seen already (and is to be dropped); else
-    /// remembers it.
+    /// remembers it, for its own `x-cache-ttl` or the cache's.
     pub fn is_duplicate(&self, header: &[u8]) -> bool {
-        let Some(k) = self.key(header) else {
+        let Some((k, ttl)) = self.key(header) else {
             return false;
         };
         let now = now_ms();
@@ -121,7 +139,10 @@ impl Dedup {
                 return true;
             }
         }
-        let exp = self.config.ttl_ms.map(|t| now + t).unwrap_or(u64::MAX);
+        let exp = ttl
+            .or(self.config.ttl_ms)
+            .map(|t| now.saturating_add(t))
+            .unwrap_or(u64::MAX);
         self.insert(&mut c, k.clone(), exp);
         if self.log.is_some() {
             self.append_log(&mut c, &k, exp);
@@ -134,7 +155,7 @@ impl Dedup {
     /// before the publisher retries, the retry still counts as a duplicate
     /// until the entry's cache TTL (a narrow case, left as is).
     pub fn forget_message(&self, header: &[u8]) {
-        if let Some(k) = self.key(header) {
+        if let Some((k, _)) = self.key(header) {
             self.cache.lock().seen.remove(&k);
         }
     }

@@ -62,7 +62,10 @@ pub struct ConnInfo {
     pub peer: String,
     pub channels: u32,
     pub connected_at: u64,
-    pub client_properties: String,
+    /// The client's connection.start-ok properties, as sent.
+    pub client_properties: FieldTable,
+    /// The `connection_name` client property, if it is a string.
+    pub user_provided_name: Option<String>,
 }
 
 pub struct Broker {

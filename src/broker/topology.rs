@@ -286,6 +286,36 @@ impl Broker {
         arguments: FieldTable,
         conn_id: u64,
     ) -> AmqpResult<Arc<Queue>> {
+        self.declare_queue_checked(
+            vhost,
+            name,
+            passive,
+            durable,
+            exclusive,
+            auto_delete,
+            arguments,
+            conn_id,
+            &|_| Ok(()),
+        )
+    }
+
+    /// [`Broker::declare_queue`], calling `configure` with the queue's
+    /// actual name (a server-generated `amq.gen-…` one included) before
+    /// anything changes, as RabbitMQ checks configure access on the name it
+    /// chose. Not called for a passive declare.
+    #[allow(clippy::too_many_arguments)]
+    pub fn declare_queue_checked(
+        &self,
+        vhost: &VHost,
+        name: &str,
+        passive: bool,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        arguments: FieldTable,
+        conn_id: u64,
+        configure: &dyn Fn(&str) -> AmqpResult<()>,
+    ) -> AmqpResult<Arc<Queue>> {
         if passive {
             let q = vhost.get_queue(name)?;
             check_exclusive(&q, conn_id)?;
@@ -314,6 +344,7 @@ impl Broker {
             }
             name.to_owned()
         };
+        configure(&name)?;
         crate::broker::args::validate_queue_args(&arguments, &name, &vhost.name)?;
         if let Some(existing) = vhost.queue(&name) {
             if existing.exclusive_owner.is_some() != exclusive {

@@ -66,17 +66,25 @@ impl Channel {
                 }
             }
             exm::AMQPMethod::Unbind(d) => {
-                let dest = vh.get_exchange(d.destination.as_str())?;
-                let src = vh.get_exchange(d.source.as_str())?;
-                b.check_access(&ctx.user, &vh.name, Access::Write, "exchange", &dest.name)?;
-                b.check_access(&ctx.user, &vh.name, Access::Read, "exchange", &src.name)?;
-                b.unbind(
-                    vh,
-                    &src,
-                    Dest::Exchange(dest),
-                    d.routing_key.as_str(),
-                    d.arguments,
-                )?;
+                // As queue.unbind: access and the default exchange by name,
+                // then a missing source or destination answers unbind-ok.
+                let (dest, src) = (d.destination.as_str(), d.source.as_str());
+                b.check_access(&ctx.user, &vh.name, Access::Write, "exchange", dest)?;
+                if dest.is_empty() || src.is_empty() {
+                    return Err(AmqpError::access_refused(
+                        "operation not permitted on the default exchange",
+                    ));
+                }
+                b.check_access(&ctx.user, &vh.name, Access::Read, "exchange", src)?;
+                if let (Some(dest), Some(src)) = (vh.exchange(dest), vh.exchange(src)) {
+                    b.unbind(
+                        vh,
+                        &src,
+                        Dest::Exchange(dest),
+                        d.routing_key.as_str(),
+                        d.arguments,
+                    )?;
+                }
                 if !d.nowait {
                     self.reply(
                         ctx,

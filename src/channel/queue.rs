@@ -31,16 +31,12 @@ impl Channel {
                 if let Some(r) = self.declare_reply_to(ctx, d.queue.as_str(), d.nowait) {
                     return r;
                 }
-                if !d.passive && !d.queue.as_str().is_empty() {
-                    b.check_access(
-                        &ctx.user,
-                        &vh.name,
-                        Access::Configure,
-                        "queue",
-                        d.queue.as_str(),
-                    )?;
-                }
-                let q = b.declare_queue(
+                // Configure access on the actual name, a server-named
+                // queue's `amq.gen-…` included (RabbitMQ).
+                let configure = |name: &str| {
+                    b.check_access(&ctx.user, &vh.name, Access::Configure, "queue", name)
+                };
+                let q = b.declare_queue_checked(
                     vh,
                     d.queue.as_str(),
                     d.passive,
@@ -49,6 +45,7 @@ impl Channel {
                     d.auto_delete,
                     d.arguments,
                     ctx.conn_id,
+                    &configure,
                 )?;
                 self.last_queue = Some(q.name.clone());
                 if !d.nowait {
@@ -79,11 +76,28 @@ impl Channel {
                 }
             }
             qm::AMQPMethod::Unbind(d) => {
-                let q = self.queue_for(ctx, d.queue.as_str())?;
-                let ex = vh.get_exchange(d.exchange.as_str())?;
-                b.check_access(&ctx.user, &vh.name, Access::Write, "queue", &q.name)?;
-                b.check_access(&ctx.user, &vh.name, Access::Read, "exchange", &ex.name)?;
-                b.unbind(vh, &ex, Dest::Queue(q), d.routing_key.as_str(), d.arguments)?;
+                // RabbitMQ 3.10's order: write access to the queue, the
+                // default exchange, read access to the exchange, all by name;
+                // then a binding whose queue or exchange no longer exists is
+                // already gone, and unbind-ok is the answer.
+                let name = self.queue_name(d.queue.as_str())?;
+                let exchange = d.exchange.as_str();
+                b.check_access(&ctx.user, &vh.name, Access::Write, "queue", name)?;
+                if exchange.is_empty() {
+                    return Err(AmqpError::access_refused(
+                        "operation not permitted on the default exchange",
+                    ));
+                }
+                b.check_access(&ctx.user, &vh.name, Access::Read, "exchange", exchange)?;
+                if let (Some(q), Some(ex)) = (vh.queue(name), vh.exchange(exchange)) {
+                    let (rk, dest) = (d.routing_key.as_str(), Dest::Queue(q.clone()));
+                    // Another connection's exclusive queue: locked only
+                    // when there is a binding to remove (RabbitMQ).
+                    if ex.has_binding(&dest, rk, &d.arguments) {
+                        crate::broker::check_exclusive(&q, ctx.conn_id)?;
+                    }
+                    b.unbind(vh, &ex, dest, rk, d.arguments)?;
+                }
                 self.reply(
                     ctx,
                     AMQPClass::Queue(qm::AMQPMethod::UnbindOk(qm::UnbindOk {})),

@@ -22,7 +22,7 @@ pub(super) struct Handshake {
     pub(super) heartbeat: u16,
     pub(super) cancel_notify: bool,
     pub(super) blocked_capability: bool,
-    pub(super) client_properties: String,
+    pub(super) client_properties: amq_protocol::types::FieldTable,
 }
 
 pub(super) async fn read_frame(
@@ -316,6 +316,6 @@ pub(super) async fn handshake(
         heartbeat: tune.heartbeat,
         cancel_notify: cap("consumer_cancel_notify"),
         blocked_capability: cap("connection.blocked"),
-        client_properties: format!("{:?}", so.client_properties),
+        client_properties: so.client_properties,
     }))
 }

@@ -18,6 +18,7 @@ use crate::protocol::{
 use amq_protocol::protocol::{
     basic as bm, channel as chm, connection as cm, parse_class, AMQPClass,
 };
+use amq_protocol::types::AMQPValue;
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -50,11 +51,8 @@ pub async fn serve<T: Transport>(
     peer: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    // RabbitMQ names a connection "client -> server" with the real ports.
-    let local_port = socket
-        .local_addr()
-        .map(|a| a.port())
-        .unwrap_or(broker.config.port);
+    // RabbitMQ names a connection "client_ip:port -> server_ip:port".
+    let local = socket.local_addr();
     let conn_id = broker.next_connection_id();
     let (mut rd, mut wr) = socket.into_split();
     // Buffers start small (idle connections cost little) and grow with traffic.
@@ -81,15 +79,25 @@ pub async fn serve<T: Transport>(
     shared
         .cancel_notify
         .store(hs.cancel_notify, Ordering::Relaxed);
+    let user_provided_name = match hs.client_properties.inner().get("connection_name") {
+        Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
+        _ => None,
+    };
+    let local = match local {
+        Some(a) => a.to_string(),
+        None => format!("{}:{}", broker.config.bind[0], broker.config.port),
+    };
     let info = ConnInfo {
         id: conn_id,
-        name: format!("{peer} -> {local_port}"),
+        name: format!("{peer} -> {local}"),
         user: hs.user.clone(),
         vhost: hs.vhost.name.clone(),
         peer: peer.to_string(),
         channels: 0,
         connected_at: crate::clock::now_ms(),
         client_properties: hs.client_properties.clone(),
+        user_provided_name,
     };
     broker
         .connections

@@ -45,8 +45,8 @@ fn connection_json(i: &ConnInfo, c: &ConnShared) -> Value {
         "type": "network",
         "frame_max": c.frame_max(),
         "send_oct": c.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
-        "client_properties": {},
-        "client_properties_text": i.client_properties,
+        "client_properties": table_to_json(&i.client_properties),
+        "user_provided_name": i.user_provided_name,
     })
 }
 

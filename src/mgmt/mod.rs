@@ -15,7 +15,9 @@
 //! Queue, exchange and binding operations by other users are checked against
 //! their AMQP permissions (configure, write, read), as over AMQP.
 //!
-//! Endpoints are listed in docs/management.md.
+//! Endpoints are listed in docs/management.md. Every path also answers with
+//! a trailing slash; `listing.rs` applies RabbitMQ's pagination, filter,
+//! sort and `columns=` parameters to any GET's JSON.
 //!
 //! Never writes AMQP frames nor imports the channel, connection or protocol
 //! layers: everything goes through the broker (its publish pipeline, its
@@ -27,6 +29,7 @@ mod connections;
 mod definitions;
 mod exchanges;
 pub mod json;
+mod listing;
 mod overview;
 mod permissions;
 mod prometheus;
@@ -38,7 +41,7 @@ mod vhosts;
 pub use common::{blocking, node_name, parse_body, ApiError, ApiResult, Caller};
 
 use crate::broker::Broker;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,10 +58,10 @@ pub struct App {
     pub mgmt_addr: Option<SocketAddr>,
 }
 
-/// Serve the API on `listener` until `stop` turns true. `amqp_addr` is
+/// Serve the API on every listener until `stop` turns true. `amqp_addr` is
 /// where AMQP clients connect, for the overview's listeners.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     amqp_addr: Option<SocketAddr>,
     broker: Arc<Broker>,
     stop: watch::Receiver<bool>,
@@ -75,20 +78,24 @@ pub async fn serve(
         broker,
         stats,
         amqp_addr,
-        mgmt_addr: listener.local_addr().ok(),
+        mgmt_addr: listeners.first().and_then(|l| l.local_addr().ok()),
     };
-    let mut stop2 = stop.clone();
-    let r = axum::serve(
-        listener,
-        router(app).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = stop2.wait_for(|s| *s).await;
-    })
-    .await;
-    if let Err(e) = r {
-        tracing::error!(error = %e, "management API stopped");
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let mut stop2 = stop.clone();
+        let service = router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        servers.spawn(async move {
+            let r = axum::serve(listener, service)
+                .with_graceful_shutdown(async move {
+                    let _ = stop2.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "management API stopped");
+            }
+        });
     }
+    while servers.join_next().await.is_some() {}
     sampler.abort();
 }
 
@@ -96,149 +103,163 @@ pub async fn serve(
 pub fn router(app: App) -> Router {
     Router::new()
         // overview.rs: the node as a whole
-        .route("/api/overview", get(overview::overview))
-        .route("/api/whoami", get(overview::whoami))
-        .route("/api/nodes", get(overview::list_nodes))
-        .route("/api/nodes/{name}", get(overview::get_node))
-        .route("/api/health/checks/alarms", get(overview::health_alarms))
-        .route(
+        .route_both("/api/overview", get(overview::overview))
+        .route_both("/api/whoami", get(overview::whoami))
+        .route_both("/api/nodes", get(overview::list_nodes))
+        .route_both("/api/nodes/{name}", get(overview::get_node))
+        .route_both("/api/health/checks/alarms", get(overview::health_alarms))
+        .route_both(
             "/api/health/checks/local-alarms",
             get(overview::health_alarms),
         )
-        .route("/api/aliveness-test/{vhost}", get(overview::aliveness))
+        .route_both("/api/aliveness-test/{vhost}", get(overview::aliveness))
         // vhosts.rs
-        .route("/api/vhosts", get(vhosts::list_vhosts))
-        .route(
+        .route_both("/api/vhosts", get(vhosts::list_vhosts))
+        .route_both(
             "/api/vhosts/{vhost}",
             get(vhosts::get_vhost)
                 .put(vhosts::put_vhost)
                 .delete(vhosts::delete_vhost),
         )
         // users.rs
-        .route("/api/users", get(users::list_users))
-        .route(
+        .route_both("/api/users", get(users::list_users))
+        .route_both(
             "/api/users/{user}",
             get(users::get_user)
                 .put(users::put_user)
                 .delete(users::delete_user),
         )
         // permissions.rs
-        .route("/api/permissions", get(permissions::list_permissions))
-        .route(
+        .route_both("/api/permissions", get(permissions::list_permissions))
+        .route_both(
             "/api/permissions/{vhost}/{user}",
             get(permissions::get_permission)
                 .put(permissions::put_permission)
                 .delete(permissions::delete_permission),
         )
-        .route(
+        .route_both(
             "/api/users/{user}/permissions",
             get(permissions::user_permissions),
         )
-        .route(
+        .route_both(
             "/api/vhosts/{vhost}/permissions",
             get(permissions::vhost_permissions),
         )
         // exchanges.rs: exchanges, publish, delayed messages
-        .route("/api/exchanges", get(exchanges::list_exchanges))
-        .route(
+        .route_both("/api/exchanges", get(exchanges::list_exchanges))
+        .route_both(
             "/api/exchanges/{vhost}",
             get(exchanges::list_exchanges_vhost),
         )
-        .route(
+        .route_both(
             "/api/exchanges/{vhost}/{name}",
             get(exchanges::get_exchange)
                 .put(exchanges::put_exchange)
                 .delete(exchanges::delete_exchange),
         )
-        .route(
+        .route_both(
             "/api/exchanges/{vhost}/{name}/publish",
             post(exchanges::publish),
         )
-        .route(
+        .route_both(
             "/api/exchanges/{vhost}/{name}/delayed",
             get(exchanges::list_delayed).delete(exchanges::purge_delayed),
         )
-        .route(
+        .route_both(
             "/api/exchanges/{vhost}/{name}/delayed/{message_id}",
             delete(exchanges::cancel_delayed),
         )
         // queues.rs: queues, purge, get
-        .route("/api/queues", get(queues::list_queues))
-        .route("/api/queues/{vhost}", get(queues::list_queues_vhost))
-        .route(
+        .route_both("/api/queues", get(queues::list_queues))
+        .route_both("/api/queues/{vhost}", get(queues::list_queues_vhost))
+        .route_both(
             "/api/queues/{vhost}/{name}",
             get(queues::get_queue)
                 .put(queues::put_queue)
                 .delete(queues::delete_queue),
         )
-        .route(
+        .route_both(
             "/api/queues/{vhost}/{name}/contents",
             delete(queues::purge_queue),
         )
-        .route("/api/queues/{vhost}/{name}/get", post(queues::get_messages))
+        .route_both("/api/queues/{vhost}/{name}/get", post(queues::get_messages))
         // bindings.rs, including an exchange's and a queue's binding lists
-        .route("/api/bindings", get(bindings::list_bindings))
-        .route("/api/bindings/{vhost}", get(bindings::list_bindings_vhost))
-        .route(
+        .route_both("/api/bindings", get(bindings::list_bindings))
+        .route_both("/api/bindings/{vhost}", get(bindings::list_bindings_vhost))
+        .route_both(
             "/api/bindings/{vhost}/e/{source}/{kind}/{dest}",
             get(bindings::bindings_between).post(bindings::create_binding),
         )
-        .route(
+        .route_both(
             "/api/bindings/{vhost}/e/{source}/{kind}/{dest}/{props}",
             get(bindings::get_binding).delete(bindings::delete_binding),
         )
-        .route(
+        .route_both(
             "/api/exchanges/{vhost}/{name}/bindings/source",
             get(bindings::exchange_bindings_source),
         )
-        .route(
+        .route_both(
             "/api/exchanges/{vhost}/{name}/bindings/destination",
             get(bindings::exchange_bindings_destination),
         )
-        .route(
+        .route_both(
             "/api/queues/{vhost}/{name}/bindings",
             get(bindings::queue_bindings),
         )
         // connections.rs: connections, channels, consumers
-        .route("/api/connections", get(connections::list_connections))
-        .route(
+        .route_both("/api/connections", get(connections::list_connections))
+        .route_both(
             "/api/connections/{name}",
             get(connections::get_connection).delete(connections::close_connection),
         )
-        .route(
+        .route_both(
             "/api/connections/{name}/channels",
             get(connections::connection_channels),
         )
-        .route(
+        .route_both(
             "/api/vhosts/{vhost}/connections",
             get(connections::vhost_connections),
         )
-        .route("/api/channels", get(connections::list_channels))
-        .route("/api/channels/{name}", get(connections::get_channel))
-        .route(
+        .route_both("/api/channels", get(connections::list_channels))
+        .route_both("/api/channels/{name}", get(connections::get_channel))
+        .route_both(
             "/api/vhosts/{vhost}/channels",
             get(connections::vhost_channels),
         )
-        .route("/api/consumers", get(connections::list_consumers))
-        .route(
+        .route_both("/api/consumers", get(connections::list_consumers))
+        .route_both(
             "/api/consumers/{vhost}",
             get(connections::list_consumers_vhost),
         )
         // definitions.rs
-        .route(
+        .route_both(
             "/api/definitions",
             get(definitions::export_all).post(definitions::import_all),
         )
-        .route(
+        .route_both(
             "/api/definitions/{vhost}",
             get(definitions::export_vhost).post(definitions::import_vhost),
         )
         // prometheus.rs
-        .route("/metrics", get(prometheus::metrics))
+        .route_both("/metrics", get(prometheus::metrics))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(listing::list_params))
         .with_state(app)
 }
 
 async fn not_found() -> ApiError {
     ApiError::not_found()
+}
+
+/// Every path also answers with a trailing slash (`/api/connections/`), as
+/// RabbitMQ's API does.
+trait RouteBoth {
+    fn route_both(self, path: &str, method: MethodRouter<App>) -> Self;
+}
+
+impl RouteBoth for Router<App> {
+    fn route_both(self, path: &str, method: MethodRouter<App>) -> Self {
+        self.route(path, method.clone())
+            .route(&format!("{path}/"), method)
+    }
 }

@@ -72,12 +72,14 @@ pub async fn overview(State(app): State<App>, caller: Caller) -> Json<Value> {
             "queues": queues.len(),
             "consumers": consumers,
         },
-        "listeners": [
-            {"node": node_name(), "protocol": "amqp", "ip_address": cfg.bind,
-             "port": app.amqp_addr.map(|a| a.port()).unwrap_or(cfg.port)},
-            {"node": node_name(), "protocol": "http", "ip_address": cfg.mgmt_bind,
-             "port": app.mgmt_addr.map(|a| a.port()).unwrap_or(cfg.mgmt_port)},
-        ],
+        // One per address, as RabbitMQ lists its listeners.
+        "listeners": cfg.bind.iter().map(|ip| json!(
+            {"node": node_name(), "protocol": "amqp", "ip_address": ip,
+             "port": app.amqp_addr.map(|a| a.port()).unwrap_or(cfg.port)}))
+            .chain(cfg.mgmt_bind.iter().map(|ip| json!(
+            {"node": node_name(), "protocol": "http", "ip_address": ip,
+             "port": app.mgmt_addr.map(|a| a.port()).unwrap_or(cfg.mgmt_port)})))
+            .collect::<Vec<_>>(),
         "alarms": *b.alarm_reasons.lock(),
         "store": {
             "disk_bytes": b.store.disk_bytes(),
