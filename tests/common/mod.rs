@@ -5,6 +5,7 @@
 
 pub mod http;
 mod internals;
+pub mod raw;
 #[allow(unused_imports)]
 pub use internals::{take_bodies, Faults};
 
