@@ -224,6 +224,22 @@ pub fn server_cancel(c: &Arc<Consumer>) {
     }
 }
 
+/// Consumers the server cancelled whose basic.cancel is not written yet:
+/// dropping this writes them ([`server_cancel`]). A channel that deletes a
+/// queue drops it after its queue.delete-ok, so that its client sees
+/// delete-ok first and then the cancel, in RabbitMQ's order.
+#[must_use = "dropping it writes the basic.cancel frames"]
+#[derive(Default)]
+pub struct Cancels(pub Vec<Arc<Consumer>>);
+
+impl Drop for Cancels {
+    fn drop(&mut self) {
+        for c in self.0.drain(..) {
+            server_cancel(&c);
+        }
+    }
+}
+
 /// How a message is handed out.
 pub enum Handout<'a> {
     /// basic.deliver to a consumer.
