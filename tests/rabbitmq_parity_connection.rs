@@ -178,3 +178,38 @@ async fn queue_delete_ok_comes_before_the_cancel_of_the_channels_own_consumer() 
     b.stop().await;
 }
 
+// ---------------------------------------------------------------------------
+// 7a. channel.flow from the client
+// ---------------------------------------------------------------------------
+
+/// RabbitMQ 3.10 refuses channel.flow active=false from a client: 540
+/// NOT_IMPLEMENTED closes the connection. active=true is answered flow-ok.
+/// Lepus answered flow-ok to both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_flow_active_false_is_540_not_implemented() {
+    let b = TestBroker::start().await;
+    let mut c = RawConn::open(b.addr()).await;
+    c.send_method(
+        1,
+        AMQPClass::Channel(channel::AMQPMethod::Flow(channel::Flow { active: true })),
+    )
+    .await;
+    match c.expect_method(1, "channel.flow-ok").await {
+        AMQPClass::Channel(channel::AMQPMethod::FlowOk(ok)) => assert!(ok.active),
+        other => panic!("expected channel.flow-ok, got {other:?}"),
+    }
+    c.send_method(
+        1,
+        AMQPClass::Channel(channel::AMQPMethod::Flow(channel::Flow { active: false })),
+    )
+    .await;
+    let close = c.expect_connection_close().await;
+    assert_eq!(close.reply_code, 540);
+    assert_eq!(close.reply_text.as_str(), "NOT_IMPLEMENTED - active=false");
+    assert_eq!((close.class_id, close.method_id), (20, 20));
+    // lapin sees the error reply.
+    let (_conn, ch) = b.channel().await;
+    let r = within(5, ch.channel_flow(ChannelFlowOptions { active: false })).await;
+    assert_eq!(expect_code(r), 540);
+    b.stop().await;
+}

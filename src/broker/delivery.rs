@@ -153,8 +153,6 @@ pub struct DeliveryState {
     pub unacked: VecDeque<Unacked>,
     /// basic.qos global=true: limit for the whole channel (0 = none).
     pub global_prefetch: u32,
-    /// channel.flow from the client.
-    pub flow: bool,
     pub closed: bool,
     pub consumers: Vec<Arc<Consumer>>,
 }
@@ -174,7 +172,6 @@ impl ChannelShared {
                 next_tag: 1,
                 unacked: VecDeque::new(),
                 global_prefetch: 0,
-                flow: true,
                 closed: false,
                 consumers: vec![],
             }),
