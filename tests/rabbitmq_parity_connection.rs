@@ -104,6 +104,52 @@ async fn message_count(b: &TestBroker, name: &str) -> u32 {
 }
 
 // ---------------------------------------------------------------------------
+// 2. connection.update-secret
+// ---------------------------------------------------------------------------
+
+/// RabbitMQ 3.10 answers update-secret-ok and keeps the connection, for the
+/// user's password and, for users of its internal database, for any other
+/// secret too (their authentication state never expires, so the new secret
+/// is not checked). Lepus did the same neither way: it closed with 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_secret_is_answered_update_secret_ok_and_the_connection_stays() {
+    let b = TestBroker::start().await;
+    for secret in ["guest", "not the password"] {
+        let mut c = RawConn::open(b.addr()).await;
+        c.send(&update_secret_frame(secret)).await;
+        match next_method(&mut c, "connection.update-secret-ok").await {
+            (0, AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(_))) => {}
+            other => panic!("secret {secret:?}: expected update-secret-ok, got {other:?}"),
+        }
+        // The connection and its channel still work.
+        declare(&mut c, 1, "after-update-secret", false).await;
+    }
+    // lapin's update_secret, then the connection still works.
+    let (conn, ch) = b.channel().await;
+    within(5, conn.update_secret("guest".into(), "refresh".into()))
+        .await
+        .expect("update-secret with the password");
+    within(
+        5,
+        conn.update_secret("expired-token".into(), "refresh".into()),
+    )
+    .await
+    .expect("update-secret with another secret, as RabbitMQ's internal users");
+    within(
+        5,
+        ch.queue_declare(
+            "after-update-secret".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("the channel still works after update-secret");
+    assert!(conn.status().connected());
+    b.stop().await;
+}
+
+// ---------------------------------------------------------------------------
 // 5. queue.delete-ok before the server's basic.cancel
 // ---------------------------------------------------------------------------
 
@@ -211,5 +257,103 @@ async fn channel_flow_active_false_is_540_not_implemented() {
     let (_conn, ch) = b.channel().await;
     let r = within(5, ch.channel_flow(ChannelFlowOptions { active: false })).await;
     assert_eq!(expect_code(r), 540);
+    b.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// 7b. Methods and content frames on channel 0
+// ---------------------------------------------------------------------------
+
+/// Any method on channel 0 other than connection.close, close-ok (when we
+/// closed) and update-secret: RabbitMQ 3.10 closes with 504 CHANNEL_ERROR
+/// and the method's ids. Lepus answered 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_on_channel_0_are_504_channel_error() {
+    let b = TestBroker::start().await;
+    let cases: Vec<(AMQPClass, (u16, u16))> = vec![
+        (
+            AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+                queue: "zero".into(),
+                ..Default::default()
+            })),
+            (50, 10),
+        ),
+        (
+            AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
+                exchange: "zero".into(),
+                kind: "direct".into(),
+                ..Default::default()
+            })),
+            (40, 10),
+        ),
+        (
+            AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+                prefetch_count: 1,
+                global: false,
+            })),
+            (60, 10),
+        ),
+        (
+            AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                exchange: "".into(),
+                routing_key: "zero".into(),
+                mandatory: false,
+                immediate: false,
+            })),
+            (60, 40),
+        ),
+        (
+            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+            (20, 10),
+        ),
+        (
+            AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
+                reason: "client".into(),
+            })),
+            (10, 60),
+        ),
+        (
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+            (10, 51),
+        ),
+        (
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+                channel_max: 0,
+                frame_max: 131072,
+                heartbeat: 0,
+            })),
+            (10, 31),
+        ),
+    ];
+    for (m, ids) in cases {
+        let mut c = RawConn::open(b.addr()).await;
+        c.send_method(0, m).await;
+        let close = c.expect_connection_close().await;
+        assert_eq!(close.reply_code, 504, "{ids:?}: {:?}", close.reply_text);
+        assert_eq!(
+            close.reply_text.as_str(),
+            "CHANNEL_ERROR - unexpected method in connection state running"
+        );
+        assert_eq!((close.class_id, close.method_id), ids);
+        c.expect_eof(ANSWER, "after connection.close-ok").await;
+    }
+    // Content frames on channel 0: 505 UNEXPECTED_FRAME with RabbitMQ's text.
+    for (frame, text) in [
+        (
+            header(0, 5),
+            "UNEXPECTED_FRAME - type 2, all octets = <<0,60,0,0,0,0,0,0,0,0,0,5,0,0>>",
+        ),
+        (
+            body(0, b"hello"),
+            "UNEXPECTED_FRAME - type 3, all octets = <<\"hello\">>",
+        ),
+    ] {
+        let mut c = RawConn::open(b.addr()).await;
+        c.send(&frame).await;
+        let close = c.expect_connection_close().await;
+        assert_eq!(close.reply_code, 505);
+        assert_eq!(close.reply_text.as_str(), text);
+        assert_eq!((close.class_id, close.method_id), (0, 0));
+    }
     b.stop().await;
 }

@@ -347,7 +347,10 @@ impl Conn {
             FRAME_METHOD => self.channel_method(f),
             FRAME_HEADER | FRAME_BODY => {
                 if f.channel == 0 {
-                    return Err(AmqpError::command_invalid("content frame on channel 0"));
+                    return Err(AmqpError::unexpected_frame(unexpected_frame_text(
+                        f.kind, &f.payload,
+                    ))
+                    .hard());
                 }
                 let Some(ch) = self.channels.get_mut(&f.channel) else {
                     return Err(AmqpError::unexpected_frame(format!(
@@ -384,21 +387,46 @@ impl Conn {
                 self.done = true;
                 Ok(())
             }
-            AMQPClass::Connection(cm::AMQPMethod::CloseOk(_)) => {
-                self.done = true;
+            AMQPClass::Connection(cm::AMQPMethod::UpdateSecret(u)) => {
+                self.update_secret(u.new_secret.as_bytes(), u.reason.as_str());
                 Ok(())
             }
-            AMQPClass::Connection(cm::AMQPMethod::Blocked(_))
-            | AMQPClass::Connection(cm::AMQPMethod::Unblocked(_)) => Ok(()),
-            AMQPClass::Connection(cm::AMQPMethod::UpdateSecretOk(_)) => Ok(()),
-            other => Err(AmqpError::command_invalid(format!(
-                "method {}/{} on channel 0",
-                other.get_amqp_class_id(),
-                other.get_amqp_method_id()
-            ))
-            .with_method(other.get_amqp_class_id(), other.get_amqp_method_id())
-            .hard()),
+            // RabbitMQ 3.10 answers anything else on channel 0, a
+            // connection method out of turn or another class's method, with
+            // 504 (and the method's ids).
+            other => Err(
+                AmqpError::channel_error("unexpected method in connection state running")
+                    .with_method(other.get_amqp_class_id(), other.get_amqp_method_id())
+                    .hard(),
+            ),
         }
+    }
+
+    /// connection.update-secret: re-authenticate the connection's user with
+    /// the new secret and answer update-secret-ok. A secret that does not
+    /// match is answered the same way, as RabbitMQ 3.10 does for users of
+    /// its internal database (their authentication state never expires, so
+    /// it does not check the new secret); the connection keeps the rights it
+    /// was opened with.
+    fn update_secret(&self, secret: &[u8], reason: &str) {
+        let user = &self.ctx.user;
+        let ok = std::str::from_utf8(secret)
+            .ok()
+            .and_then(|s| self.ctx.broker.authenticate(user, s))
+            .is_some();
+        if ok {
+            tracing::info!(conn = self.ctx.conn_id, %user, %reason, "user updated secret");
+        } else {
+            tracing::warn!(
+                conn = self.ctx.conn_id,
+                %user,
+                %reason,
+                "update-secret: the new secret does not match the user's password; the connection keeps its authentication"
+            );
+        }
+        self.send0(AMQPClass::Connection(cm::AMQPMethod::UpdateSecretOk(
+            cm::UpdateSecretOk {},
+        )));
     }
 
     fn channel_method(&mut self, f: RawFrame) -> AmqpResult<()> {
@@ -625,6 +653,29 @@ fn decode_method(payload: &[u8]) -> AmqpResult<AMQPClass> {
             }
         }
     }
+}
+
+/// RabbitMQ's text for a frame it did not expect: "type 2, all octets =
+/// <<0,60,...>>" (the payload as Erlang prints a binary, at most 16 bytes).
+fn unexpected_frame_text(kind: u8, payload: &[u8]) -> String {
+    let (which, shown) = if payload.len() <= 16 {
+        ("all", payload)
+    } else {
+        ("first 16", &payload[..16])
+    };
+    let printable = !shown.is_empty() && shown.iter().all(|b| (0x20..0x7f).contains(b));
+    let bin = if printable {
+        format!(
+            "<<\"{}\">>",
+            String::from_utf8_lossy(shown)
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+        )
+    } else {
+        let n: Vec<String> = shown.iter().map(|b| b.to_string()).collect();
+        format!("<<{}>>", n.join(","))
+    };
+    format!("type {kind}, {which} octets = {bin}")
 }
 
 fn known_method(class: u16, method: u16) -> bool {
