@@ -225,6 +225,63 @@ async fn queue_delete_ok_comes_before_the_cancel_of_the_channels_own_consumer() 
 }
 
 // ---------------------------------------------------------------------------
+// 6. Channel numbers and the channel_max count
+// ---------------------------------------------------------------------------
+
+/// RabbitMQ 3.10 limits how many channels are open, not their numbers:
+/// with channel_max 2047, channels 2048 and 65535 open. Lepus closed the
+/// connection with 530.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_numbers_above_channel_max_open() {
+    let b = TestBroker::start().await;
+    let (mut c, _) = RawConn::start(b.addr()).await;
+    let login = Login::default();
+    c.start_ok(&login).await;
+    let tune = c.expect_tune().await;
+    assert_eq!(tune.channel_max, 2047, "the default channel_max");
+    c.tune_ok_and_open(&tune, &login).await;
+    c.expect_method(0, "connection.open-ok").await;
+    for ch in [2047u16, 2048, 65535] {
+        c.open_channel(ch).await;
+        declare(&mut c, ch, &format!("q{ch}"), false).await;
+    }
+    b.stop().await;
+}
+
+/// With channel_max 3, a fourth open channel is refused, whatever its
+/// number, with RabbitMQ's 530 and text (and no method ids); closed
+/// channels do not count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_max_limits_the_number_of_open_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.channel_max = 3;
+    let b = TestBroker::start_with(dir, config).await;
+    let mut c = RawConn::login(b.addr(), &Login::default()).await;
+    for ch in [1u16, 2, 3] {
+        c.open_channel(ch).await;
+    }
+    // A closed channel frees its place.
+    c.send(&channel_close_frame(2)).await;
+    c.expect_method(2, "channel.close-ok").await;
+    c.open_channel(500).await;
+    c.send_method(
+        100,
+        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+    )
+    .await;
+    let close = c.expect_connection_close().await;
+    assert_eq!(close.reply_code, 530);
+    assert_eq!(
+        close.reply_text.as_str(),
+        "NOT_ALLOWED - number of channels opened (3) has reached the negotiated channel_max (3)"
+    );
+    assert_eq!((close.class_id, close.method_id), (0, 0));
+    c.expect_eof(ANSWER, "after connection.close-ok").await;
+    b.stop().await;
+}
+
+// ---------------------------------------------------------------------------
 // 7a. channel.flow from the client
 // ---------------------------------------------------------------------------
 

@@ -469,17 +469,22 @@ impl Conn {
                 );
             }
         }
+        // As RabbitMQ 3.10: channel_max limits how many channels are open,
+        // not their numbers; any frame for a new channel counts.
+        if self.channel_max != 0
+            && self.channels.len() >= self.channel_max as usize
+            && !self.channels.contains_key(&id)
+        {
+            return Err(AmqpError::not_allowed(format!(
+                "number of channels opened ({}) has reached the negotiated channel_max ({})",
+                self.channels.len(),
+                self.channel_max
+            ))
+            .hard());
+        }
         match self.channels.get_mut(&id) {
             None => match m {
                 AMQPClass::Channel(chm::AMQPMethod::Open(_)) => {
-                    if id > self.channel_max {
-                        return Err(AmqpError::not_allowed(format!(
-                            "channel id {id} is above the negotiated channel_max {}",
-                            self.channel_max
-                        ))
-                        .with_method(20, 10)
-                        .hard());
-                    }
                     self.channels
                         .insert(id, Channel::new(id, self.ctx.conn.clone()));
                     self.ctx.conn.send(|out| {
