@@ -414,3 +414,41 @@ async fn methods_on_channel_0_are_504_channel_error() {
     }
     b.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// 8. A failed login without authentication_failure_close
+// ---------------------------------------------------------------------------
+
+/// Without the capability RabbitMQ sends no connection.close for a failed
+/// login: the client sees the socket close. With it, the 403 close (see
+/// protocol_errors::bad_credentials_are_access_refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_login_without_the_capability_closes_the_socket_without_a_close_method() {
+    let b = TestBroker::start().await;
+    let (mut c, _) = RawConn::start(b.addr()).await;
+    c.start_ok(&Login {
+        response: b"\0guest\0wrong".to_vec(),
+        capabilities: false,
+        ..Default::default()
+    })
+    .await;
+    match c.recv_within(ANSWER).await {
+        Ok(None) => {}
+        Ok(Some(f)) => panic!("expected the socket to close, got {f:?}"),
+        Err(()) => panic!("the socket is still open {ANSWER:?} after a failed login"),
+    }
+    // With the capability: 403 and RabbitMQ's text.
+    let (mut c, _) = RawConn::start(b.addr()).await;
+    c.start_ok(&Login {
+        response: b"\0guest\0wrong".to_vec(),
+        ..Default::default()
+    })
+    .await;
+    let close = c.expect_connection_close().await;
+    assert_eq!(close.reply_code, 403);
+    assert_eq!(
+        close.reply_text.as_str(),
+        "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile."
+    );
+    b.stop().await;
+}
