@@ -150,6 +150,154 @@ async fn update_secret_is_answered_update_secret_ok_and_the_connection_stays() {
 }
 
 // ---------------------------------------------------------------------------
+// 3. Closing: everything sent before the close is handled; the client
+//    closes the socket
+// ---------------------------------------------------------------------------
+
+const BATCH: usize = 500;
+
+/// A batch of publishes and connection.close in one write: every message is
+/// in the queue, close-ok comes back, and the socket stays open for the
+/// client to close (writing to it is no EPIPE, reading it is no reset or
+/// EOF), as on RabbitMQ. Before, lepus closed the socket right after
+/// close-ok, so the client's next write failed with a broken pipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_then_connection_close_in_one_write_are_all_stored_and_the_client_closes() {
+    let b = TestBroker::start().await;
+    let mut c = RawConn::open(b.addr()).await;
+    declare(&mut c, 1, "batch", false).await;
+    let mut write = vec![];
+    for i in 0..BATCH {
+        write.extend(message(1, "batch", i));
+    }
+    write.extend(connection_close_frame());
+    c.send(&write).await;
+    match next_method(&mut c, "connection.close-ok").await {
+        (0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => {}
+        other => panic!("expected connection.close-ok, got {other:?}"),
+    }
+    // The socket is the client's to close: it stays open and writable.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c.try_send(&raw_frame(8, 0, b""))
+            .await
+            .expect("writing after close-ok (the broker must not have closed the socket)");
+    }
+    match c.recv_within(Duration::from_millis(300)).await {
+        Err(()) => {} // still open, nothing more to read
+        Ok(None) => panic!("the broker closed the socket after close-ok; the client should"),
+        Ok(Some(f)) => panic!("a frame after close-ok: {f:?}"),
+    }
+    assert_eq!(
+        message_count(&b, "batch").await,
+        BATCH as u32,
+        "every message published before connection.close is in the queue"
+    );
+    drop(c);
+    b.stop().await;
+}
+
+/// A client that never closes its socket after close-ok has it closed by
+/// the broker after a short timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_keeps_the_socket_after_close_ok_is_closed_after_a_timeout() {
+    let b = TestBroker::start().await;
+    let mut c = RawConn::open(b.addr()).await;
+    c.send(&connection_close_frame()).await;
+    match next_method(&mut c, "connection.close-ok").await {
+        (0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => {}
+        other => panic!("expected connection.close-ok, got {other:?}"),
+    }
+    let t0 = Instant::now();
+    c.expect_eof(Duration::from_secs(10), "the close timeout")
+        .await;
+    assert!(
+        t0.elapsed() >= Duration::from_millis(500),
+        "closed {:?} after close-ok: that is not leaving it to the client",
+        t0.elapsed()
+    );
+    b.stop().await;
+}
+
+/// As RabbitMQ, the connection's exclusive queues are gone by the time the
+/// client reads close-ok (a client that reconnects at once can declare
+/// them again), even while the socket is still open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusive_queues_are_deleted_before_close_ok() {
+    let b = TestBroker::start().await;
+    let mut c = RawConn::open(b.addr()).await;
+    declare(&mut c, 1, "mine", true).await;
+    c.send(&connection_close_frame()).await;
+    match next_method(&mut c, "connection.close-ok").await {
+        (0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => {}
+        other => panic!("expected connection.close-ok, got {other:?}"),
+    }
+    assert_eq!(
+        passive_declare_code(&b, "mine").await,
+        Some(404),
+        "the exclusive queue is deleted before close-ok"
+    );
+    let (_c2, ch2) = b.channel().await;
+    within(
+        5,
+        ch2.queue_declare(
+            "mine".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("a new connection declares the exclusive queue again");
+    drop(c);
+    b.stop().await;
+}
+
+/// The same for channel.close: the channel's publishes before it are all
+/// handled, then close-ok, and the connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_then_channel_close_in_one_write_are_all_stored() {
+    let b = TestBroker::start().await;
+    let mut c = RawConn::open(b.addr()).await;
+    declare(&mut c, 1, "chbatch", false).await;
+    let mut write = vec![];
+    for i in 0..BATCH {
+        write.extend(message(1, "chbatch", i));
+    }
+    write.extend(channel_close_frame(1));
+    c.send(&write).await;
+    match next_method(&mut c, "channel.close-ok").await {
+        (1, AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))) => {}
+        other => panic!("expected channel.close-ok on channel 1, got {other:?}"),
+    }
+    assert_eq!(message_count(&b, "chbatch").await, BATCH as u32);
+    // The same channel number opens again on the same connection.
+    c.open_channel(1).await;
+    declare(&mut c, 1, "chbatch", false).await;
+    // And publishes on two channels, one closed, then connection.close.
+    c.open_channel(2).await;
+    let mut write = vec![];
+    for i in 0..BATCH {
+        write.extend(message(1, "chbatch", i));
+        write.extend(message(2, "chbatch", i));
+    }
+    write.extend(channel_close_frame(2));
+    write.extend(connection_close_frame());
+    c.send(&write).await;
+    loop {
+        match next_method(&mut c, "connection.close-ok").await {
+            (0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => break,
+            (2, AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))) => {}
+            other => panic!("expected close-oks, got {other:?}"),
+        }
+    }
+    assert_eq!(message_count(&b, "chbatch").await, 3 * BATCH as u32);
+    b.stop().await;
+}
+
+// ---------------------------------------------------------------------------
 // 5. queue.delete-ok before the server's basic.cancel
 // ---------------------------------------------------------------------------
 

@@ -7,6 +7,10 @@
 //! before reading again, so a burst of publishes costs one read and, through
 //! the shared outbox, one write. Errors on a channel close that channel;
 //! errors at connection level (5xx) close the connection, as RabbitMQ does.
+//!
+//! A client's connection.close is handled in turn, after every frame before
+//! it; the answer is close-ok, and the socket is the client's to close (we
+//! close it after [`CLOSE_TIMEOUT`]), as RabbitMQ leaves it to the client.
 
 use crate::broker::delivery::ConnShared;
 use crate::broker::{Broker, ConnInfo};
@@ -36,6 +40,10 @@ pub use transport::{Stream, Transport};
 use writer::write_loop;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closed connection keeps its socket: after our connection.close
+/// (waiting for close-ok), or after our close-ok (waiting for the client to
+/// close the socket, as RabbitMQ leaves that to the client).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Read buffer: starts at READ_MIN; a read that fills it doubles the next
 /// reservation up to READ_MAX, so a busy publisher gets large reads (one
 /// syscall per batch of messages) and an idle connection keeps 4 KiB.
@@ -112,6 +120,7 @@ pub async fn serve<T: Transport>(
         heartbeat: hs.heartbeat,
         blocked_capability: hs.blocked_capability,
         closing: false,
+        closed_by_client: false,
         done: false,
     };
     c.run(&mut rd, &mut buf, &mut shutdown).await;
@@ -132,6 +141,10 @@ struct Conn {
     blocked_capability: bool,
     /// We sent connection.close and wait for close-ok.
     closing: bool,
+    /// The client sent connection.close and we answered close-ok: the
+    /// channels are gone, and we read (and drop) until the client closes
+    /// the socket or [`CLOSE_TIMEOUT`] passes.
+    closed_by_client: bool,
     done: bool,
 }
 
@@ -206,7 +219,7 @@ impl Conn {
                     }
                     match r {
                         Ok(0) | Err(_) => {
-                            if !buf.is_empty() && !self.closing {
+                            if !buf.is_empty() && !self.closing && !self.closed_by_client {
                                 tracing::info!(conn = self.ctx.conn_id, "client closed the socket in the middle of a frame");
                             }
                             return;
@@ -250,7 +263,7 @@ impl Conn {
                         // heartbeats wait in the socket, it is not silent.
                         last_read = Instant::now();
                     }
-                    if self.heartbeat > 0 {
+                    if self.heartbeat > 0 && !self.closed_by_client {
                         if last_read.elapsed() > hb * 2 {
                             tracing::warn!(conn = self.ctx.conn_id, "missed heartbeats from client, timeout: {}s", self.heartbeat);
                             return;
@@ -273,15 +286,15 @@ impl Conn {
                     self.close_connection(AmqpError::new(ReplyCode::ConnectionForced, reason));
                 }
                 _ = shutdown.changed() => {
-                    if !self.closing {
+                    if !self.closing && !self.closed_by_client {
                         self.close_connection(AmqpError::new(ReplyCode::ConnectionForced, "broker forced connection closure with reason 'shutdown'"));
                     }
                     close_deadline = Some(Instant::now() + Duration::from_secs(1));
                     ticker = tokio::time::interval(Duration::from_millis(200));
                 }
             }
-            if self.closing && close_deadline.is_none() {
-                close_deadline = Some(Instant::now() + Duration::from_secs(2));
+            if (self.closing || self.closed_by_client) && close_deadline.is_none() {
+                close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
                 ticker = tokio::time::interval(Duration::from_millis(200));
             }
         }
@@ -315,8 +328,9 @@ impl Conn {
     /// Handle one frame. Channel errors are dealt with here; connection
     /// errors are returned.
     fn frame(&mut self, f: RawFrame) -> AmqpResult<()> {
-        if self.closing {
-            // After connection.close only close-ok (or close) matters.
+        if self.closing || self.closed_by_client {
+            // After connection.close only close-ok (or close) matters; as
+            // RabbitMQ, a repeated close is answered with close-ok again.
             if f.kind == FRAME_METHOD && f.channel == 0 {
                 if let Ok((_, AMQPClass::Connection(m))) = parse_class(&f.payload[..]) {
                     match m {
@@ -325,7 +339,8 @@ impl Conn {
                             self.send0(AMQPClass::Connection(cm::AMQPMethod::CloseOk(
                                 cm::CloseOk {},
                             )));
-                            self.done = true;
+                            // We sent close and the client's crossed it: done.
+                            self.done = self.closing;
                         }
                         _ => {}
                     }
@@ -381,10 +396,18 @@ impl Conn {
         let m = decode_method(&f.payload)?;
         match m {
             AMQPClass::Connection(cm::AMQPMethod::Close(_)) => {
+                // Everything the client sent before its close has been
+                // handled (frames are handled in order). As RabbitMQ: close
+                // the channels, delete the exclusive queues, answer close-ok
+                // and leave closing the socket to the client.
+                self.teardown();
+                self.ctx
+                    .broker
+                    .connection_closed(self.ctx.conn_id, &self.ctx.vhost);
                 self.send0(AMQPClass::Connection(cm::AMQPMethod::CloseOk(
                     cm::CloseOk {},
                 )));
-                self.done = true;
+                self.closed_by_client = true;
                 Ok(())
             }
             AMQPClass::Connection(cm::AMQPMethod::UpdateSecret(u)) => {
@@ -588,7 +611,7 @@ impl Conn {
     }
 
     fn close_connection(&mut self, e: AmqpError) {
-        if self.closing {
+        if self.closing || self.closed_by_client {
             return;
         }
         tracing::info!(conn = self.ctx.conn_id, error = %e, "closing connection");
