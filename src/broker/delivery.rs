@@ -154,8 +154,6 @@ pub struct DeliveryState {
     pub unacked: VecDeque<Unacked>,
     /// basic.qos global=true: limit for the whole channel (0 = none).
     pub global_prefetch: u32,
-    /// channel.flow from the client.
-    pub flow: bool,
     pub closed: bool,
     pub consumers: Vec<Arc<Consumer>>,
     /// The channel's consumer of the direct reply-to pseudo-queue, if any.
@@ -186,7 +184,6 @@ impl ChannelShared {
                 next_tag: 1,
                 unacked: VecDeque::new(),
                 global_prefetch: 0,
-                flow: true,
                 closed: false,
                 consumers: vec![],
                 reply: None,
@@ -274,6 +271,22 @@ pub fn deliver_reply(
     drop(st);
     ch.conn.wake();
     true
+}
+
+/// Consumers the server cancelled whose basic.cancel is not written yet:
+/// dropping this writes them ([`server_cancel`]). A channel that deletes a
+/// queue drops it after its queue.delete-ok, so that its client sees
+/// delete-ok first and then the cancel, in RabbitMQ's order.
+#[must_use = "dropping it writes the basic.cancel frames"]
+#[derive(Default)]
+pub struct Cancels(pub Vec<Arc<Consumer>>);
+
+impl Drop for Cancels {
+    fn drop(&mut self) {
+        for c in self.0.drain(..) {
+            server_cancel(&c);
+        }
+    }
 }
 
 /// How a message is handed out.

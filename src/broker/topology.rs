@@ -4,9 +4,11 @@
 //! Every change is validated first (named guards, no side effect), then
 //! made durable in the definitions log, then applied to the vhost's maps.
 //! Deleting a queue cancels its consumers through
-//! [`crate::broker::delivery::server_cancel`].
+//! [`crate::broker::delivery::server_cancel`] (a channel's own queue.delete
+//! has the cancels written after its delete-ok: [`Cancels`]).
 
 use super::*;
+use crate::broker::delivery::Cancels;
 
 pub fn check_exclusive(q: &Queue, conn_id: u64) -> AmqpResult<()> {
     match q.exclusive_owner {
@@ -420,7 +422,8 @@ impl Broker {
         Ok(q)
     }
 
-    /// Delete a queue; returns its message count.
+    /// Delete a queue; returns its message count. Its consumers' clients
+    /// get basic.cancel right away.
     pub fn delete_queue(
         &self,
         vhost: &VHost,
@@ -428,6 +431,20 @@ impl Broker {
         if_unused: bool,
         if_empty: bool,
     ) -> AmqpResult<u32> {
+        self.delete_queue_cancel_later(vhost, q, if_unused, if_empty)
+            .map(|(n, _cancels)| n)
+    }
+
+    /// Delete a queue; returns its message count and its cancelled
+    /// consumers, whose basic.cancel frames are written when the
+    /// [`Cancels`] is dropped (after the caller's own reply).
+    pub fn delete_queue_cancel_later(
+        &self,
+        vhost: &VHost,
+        q: &Arc<Queue>,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> AmqpResult<(u32, Cancels)> {
         if if_unused && !q.is_unused() {
             return Err(AmqpError::precondition(format!(
                 "queue '{}' in vhost '{}' in use",
@@ -441,7 +458,7 @@ impl Broker {
             )));
         }
         if q.is_deleted() {
-            return Ok(0);
+            return Ok((0, Cancels::default()));
         }
         if q.durable && q.exclusive_owner.is_none() {
             self.persist(DefOp::DeleteQueue {
@@ -460,12 +477,9 @@ impl Broker {
         if let Some(d) = &q.dedup {
             d.forget();
         }
-        for c in consumers {
-            crate::broker::delivery::server_cancel(&c);
-        }
         let sources: Vec<_> = gone.into_iter().map(|(s, _)| s).collect();
         self.auto_delete_cascade(vhost, &sources);
-        Ok(n)
+        Ok((n, Cancels(consumers)))
     }
 
     pub fn bind(

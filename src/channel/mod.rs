@@ -125,14 +125,15 @@ impl Channel {
     fn handle_inner(&mut self, ctx: &ConnCtx, m: AMQPClass) -> AmqpResult<()> {
         match m {
             AMQPClass::Channel(chm::AMQPMethod::Flow(f)) => {
-                self.shared.state.lock().flow = f.active;
+                // RabbitMQ 3.10 does not let a client pause its deliveries:
+                // active=false closes the connection with 540.
+                if !f.active {
+                    return Err(AmqpError::not_implemented("active=false"));
+                }
                 self.reply(
                     ctx,
-                    AMQPClass::Channel(chm::AMQPMethod::FlowOk(chm::FlowOk { active: f.active })),
+                    AMQPClass::Channel(chm::AMQPMethod::FlowOk(chm::FlowOk { active: true })),
                 );
-                if f.active {
-                    self.dispatch_all();
-                }
             }
             AMQPClass::Channel(chm::AMQPMethod::FlowOk(_)) => {}
             AMQPClass::Access(amq_protocol::protocol::access::AMQPMethod::Request(_)) => {

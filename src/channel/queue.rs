@@ -115,14 +115,14 @@ impl Channel {
                 }
             }
             qm::AMQPMethod::Delete(d) => {
-                let n = match vh.queue(self.queue_name(d.queue.as_str())?) {
+                let (n, cancels) = match vh.queue(self.queue_name(d.queue.as_str())?) {
                     Some(q) => {
                         crate::broker::check_exclusive(&q, ctx.conn_id)?;
                         b.check_access(&ctx.user, &vh.name, Access::Configure, "queue", &q.name)?;
-                        b.delete_queue(vh, &q, d.if_unused, d.if_empty)?
+                        b.delete_queue_cancel_later(vh, &q, d.if_unused, d.if_empty)?
                     }
                     // RabbitMQ: deleting a queue that does not exist succeeds.
-                    None => 0,
+                    None => (0, Default::default()),
                 };
                 if !d.nowait {
                     self.reply(
@@ -132,6 +132,9 @@ impl Channel {
                         })),
                     );
                 }
+                // As RabbitMQ: delete-ok first, then the basic.cancel of the
+                // queue's consumers (this channel's included).
+                drop(cancels);
             }
             other => return Err(invalid_method(&AMQPClass::Queue(other))),
         }

@@ -1,5 +1,7 @@
 //! The AMQP handshake: protocol header, connection.start / start-ok (PLAIN
-//! and AMQPLAIN), tune / tune-ok, open / open-ok, with RabbitMQ's refusals.
+//! and AMQPLAIN), tune / tune-ok, open / open-ok, with RabbitMQ's refusals
+//! (a failed login gets a 403 connection.close only from a client with the
+//! `authentication_failure_close` capability; others see the socket close).
 //! A straight-line async function over any byte stream (TCP, TLS), run
 //! under a timeout by [`super::serve`].
 
@@ -218,14 +220,18 @@ pub(super) async fn handshake(
         None => None,
     };
     let Some(user) = user else {
-        refuse(
-            wr,
-            AmqpError::access_refused(format!(
-                "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
-            ))
-            .hard(),
-        )
-        .await;
+        let e = AmqpError::access_refused(format!(
+            "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+        ))
+        .hard();
+        if cap("authentication_failure_close") {
+            refuse(wr, e).await;
+        } else {
+            // As RabbitMQ: a client that did not ask for a close method on
+            // a failed login only sees the socket close.
+            tracing::info!(%peer, error = %e, "connection refused (socket closed: the client lacks authentication_failure_close)");
+            let _ = wr.shutdown().await;
+        }
         return Ok(None);
     };
     send_now(

@@ -7,6 +7,10 @@
 //! before reading again, so a burst of publishes costs one read and, through
 //! the shared outbox, one write. Errors on a channel close that channel;
 //! errors at connection level (5xx) close the connection, as RabbitMQ does.
+//!
+//! A client's connection.close is handled in turn, after every frame before
+//! it; the answer is close-ok, and the socket is the client's to close (we
+//! close it after [`CLOSE_TIMEOUT`]), as RabbitMQ leaves it to the client.
 
 use crate::broker::delivery::ConnShared;
 use crate::broker::{Broker, ConnInfo};
@@ -37,6 +41,10 @@ pub use transport::{Stream, Transport};
 use writer::write_loop;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closed connection keeps its socket: after our connection.close
+/// (waiting for close-ok), or after our close-ok (waiting for the client to
+/// close the socket, as RabbitMQ leaves that to the client).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Read buffer: starts at READ_MIN; a read that fills it doubles the next
 /// reservation up to READ_MAX, so a busy publisher gets large reads (one
 /// syscall per batch of messages) and an idle connection keeps 4 KiB.
@@ -120,6 +128,7 @@ pub async fn serve<T: Transport>(
         heartbeat: hs.heartbeat,
         blocked_capability: hs.blocked_capability,
         closing: false,
+        closed_by_client: false,
         done: false,
     };
     c.run(&mut rd, &mut buf, &mut shutdown).await;
@@ -140,6 +149,10 @@ struct Conn {
     blocked_capability: bool,
     /// We sent connection.close and wait for close-ok.
     closing: bool,
+    /// The client sent connection.close and we answered close-ok: the
+    /// channels are gone, and we read (and drop) until the client closes
+    /// the socket or [`CLOSE_TIMEOUT`] passes.
+    closed_by_client: bool,
     done: bool,
 }
 
@@ -214,7 +227,7 @@ impl Conn {
                     }
                     match r {
                         Ok(0) | Err(_) => {
-                            if !buf.is_empty() && !self.closing {
+                            if !buf.is_empty() && !self.closing && !self.closed_by_client {
                                 tracing::info!(conn = self.ctx.conn_id, "client closed the socket in the middle of a frame");
                             }
                             return;
@@ -258,7 +271,7 @@ impl Conn {
                         // heartbeats wait in the socket, it is not silent.
                         last_read = Instant::now();
                     }
-                    if self.heartbeat > 0 {
+                    if self.heartbeat > 0 && !self.closed_by_client {
                         if last_read.elapsed() > hb * 2 {
                             tracing::warn!(conn = self.ctx.conn_id, "missed heartbeats from client, timeout: {}s", self.heartbeat);
                             return;
@@ -281,15 +294,15 @@ impl Conn {
                     self.close_connection(AmqpError::new(ReplyCode::ConnectionForced, reason));
                 }
                 _ = shutdown.changed() => {
-                    if !self.closing {
+                    if !self.closing && !self.closed_by_client {
                         self.close_connection(AmqpError::new(ReplyCode::ConnectionForced, "broker forced connection closure with reason 'shutdown'"));
                     }
                     close_deadline = Some(Instant::now() + Duration::from_secs(1));
                     ticker = tokio::time::interval(Duration::from_millis(200));
                 }
             }
-            if self.closing && close_deadline.is_none() {
-                close_deadline = Some(Instant::now() + Duration::from_secs(2));
+            if (self.closing || self.closed_by_client) && close_deadline.is_none() {
+                close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
                 ticker = tokio::time::interval(Duration::from_millis(200));
             }
         }
@@ -323,8 +336,9 @@ impl Conn {
     /// Handle one frame. Channel errors are dealt with here; connection
     /// errors are returned.
     fn frame(&mut self, f: RawFrame) -> AmqpResult<()> {
-        if self.closing {
-            // After connection.close only close-ok (or close) matters.
+        if self.closing || self.closed_by_client {
+            // After connection.close only close-ok (or close) matters; as
+            // RabbitMQ, a repeated close is answered with close-ok again.
             if f.kind == FRAME_METHOD && f.channel == 0 {
                 if let Ok((_, AMQPClass::Connection(m))) = parse_class(&f.payload[..]) {
                     match m {
@@ -333,7 +347,8 @@ impl Conn {
                             self.send0(AMQPClass::Connection(cm::AMQPMethod::CloseOk(
                                 cm::CloseOk {},
                             )));
-                            self.done = true;
+                            // We sent close and the client's crossed it: done.
+                            self.done = self.closing;
                         }
                         _ => {}
                     }
@@ -355,7 +370,10 @@ impl Conn {
             FRAME_METHOD => self.channel_method(f),
             FRAME_HEADER | FRAME_BODY => {
                 if f.channel == 0 {
-                    return Err(AmqpError::command_invalid("content frame on channel 0"));
+                    return Err(AmqpError::unexpected_frame(unexpected_frame_text(
+                        f.kind, &f.payload,
+                    ))
+                    .hard());
                 }
                 let Some(ch) = self.channels.get_mut(&f.channel) else {
                     return Err(AmqpError::unexpected_frame(format!(
@@ -386,27 +404,60 @@ impl Conn {
         let m = decode_method(&f.payload)?;
         match m {
             AMQPClass::Connection(cm::AMQPMethod::Close(_)) => {
+                // Everything the client sent before its close has been
+                // handled (frames are handled in order). As RabbitMQ: close
+                // the channels, delete the exclusive queues, answer close-ok
+                // and leave closing the socket to the client.
+                self.teardown();
+                self.ctx
+                    .broker
+                    .connection_closed(self.ctx.conn_id, &self.ctx.vhost);
                 self.send0(AMQPClass::Connection(cm::AMQPMethod::CloseOk(
                     cm::CloseOk {},
                 )));
-                self.done = true;
+                self.closed_by_client = true;
                 Ok(())
             }
-            AMQPClass::Connection(cm::AMQPMethod::CloseOk(_)) => {
-                self.done = true;
+            AMQPClass::Connection(cm::AMQPMethod::UpdateSecret(u)) => {
+                self.update_secret(u.new_secret.as_bytes(), u.reason.as_str());
                 Ok(())
             }
-            AMQPClass::Connection(cm::AMQPMethod::Blocked(_))
-            | AMQPClass::Connection(cm::AMQPMethod::Unblocked(_)) => Ok(()),
-            AMQPClass::Connection(cm::AMQPMethod::UpdateSecretOk(_)) => Ok(()),
-            other => Err(AmqpError::command_invalid(format!(
-                "method {}/{} on channel 0",
-                other.get_amqp_class_id(),
-                other.get_amqp_method_id()
-            ))
-            .with_method(other.get_amqp_class_id(), other.get_amqp_method_id())
-            .hard()),
+            // RabbitMQ 3.10 answers anything else on channel 0, a
+            // connection method out of turn or another class's method, with
+            // 504 (and the method's ids).
+            other => Err(
+                AmqpError::channel_error("unexpected method in connection state running")
+                    .with_method(other.get_amqp_class_id(), other.get_amqp_method_id())
+                    .hard(),
+            ),
         }
+    }
+
+    /// connection.update-secret: re-authenticate the connection's user with
+    /// the new secret and answer update-secret-ok. A secret that does not
+    /// match is answered the same way, as RabbitMQ 3.10 does for users of
+    /// its internal database (their authentication state never expires, so
+    /// it does not check the new secret); the connection keeps the rights it
+    /// was opened with.
+    fn update_secret(&self, secret: &[u8], reason: &str) {
+        let user = &self.ctx.user;
+        let ok = std::str::from_utf8(secret)
+            .ok()
+            .and_then(|s| self.ctx.broker.authenticate(user, s))
+            .is_some();
+        if ok {
+            tracing::info!(conn = self.ctx.conn_id, %user, %reason, "user updated secret");
+        } else {
+            tracing::warn!(
+                conn = self.ctx.conn_id,
+                %user,
+                %reason,
+                "update-secret: the new secret does not match the user's password; the connection keeps its authentication"
+            );
+        }
+        self.send0(AMQPClass::Connection(cm::AMQPMethod::UpdateSecretOk(
+            cm::UpdateSecretOk {},
+        )));
     }
 
     fn channel_method(&mut self, f: RawFrame) -> AmqpResult<()> {
@@ -449,17 +500,22 @@ impl Conn {
                 );
             }
         }
+        // As RabbitMQ 3.10: channel_max limits how many channels are open,
+        // not their numbers; any frame for a new channel counts.
+        if self.channel_max != 0
+            && self.channels.len() >= self.channel_max as usize
+            && !self.channels.contains_key(&id)
+        {
+            return Err(AmqpError::not_allowed(format!(
+                "number of channels opened ({}) has reached the negotiated channel_max ({})",
+                self.channels.len(),
+                self.channel_max
+            ))
+            .hard());
+        }
         match self.channels.get_mut(&id) {
             None => match m {
                 AMQPClass::Channel(chm::AMQPMethod::Open(_)) => {
-                    if id > self.channel_max {
-                        return Err(AmqpError::not_allowed(format!(
-                            "channel id {id} is above the negotiated channel_max {}",
-                            self.channel_max
-                        ))
-                        .with_method(20, 10)
-                        .hard());
-                    }
                     self.channels
                         .insert(id, Channel::new(id, self.ctx.conn.clone()));
                     self.ctx.conn.send(|out| {
@@ -563,7 +619,7 @@ impl Conn {
     }
 
     fn close_connection(&mut self, e: AmqpError) {
-        if self.closing {
+        if self.closing || self.closed_by_client {
             return;
         }
         tracing::info!(conn = self.ctx.conn_id, error = %e, "closing connection");
@@ -633,6 +689,29 @@ fn decode_method(payload: &[u8]) -> AmqpResult<AMQPClass> {
             }
         }
     }
+}
+
+/// RabbitMQ's text for a frame it did not expect: "type 2, all octets =
+/// <<0,60,...>>" (the payload as Erlang prints a binary, at most 16 bytes).
+fn unexpected_frame_text(kind: u8, payload: &[u8]) -> String {
+    let (which, shown) = if payload.len() <= 16 {
+        ("all", payload)
+    } else {
+        ("first 16", &payload[..16])
+    };
+    let printable = !shown.is_empty() && shown.iter().all(|b| (0x20..0x7f).contains(b));
+    let bin = if printable {
+        format!(
+            "<<\"{}\">>",
+            String::from_utf8_lossy(shown)
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+        )
+    } else {
+        let n: Vec<String> = shown.iter().map(|b| b.to_string()).collect();
+        format!("<<{}>>", n.join(","))
+    };
+    format!("type {kind}, {which} octets = {bin}")
 }
 
 fn known_method(class: u16, method: u16) -> bool {

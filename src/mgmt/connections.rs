@@ -136,7 +136,7 @@ fn channel_json(i: &ConnInfo, ch: &ChannelShared) -> Value {
         "messages_unacknowledged": st.unacked.len(),
         "prefetch_count": prefetch,
         "global_prefetch_count": st.global_prefetch,
-        "state": if st.flow { "running" } else { "flow" },
+        "state": "running",
     })
 }
 

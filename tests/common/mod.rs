@@ -5,6 +5,7 @@
 
 pub mod http;
 mod internals;
+pub mod raw;
 #[allow(unused_imports)]
 pub use internals::{differences, take_bodies, Faults, Mirror, Op, Recorder, DELAY_INDEX_SPILL};
 

@@ -141,7 +141,7 @@ impl Queue {
     ) -> bool {
         let ch = &c.channel;
         let mut st = ch.state.lock();
-        if st.closed || !st.flow {
+        if st.closed {
             return false;
         }
         if !c.no_ack && st.global_prefetch > 0 && st.unacked.len() as u32 >= st.global_prefetch {
