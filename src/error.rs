@@ -122,6 +122,11 @@ impl AmqpError {
     pub fn access_refused(text: impl Into<String>) -> Self {
         Self::new(ReplyCode::AccessRefused, text)
     }
+    /// 403 for any operation on the default exchange (declare, delete,
+    /// bind, unbind), with RabbitMQ's text.
+    pub fn default_exchange() -> Self {
+        Self::access_refused("operation not permitted on the default exchange")
+    }
     pub fn command_invalid(text: impl Into<String>) -> Self {
         Self::new(ReplyCode::CommandInvalid, text)
     }

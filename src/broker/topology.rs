@@ -81,9 +81,7 @@ impl Broker {
         arguments: FieldTable,
     ) -> AmqpResult<Arc<Exchange>> {
         if name.is_empty() {
-            return Err(AmqpError::access_refused(
-                "operation not permitted on the default exchange",
-            ));
+            return Err(AmqpError::default_exchange());
         }
         if passive {
             return vhost.get_exchange(name);
@@ -213,15 +211,14 @@ impl Broker {
     }
 
     pub fn delete_exchange(&self, vhost: &VHost, name: &str, if_unused: bool) -> AmqpResult<()> {
-        if name.is_empty() || name.starts_with("amq.") {
-            return Err(AmqpError::access_refused(if name.is_empty() {
-                "operation not permitted on the default exchange".to_string()
-            } else {
-                format!(
-                    "deletion of system exchange '{name}' in vhost '{}' not allowed",
-                    vhost.name
-                )
-            }));
+        if name.is_empty() {
+            return Err(AmqpError::default_exchange());
+        }
+        if name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "deletion of system exchange '{name}' in vhost '{}' not allowed",
+                vhost.name
+            )));
         }
         let Some(ex) = vhost.exchange(name) else {
             // RabbitMQ: deleting a missing exchange is not an error.
@@ -490,18 +487,7 @@ impl Broker {
         routing_key: &str,
         arguments: FieldTable,
     ) -> AmqpResult<()> {
-        if source.name.is_empty() {
-            return Err(AmqpError::access_refused(
-                "operation not permitted on the default exchange",
-            ));
-        }
-        if let Dest::Exchange(d) = &dest {
-            if d.name.is_empty() {
-                return Err(AmqpError::access_refused(
-                    "operation not permitted on the default exchange",
-                ));
-            }
-        }
+        refuse_default_exchange(source, &dest)?;
         check_binding_args(source.kind, routing_key, &arguments)?;
         let durable = source.durable && dest.is_durable();
         // Log first, then change the maps (a failed write changes nothing).
@@ -528,9 +514,7 @@ impl Broker {
         arguments: FieldTable,
     ) -> AmqpResult<()> {
         if source.name.is_empty() {
-            return Err(AmqpError::access_refused(
-                "operation not permitted on the default exchange",
-            ));
+            return Err(AmqpError::default_exchange());
         }
         let durable = source.durable && dest.is_durable();
         let op = DefOp::Unbind {
@@ -650,4 +634,13 @@ pub fn check_binding_args(
         }
     }
     Ok(())
+}
+
+/// Bindings from or to the default exchange are refused (403).
+fn refuse_default_exchange(source: &Exchange, dest: &Dest) -> AmqpResult<()> {
+    match dest {
+        _ if source.name.is_empty() => Err(AmqpError::default_exchange()),
+        Dest::Exchange(d) if d.name.is_empty() => Err(AmqpError::default_exchange()),
+        _ => Ok(()),
+    }
 }

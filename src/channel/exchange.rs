@@ -71,9 +71,7 @@ impl Channel {
                 let (dest, src) = (d.destination.as_str(), d.source.as_str());
                 b.check_access(&ctx.user, &vh.name, Access::Write, "exchange", dest)?;
                 if dest.is_empty() || src.is_empty() {
-                    return Err(AmqpError::access_refused(
-                        "operation not permitted on the default exchange",
-                    ));
+                    return Err(AmqpError::default_exchange());
                 }
                 b.check_access(&ctx.user, &vh.name, Access::Read, "exchange", src)?;
                 if let (Some(dest), Some(src)) = (vh.exchange(dest), vh.exchange(src)) {

@@ -84,9 +84,7 @@ impl Channel {
                 let exchange = d.exchange.as_str();
                 b.check_access(&ctx.user, &vh.name, Access::Write, "queue", name)?;
                 if exchange.is_empty() {
-                    return Err(AmqpError::access_refused(
-                        "operation not permitted on the default exchange",
-                    ));
+                    return Err(AmqpError::default_exchange());
                 }
                 b.check_access(&ctx.user, &vh.name, Access::Read, "exchange", exchange)?;
                 if let (Some(q), Some(ex)) = (vh.queue(name), vh.exchange(exchange)) {

@@ -110,9 +110,7 @@ pub async fn put_exchange(
     let b = app.broker.clone();
     let v = caller.vhost(&b, &vhost)?;
     if name == "amq.default" {
-        return Err(ApiError::from(crate::error::AmqpError::access_refused(
-            "operation not permitted on the default exchange",
-        )));
+        return Err(ApiError::from(crate::error::AmqpError::default_exchange()));
     }
     let kind = req
         .kind
