@@ -47,6 +47,7 @@
 pub mod broker;
 pub mod channel;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod error;

@@ -22,6 +22,15 @@ struct Args {
     /// Data directory (overrides the config file).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Join a cluster: etcd client URLs, comma-separated (enables [cluster]).
+    #[arg(long, value_name = "URL[,URL]")]
+    cluster_etcd: Option<String>,
+    /// This node's name in the cluster.
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
+    /// The cluster replication port (0 picks a free one).
+    #[arg(long, value_name = "PORT")]
+    cluster_port: Option<u16>,
 }
 
 fn main() {
@@ -57,7 +66,20 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(d) = args.data_dir {
         config.data_dir = d;
     }
+    if let Some(e) = args.cluster_etcd {
+        config.cluster.enabled = true;
+        config.cluster.etcd_endpoints = lepus::config::split_list(&e);
+    }
+    if let Some(n) = args.node_name {
+        config.cluster.node_name = n;
+    }
+    if let Some(p) = args.cluster_port {
+        config.cluster.port = p;
+    }
     config.validate()?;
+    if config.cluster.enabled {
+        return lepus::cluster::run(config);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -75,3 +75,35 @@ impl Counters {
         c.load(Ordering::Relaxed)
     }
 }
+
+/// What the cluster reports about itself (filled in by `cluster/` on the
+/// leader; the management API and `/metrics` read it through
+/// [`ClusterView`] and never import the cluster).
+#[derive(Clone, Debug, Default)]
+pub struct ClusterNode {
+    pub name: String,
+    /// "leader" or "follower".
+    pub role: &'static str,
+    /// Member of the in-sync replica set (the leader always is).
+    pub isr: bool,
+    /// A replication session with the leader is open (the leader: true).
+    pub connected: bool,
+    /// Bytes sent to the follower that it has not yet acknowledged as durable.
+    pub lag_bytes: u64,
+    /// Age of the oldest synced write it has not acknowledged.
+    pub lag_ms: u64,
+    /// Where the node takes AMQP and HTTP connections ("host:port").
+    pub amqp_address: String,
+    pub http_address: String,
+}
+
+pub trait ClusterView: Send + Sync {
+    /// Every registered node, the leader first.
+    fn nodes(&self) -> Vec<ClusterNode>;
+    /// Leader changes since the cluster first formed.
+    fn failovers(&self) -> u64;
+    /// Bytes of the replication stream sent by this leader.
+    fn replication_bytes(&self) -> u64;
+    /// Followers required in sync before a confirm.
+    fn min_insync(&self) -> usize;
+}

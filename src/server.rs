@@ -160,7 +160,7 @@ async fn housekeeping(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
                     reasons.push(format!("memory {rss} above high watermark {limit}"));
                 }
             }
-            if reasons.is_empty() != b.alarm_reasons.lock().is_empty() {
+            if reasons.is_empty() != b.resource_alarms.lock().is_empty() {
                 if reasons.is_empty() {
                     tracing::info!("resource alarm cleared; publishers unblocked");
                 } else {

@@ -11,7 +11,7 @@ use super::*;
 
 /// Lock the data dir for this broker: two brokers writing the same segments
 /// and definitions log would destroy each other's data.
-pub(super) fn lock_data_dir(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
+pub fn lock_data_dir(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
     let path = dir.join("lepus.lock");
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -110,6 +110,9 @@ impl Broker {
             reply_to: Default::default(),
             alarm,
             alarm_reasons: Mutex::new(vec![]),
+            external_alarms: Default::default(),
+            resource_alarms: Default::default(),
+            cluster: Default::default(),
             me: std::sync::OnceLock::new(),
             compaction_pending: Mutex::new(vec![]),
             dir_lock: Mutex::new(Some(dir_lock)),

@@ -18,6 +18,7 @@
 pub mod args;
 mod auth;
 mod boot;
+pub use boot::lock_data_dir;
 pub mod dead_letter;
 pub mod dedup;
 pub mod delayed;
@@ -85,6 +86,13 @@ pub struct Broker {
     /// true while a resource alarm (memory or disk) blocks publishers.
     pub alarm: watch::Sender<bool>,
     pub alarm_reasons: Mutex<Vec<String>>,
+    /// Alarms raised from outside (the cluster: too few in-sync replicas),
+    /// by source; added to the resource alarms' reasons.
+    external_alarms: Mutex<std::collections::BTreeMap<&'static str, String>>,
+    /// The resource alarms' reasons, as last set by [`Broker::set_alarm`].
+    pub resource_alarms: Mutex<Vec<String>>,
+    /// The cluster's state, when this broker is a cluster's leader.
+    pub cluster: std::sync::OnceLock<Arc<dyn crate::metrics::ClusterView>>,
     me: std::sync::OnceLock<std::sync::Weak<Broker>>,
     /// Originals of compaction copies whose sync failed: released after the
     /// next successful one (never before their copies are on disk).
@@ -179,7 +187,16 @@ impl Broker {
         n
     }
 
+    /// Set the resource alarms (disk, memory) in effect; the external ones
+    /// stay.
     pub fn set_alarm(&self, reasons: Vec<String>) {
+        *self.resource_alarms.lock() = reasons;
+        self.update_alarm();
+    }
+
+    fn update_alarm(&self) {
+        let mut reasons = self.resource_alarms.lock().clone();
+        reasons.extend(self.external_alarms.lock().values().cloned());
         let on = !reasons.is_empty();
         *self.alarm_reasons.lock() = reasons;
         self.alarm.send_if_modified(|v| {
@@ -187,6 +204,21 @@ impl Broker {
             *v = on;
             changed
         });
+    }
+}
+
+impl Broker {
+    /// Raise (`Some`) or clear (`None`) the alarm of `source`: while any
+    /// alarm is on, publishing connections are blocked with the reasons.
+    pub fn set_external_alarm(&self, source: &'static str, reason: Option<String>) {
+        {
+            let mut ext = self.external_alarms.lock();
+            match reason {
+                Some(r) => ext.insert(source, r),
+                None => ext.remove(source),
+            };
+        }
+        self.update_alarm();
     }
 }
 

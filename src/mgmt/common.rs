@@ -244,8 +244,14 @@ pub(super) fn exchange_name(path_name: &str) -> &str {
 }
 
 /// The name of the node, as RabbitMQ shows it ("lepus@hostname").
+static NODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Name this node (a cluster member's `node_name`), before the API starts.
+pub fn set_node_name(name: &str) {
+    let _ = NODE.set(name.to_owned());
+}
+
 pub fn node_name() -> &'static str {
-    static NODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     NODE.get_or_init(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|s| s.trim().to_owned())

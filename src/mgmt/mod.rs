@@ -25,6 +25,7 @@
 
 mod bindings;
 mod common;
+pub use common::set_node_name;
 mod connections;
 mod definitions;
 mod exchanges;

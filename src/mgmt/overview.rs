@@ -164,7 +164,41 @@ pub async fn list_nodes(State(app): State<App>, caller: Caller) -> ApiResult<Jso
     if !caller.sees_all {
         return Err(ApiError::not_authorised("Not monitor user"));
     }
-    Ok(Json(json!([node_json(&app)])))
+    Ok(Json(Value::Array(all_nodes(&app))))
+}
+
+/// This node, plus (when it leads a cluster) every other member, each with
+/// its `role`, `isr` membership and replication lag.
+fn all_nodes(app: &App) -> Vec<Value> {
+    let mut me = node_json(app);
+    let Some(c) = app.broker.cluster.get() else {
+        return vec![me];
+    };
+    let mut out = vec![];
+    for n in c.nodes() {
+        if n.role == "leader" {
+            me["role"] = json!("leader");
+            me["isr"] = json!(true);
+            me["lag_bytes"] = json!(0);
+            me["lag_ms"] = json!(0);
+            me["amqp_address"] = json!(n.amqp_address);
+            me["http_address"] = json!(n.http_address);
+            out.insert(0, me.clone());
+        } else {
+            out.push(json!({
+                "name": n.name,
+                "type": "disc",
+                "running": n.connected,
+                "role": n.role,
+                "isr": n.isr,
+                "lag_bytes": n.lag_bytes,
+                "lag_ms": n.lag_ms,
+                "amqp_address": n.amqp_address,
+                "http_address": n.http_address,
+            }));
+        }
+    }
+    out
 }
 
 pub async fn get_node(
@@ -175,10 +209,11 @@ pub async fn get_node(
     if !caller.sees_all {
         return Err(ApiError::not_authorised("Not monitor user"));
     }
-    if name != node_name() {
-        return Err(ApiError::not_found());
-    }
-    Ok(Json(node_json(&app)))
+    all_nodes(&app)
+        .into_iter()
+        .find(|n| n["name"] == json!(name))
+        .map(Json)
+        .ok_or_else(ApiError::not_found)
 }
 
 pub async fn health_alarms(State(app): State<App>, _caller: Caller) -> Response {

@@ -239,7 +239,7 @@ fn render(app: &App) -> String {
         "gauge",
         "1 while a resource alarm blocks publishers, by resource.",
     );
-    for resource in ["disk", "memory"] {
+    for resource in ["disk", "memory", "cluster"] {
         let on = reasons.iter().any(|r| r.starts_with(resource));
         o.sample("lepus_alarm", &[("resource", resource)], on as u8);
     }
@@ -251,7 +251,77 @@ fn render(app: &App) -> String {
     );
 
     delayed(b, &mut o);
+    cluster(b, &mut o);
     o.0
+}
+
+/// Replication, when this broker leads a cluster.
+fn cluster(broker: &Broker, o: &mut Out) {
+    let Some(c) = broker.cluster.get() else {
+        return;
+    };
+    let nodes = c.nodes();
+    let followers: Vec<_> = nodes.iter().filter(|n| n.role == "follower").collect();
+    o.single(
+        "lepus_cluster_isr_size",
+        "gauge",
+        "Nodes in the in-sync replica set, the leader included.",
+        nodes.iter().filter(|n| n.isr).count(),
+    );
+    o.single(
+        "lepus_cluster_min_insync",
+        "gauge",
+        "Followers that must have a persistent message on disk before it is confirmed.",
+        c.min_insync(),
+    );
+    o.single(
+        "lepus_cluster_failovers_total",
+        "counter",
+        "Leader changes since the cluster formed.",
+        c.failovers(),
+    );
+    o.single(
+        "lepus_cluster_replication_bytes_total",
+        "counter",
+        "Bytes of the replication stream (copies included) sent by this leader.",
+        c.replication_bytes(),
+    );
+    o.family(
+        "lepus_cluster_follower_lag_bytes",
+        "gauge",
+        "Stream bytes sent to a follower and not yet acknowledged as on its disk.",
+    );
+    for n in &followers {
+        o.sample(
+            "lepus_cluster_follower_lag_bytes",
+            &[("node", &n.name)],
+            n.lag_bytes,
+        );
+    }
+    o.family(
+        "lepus_cluster_follower_lag_seconds",
+        "gauge",
+        "Age of the oldest write a follower has not acknowledged.",
+    );
+    for n in &followers {
+        o.sample(
+            "lepus_cluster_follower_lag_seconds",
+            &[("node", &n.name)],
+            n.lag_ms as f64 / 1000.0,
+        );
+    }
+    o.family(
+        "lepus_cluster_follower_in_sync",
+        "gauge",
+        "1 while a follower is in the in-sync replica set.",
+    );
+    for n in &followers {
+        o.sample(
+            "lepus_cluster_follower_in_sync",
+            &[("node", &n.name)],
+            n.isr as u8,
+        );
+    }
 }
 
 /// Messages waiting in delayed-message exchanges, per exchange.

@@ -159,7 +159,7 @@ impl Durable {
             let dir = dir.parent().unwrap_or(&self.root);
             self.io.sync_dir(dir)?;
             if let Some(o) = &self.obs {
-                o.synced(rel);
+                o.synced(rel)?;
             }
         }
         Ok(())
@@ -226,7 +226,7 @@ impl Durable {
     pub fn sync(&self, rel: &Path, file: &File) -> io::Result<()> {
         self.io.sync(file)?;
         if let Some(o) = &self.obs {
-            o.synced(rel);
+            o.synced(rel)?;
         }
         Ok(())
     }

@@ -39,8 +39,11 @@ pub trait Observer: Send + Sync + 'static {
     /// `path` was removed.
     fn deleted(&self, path: &Path);
     /// What was written to `path` so far is on disk (fdatasync returned; for
-    /// a rename, the directory was synced too).
-    fn synced(&self, path: &Path);
+    /// a rename, the directory was synced too). An error means the write is
+    /// not durable where it must be (a replicator that cannot reach enough
+    /// followers, or lost its leadership): the store treats it as a failed
+    /// sync, so the publishes it covers are nacked, never confirmed.
+    fn synced(&self, path: &Path) -> io::Result<()>;
 }
 
 /// One observed change, owned (what a replicator would send).
@@ -123,8 +126,9 @@ impl Observer for Recorder {
     fn deleted(&self, path: &Path) {
         self.push(Op::Deleted(path.to_owned()));
     }
-    fn synced(&self, path: &Path) {
+    fn synced(&self, path: &Path) -> io::Result<()> {
         self.push(Op::Synced(path.to_owned()));
+        Ok(())
     }
 }
 
@@ -137,8 +141,18 @@ impl Observer for Recorder {
 pub struct Mirror {
     root: PathBuf,
     open: HashMap<PathBuf, File>,
-    /// fdatasync on `synced` (a real follower does; a test may skip it).
+    /// fdatasync on `synced` (a test may skip it). A follower turns it off
+    /// and calls [`Mirror::sync_dirty`] once per batch instead.
     pub sync: bool,
+    /// Skip changes to files that are not there (a write, cut, rename or sync
+    /// of a missing file). A follower replays the changes made while it
+    /// copied the primary's files leniently: the copy may already hold their
+    /// result (a file written, then renamed away, before it was copied).
+    pub lenient: bool,
+    /// Files written since the last [`Mirror::sync_dirty`].
+    dirty: std::collections::HashSet<PathBuf>,
+    /// Directories whose entries changed since then.
+    dirty_dirs: std::collections::HashSet<PathBuf>,
 }
 
 impl Mirror {
@@ -148,7 +162,36 @@ impl Mirror {
             root: root.to_owned(),
             open: HashMap::new(),
             sync: true,
+            lenient: false,
+            dirty: Default::default(),
+            dirty_dirs: Default::default(),
         })
+    }
+
+    /// fdatasync every file written, and fsync every directory whose entries
+    /// changed, since the last call: what was applied so far is on disk.
+    pub fn sync_dirty(&mut self) -> io::Result<()> {
+        for rel in std::mem::take(&mut self.dirty) {
+            match self.file(&rel) {
+                Ok(f) => f.sync_data()?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for dir in std::mem::take(&mut self.dirty_dirs) {
+            match File::open(&dir) {
+                Ok(d) => d.sync_all()?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn dir_changed(&mut self, path: &Path) {
+        if let Some(d) = path.parent() {
+            self.dirty_dirs.insert(d.to_owned());
+        }
     }
 
     fn target(&self, rel: &Path) -> io::Result<PathBuf> {
@@ -179,6 +222,13 @@ impl Mirror {
 
     /// Apply one change.
     pub fn apply(&mut self, op: &Op) -> io::Result<()> {
+        match self.apply_strict(op) {
+            Err(e) if self.lenient && e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
+    fn apply_strict(&mut self, op: &Op) -> io::Result<()> {
         match op {
             Op::Created(p) => {
                 let path = self.target(p)?;
@@ -186,19 +236,31 @@ impl Mirror {
                     std::fs::create_dir_all(dir)?;
                 }
                 self.open.insert(p.clone(), File::create(&path)?);
+                self.dirty.insert(p.clone());
+                self.dir_changed(&path);
             }
             Op::Wrote {
                 path,
                 offset,
                 bytes,
-            } => self.file(path)?.write_all_at(bytes, *offset)?,
-            Op::SetLen { path, len } => self.file(path)?.set_len(*len)?,
+            } => {
+                self.file(path)?.write_all_at(bytes, *offset)?;
+                self.dirty.insert(path.clone());
+            }
+            Op::SetLen { path, len } => {
+                self.file(path)?.set_len(*len)?;
+                self.dirty.insert(path.clone());
+            }
             Op::Renamed { from, to } => {
                 let (f, t) = (self.target(from)?, self.target(to)?);
                 if let Some(dir) = t.parent() {
                     std::fs::create_dir_all(dir)?;
                 }
                 std::fs::rename(&f, &t)?;
+                self.dir_changed(&t);
+                if self.dirty.remove(from) {
+                    self.dirty.insert(to.clone());
+                }
                 self.open.remove(to);
                 if let Some(file) = self.open.remove(from) {
                     self.open.insert(to.clone(), file);
@@ -206,9 +268,11 @@ impl Mirror {
             }
             Op::Deleted(p) => {
                 self.open.remove(p);
-                match std::fs::remove_file(self.target(p)?) {
+                self.dirty.remove(p);
+                let path = self.target(p)?;
+                match std::fs::remove_file(&path) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                    _ => {}
+                    _ => self.dir_changed(&path),
                 }
             }
             Op::Synced(p) => {
@@ -248,27 +312,39 @@ fn short(op: &Op) -> String {
     }
 }
 
-/// How two data directories differ, file by file (`lepus.lock` is not data
-/// and is skipped): files only on one side, and files whose bytes differ.
-/// Empty when the replica reproduces the primary.
-pub fn differences(primary: &Path, replica: &Path) -> io::Result<Vec<String>> {
-    fn files(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
-        for e in std::fs::read_dir(root.join(rel))? {
+/// Every data file under `root`, relative to it and sorted. `lepus.lock`
+/// and `lepus.node` (the cluster's marker) belong to the node, not to the
+/// data, and are skipped.
+pub fn data_files(root: &Path) -> io::Result<Vec<PathBuf>> {
+    fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+        let entries = match std::fs::read_dir(root.join(rel)) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for e in entries {
             let e = e?;
             let child = rel.join(e.file_name());
             if e.file_type()?.is_dir() {
-                files(root, &child, out)?;
-            } else if child != Path::new("lepus.lock") {
+                walk(root, &child, out)?;
+            } else if child != Path::new("lepus.lock") && child != Path::new("lepus.node") {
                 out.push(child);
             }
         }
         Ok(())
     }
-    let (mut a, mut b) = (vec![], vec![]);
-    files(primary, Path::new(""), &mut a)?;
-    files(replica, Path::new(""), &mut b)?;
-    a.sort();
-    b.sort();
+    let mut out = vec![];
+    walk(root, Path::new(""), &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// How two data directories differ, file by file (`lepus.lock` is not data
+/// and is skipped): files only on one side, and files whose bytes differ.
+/// Empty when the replica reproduces the primary.
+pub fn differences(primary: &Path, replica: &Path) -> io::Result<Vec<String>> {
+    let a = data_files(primary)?;
+    let b = data_files(replica)?;
     let mut out = vec![];
     for p in &b {
         if a.binary_search(p).is_err() {

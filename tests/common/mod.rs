@@ -3,6 +3,7 @@
 //! through the helpers of `internals.rs` (on [`TestBroker`]).
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod http;
 mod internals;
 pub mod raw;
