@@ -61,6 +61,12 @@ struct Cli {
 enum Cmd {
     /// Broker status: version, listeners, totals, rates, store, alarms.
     Status,
+    /// Cluster members: role, in-sync replica set, replication lag.
+    #[command(name = "cluster_status", alias = "cluster-status")]
+    ClusterStatus {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// List objects as a table (or --format json).
     List {
         what: ListWhat,
@@ -462,6 +468,33 @@ fn run(cli: Cli) -> Result<(), String> {
     let v = seg(&vhost);
     match cli.cmd {
         Cmd::Status => status(&api),
+        Cmd::ClusterStatus { format } => {
+            let nodes = api.get("/api/nodes")?;
+            match format {
+                Format::Json => print_json(&nodes),
+                Format::Table => {
+                    let rows = nodes.as_array().cloned().unwrap_or_default();
+                    let clustered = rows.iter().any(|n| n.get("role").is_some());
+                    if !clustered {
+                        println!("single node (clustering is off)");
+                    }
+                    print_table(
+                        &rows,
+                        &[
+                            ("name", "/name"),
+                            ("role", "/role"),
+                            ("running", "/running"),
+                            ("isr", "/isr"),
+                            ("lag_bytes", "/lag_bytes"),
+                            ("lag_ms", "/lag_ms"),
+                            ("amqp", "/amqp_address"),
+                            ("http", "/http_address"),
+                        ],
+                    );
+                }
+            }
+            Ok(())
+        }
         Cmd::List { what, format } => {
             let (all, scoped, cols) = what.spec();
             let path = match (&cli.vhost, scoped) {

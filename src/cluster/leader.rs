@@ -37,6 +37,8 @@ const MAX_BUFFER: usize = 256 << 20;
 /// How often an idle session sends a heartbeat (followers answer with an
 /// ack, which is how the leader knows they are alive).
 pub const HEARTBEAT: Duration = Duration::from_millis(200);
+/// At shutdown, how long the last syncs wait for the followers.
+const DRAIN_WAIT: Duration = Duration::from_secs(2);
 
 pub struct Replicator {
     inner: Mutex<Inner>,
@@ -67,6 +69,8 @@ struct Inner {
     confirming: bool,
     /// Why syncs must fail from now on (shut down, leadership lost).
     fenced: Option<String>,
+    /// Shutting down: a sync waits for the ISR at most [`DRAIN_WAIT`].
+    draining: bool,
     next_session: u64,
 }
 
@@ -100,6 +104,7 @@ impl Replicator {
                 syncs: VecDeque::new(),
                 confirming: false,
                 fenced: None,
+                draining: false,
                 next_session: 1,
             }),
             acked: Condvar::new(),
@@ -116,6 +121,13 @@ impl Replicator {
     /// Recovery is over: from now on a sync waits for the ISR.
     pub fn start_confirming(&self) {
         self.inner.lock().confirming = true;
+    }
+
+    /// Shutting down: the last syncs (the store's final flush) wait for the
+    /// followers a short while, then fail instead of hanging the shutdown.
+    pub fn drain(&self) {
+        self.inner.lock().draining = true;
+        self.acked.notify_all();
     }
 
     /// Make every sync fail from now on (and wake those waiting).
@@ -192,10 +204,16 @@ impl Observer for Replicator {
                 None => Ok(()),
             };
         }
-        g.syncs.push_back((target, Instant::now()));
+        let started = Instant::now();
+        g.syncs.push_back((target, started));
         loop {
             if let Some(why) = &g.fenced {
                 return Err(io::Error::other(format!("not replicated: {why}")));
+            }
+            if g.draining && started.elapsed() > DRAIN_WAIT {
+                return Err(io::Error::other(
+                    "not replicated: shutting down without enough followers",
+                ));
             }
             let all_acked = g
                 .isr

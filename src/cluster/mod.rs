@@ -67,14 +67,12 @@ where
     control.spawn(f).await.expect("cluster task panicked")
 }
 
-fn shutdown_signal() -> impl Future<Output = ()> {
-    async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("signal handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }
 
@@ -257,7 +255,7 @@ async fn node(config: Config, control: &Runtime) -> Result<(), String> {
     let ended_watch = ended_rx.clone();
     crate::server::run_with_mgmt(listeners, mgmt, broker, async move {
         tokio::select! {
-            _ = &mut shutdown => {}
+            _ = &mut shutdown => fenced.drain(),
             _ = lost.changed() => {
                 let why = lost.borrow().clone().unwrap_or_default();
                 tracing::error!(reason = %why, "lost the etcd lease: another node may lead now; stopping");

@@ -283,6 +283,7 @@ impl Drop for Node {
         if let Some(c) = &self.child {
             let _ = Command::new("kill")
                 .args(["-CONT", &c.id().to_string()])
+                .stderr(Stdio::null())
                 .status();
         }
         self.kill9();
