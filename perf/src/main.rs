@@ -70,6 +70,9 @@ struct Args {
     /// Declare the queue durable
     #[arg(long)]
     durable_queue: bool,
+    /// Declare the queue as a quorum queue (x-queue-type quorum; implies durable)
+    #[arg(long)]
+    quorum: bool,
     /// Do not delete the queue at the end (implied by --publish-only)
     #[arg(long)]
     keep_queue: bool,
@@ -304,9 +307,20 @@ async fn run(args: Args) -> Result<bool> {
 
     let mut admin = Conn::open(&uri, "lepus-perf-setup").await?;
     admin.channel_open(1).await?;
-    let backlog = admin
-        .queue_declare(1, &args.queue, args.durable_queue)
-        .await?;
+    let backlog = if args.quorum {
+        let mut a = amq_protocol::types::FieldTable::default();
+        a.insert(
+            "x-queue-type".into(),
+            amq_protocol::types::AMQPValue::LongString("quorum".into()),
+        );
+        admin
+            .queue_declare_with(1, &args.queue, true, false, a)
+            .await?
+    } else {
+        admin
+            .queue_declare(1, &args.queue, args.durable_queue)
+            .await?
+    };
     if !args.exchange.is_empty() {
         admin
             .queue_bind(1, &args.queue, &args.exchange, &args.queue)

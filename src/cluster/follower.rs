@@ -142,6 +142,16 @@ pub fn follow(
                         format!("applying change {seq} ({}): {e}", op.path().display()),
                     )
                 })?;
+                if let Op::Synced(p) = &op {
+                    // The leader's small files (definitions log, delay runs)
+                    // are replaced by write, sync, rename, sync: keep that
+                    // order on disk here too, so a crash of this machine
+                    // cannot leave a renamed file without its bytes.
+                    // Segment syncs wait for the batch's end.
+                    if !p.starts_with(crate::store::segment::DIR) {
+                        mirror.sync_dirty()?;
+                    }
+                }
                 if seq > 0 {
                     applied = seq;
                     stream_bytes += frame_len;
