@@ -644,3 +644,50 @@ fn a_taken_node_name_is_refused_and_strangers_get_nothing() {
                 .is_none()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_min_insync_two_one_frozen_follower_blocks_publishers_until_it_catches_up() {
+    let mut cl = blocking(|| Cluster::start(&[("LEPUS_CLUSTER_MIN_INSYNC", "2")]));
+    let api = cl.node("n1").api();
+    let c = connect_any(&[cl.node("n2").uri()], 10).await;
+    let ch = confirm_channel(&c).await;
+    ch.queue_declare(
+        "q".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    assert!(send(&ch, 0).await.await.unwrap().is_ack());
+    cl.node("n3").signal("STOP");
+    let pc = send(&ch, 1).await;
+    assert!(
+        common::eventually(15, || c.status().blocked()).await,
+        "publisher was not blocked with 1 of 2 required followers in sync"
+    );
+    let nodes_now = blocking(|| nodes(&api)).unwrap();
+    assert!(
+        nodes_now
+            .iter()
+            .any(|n| n["name"] == "n3" && n["isr"] == false),
+        "{nodes_now:?}"
+    );
+    let early = tokio::time::timeout(Duration::from_millis(500), pc).await;
+    assert!(early.is_err(), "confirmed on too few disks: {early:?}");
+    cl.node("n3").signal("CONT");
+    assert!(
+        common::eventually(30, || !c.status().blocked()).await,
+        "publisher not unblocked after n3 caught up"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_secs(15), send(&ch, 2).await)
+            .await
+            .expect("confirmed once n3 is back in sync")
+            .unwrap()
+            .is_ack()
+    );
+    let _ = c.close(200, "bye".into()).await;
+}
