@@ -66,6 +66,9 @@ forbidden = {
     "clock": {x for x in {layer(m) for m in mods}} - {"clock"},
     "error": {x for x in {layer(m) for m in mods}} - {"error", "protocol"},
 }
+# The cluster is imported by the launcher (src/main.rs) only.
+for l in {layer(m) for m in mods} - {"cluster"}:
+    forbidden.setdefault(l, set()).add("cluster")
 print("layer imports:")
 lay = defaultdict(set)
 for a, ts in edges.items():
