@@ -160,7 +160,13 @@ pub struct Exchange {
     pub auto_delete: bool,
     pub internal: bool,
     pub arguments: FieldTable,
-    pub alternate: Option<String>,
+    /// The `alternate-exchange` argument, if declared with one.
+    declared_alternate: Option<String>,
+    /// The alternate exchange in force: the argument, else the policy's
+    /// (the argument wins, as RabbitMQ's). Read only for unroutable messages.
+    alternate: RwLock<Option<String>>,
+    /// Which policies apply, and their merged definition.
+    applied: parking_lot::Mutex<Arc<crate::broker::policy::Applied>>,
     pub bindings: RwLock<Bindings>,
     pub deleted: AtomicBool,
     /// x-message-deduplication on the exchange: duplicates are not routed.
@@ -199,7 +205,9 @@ impl Exchange {
             auto_delete,
             internal,
             arguments,
-            alternate,
+            alternate: RwLock::new(alternate.clone()),
+            declared_alternate: alternate,
+            applied: Default::default(),
             bindings: RwLock::new(Bindings::default()),
             deleted: AtomicBool::new(false),
             dedup: None,
@@ -211,6 +219,26 @@ impl Exchange {
 
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::Acquire)
+    }
+
+    /// The alternate exchange in force (argument, else policy).
+    pub fn alternate(&self) -> Option<String> {
+        self.alternate.read().clone()
+    }
+
+    pub fn applied(&self) -> Arc<crate::broker::policy::Applied> {
+        self.applied.lock().clone()
+    }
+
+    /// Take the policies' settings (`alternate-exchange`) at run time.
+    pub fn apply_policy(&self, applied: crate::broker::policy::Applied) {
+        let from_policy = applied
+            .definition
+            .get("alternate-exchange")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        *self.alternate.write() = self.declared_alternate.clone().or(from_policy);
+        *self.applied.lock() = Arc::new(applied);
     }
 
     /// Add a binding; false if it already existed.

@@ -165,7 +165,11 @@ impl Broker {
             arguments,
             id,
         )?;
-        vhost.exchanges.write().insert(name.to_owned(), ex.clone());
+        {
+            let set = self.policies_for_new();
+            ex.apply_policy(set.applied(&vhost.name, name, false));
+            vhost.exchanges.write().insert(name.to_owned(), ex.clone());
+        }
         if let Some(d) = &ex.delayed {
             d.start(&ex, &vh);
         }
@@ -392,6 +396,7 @@ impl Broker {
                 auto_delete,
             )?;
         }
+        self.check_queue_limit(vhost, &name)?;
         let id = self.next_queue_id.fetch_add(1, Ordering::Relaxed);
         // Exclusive queues are never durable in effect: they die with their connection.
         let durable_effective = durable && !exclusive;
@@ -414,7 +419,16 @@ impl Broker {
             arguments,
             self.store.clone(),
         ));
-        vhost.queues.write().insert(name, q.clone());
+        {
+            // Policies apply from the start; the read guard is held until the
+            // queue is in the map (see Broker::set_policy).
+            let set = self.policies_for_new();
+            let applied = set.applied(&vhost.name, &name, true);
+            if applied != crate::broker::policy::Applied::default() {
+                q.apply_policy(applied, false);
+            }
+            vhost.queues.write().insert(name, q.clone());
+        }
         q.start_timers();
         Ok(q)
     }
@@ -559,6 +573,8 @@ impl Broker {
         };
         self.persist(DefOp::DeleteVhost { name: name.into() })?;
         self.vhosts.write().remove(name);
+        self.policies.write().remove_vhost(name);
+        self.vhost_limits.write().remove(name);
         let queues: Vec<_> = v.queues.read().values().cloned().collect();
         for q in queues {
             let (_, consumers) = q.delete();
