@@ -670,3 +670,82 @@ async fn definitions_round_trip_policies_and_limits() {
     b2.stop().await;
     b.stop().await;
 }
+
+fn keyed(key: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_headers(table(&[("x-deduplication-header", key)]))
+        .with_delivery_mode(2)
+}
+
+#[tokio::test]
+async fn lepus_deduplication_keys_on_queues_and_exchanges() {
+    let mut b = TestBroker::start().await;
+    let a = api(&b);
+    {
+        let (_c, ch) = confirm_channel(&b).await;
+        declare_queue_with(&ch, "dd", durable(), FieldTable::default()).await;
+        set_policy(
+            &a,
+            "dd",
+            json!({"pattern": "^dd$", "apply-to": "queues",
+                   "definition": {"message-deduplication": true, "cache-size": 100}}),
+        )
+        .await;
+        for k in ["a", "a", "b"] {
+            publish_confirmed(&ch, "", "dd", k.as_bytes(), keyed(k)).await;
+        }
+        assert_eq!(count(&ch, "dd").await, 2);
+    }
+    // the cache of a durable queue survives a restart, as with the argument
+    b.restart().await;
+    let a = api(&b);
+    let (_c, ch) = confirm_channel(&b).await;
+    publish_confirmed(&ch, "", "dd", b"a", keyed("a")).await;
+    assert_eq!(count(&ch, "dd").await, 2);
+    clear_policy(&a, "dd").await;
+    for _ in 0..2 {
+        publish_confirmed(&ch, "", "dd", b"a", keyed("a")).await;
+    }
+    assert_eq!(
+        count(&ch, "dd").await,
+        4,
+        "no deduplication without the policy"
+    );
+
+    // on an exchange: duplicates are not routed
+    declare_exchange_with(
+        &ch,
+        "fan",
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await;
+    declare_queue(&ch, "fan.q").await;
+    bind_queue(&ch, "fan.q", "fan", "").await;
+    set_policy(
+        &a,
+        "fan",
+        json!({"pattern": "^fan$", "apply-to": "exchanges",
+               "definition": {"message-deduplication": true}}),
+    )
+    .await;
+    for k in ["x", "x", "y"] {
+        publish_confirmed(&ch, "fan", "", k.as_bytes(), keyed(k)).await;
+    }
+    assert_eq!(count(&ch, "fan.q").await, 2);
+    // a wrong type is refused
+    let r = a
+        .put(
+            "/api/policies/%2F/bad",
+            json!({"pattern": ".*", "definition": {"message-deduplication": "yes"}}),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.text.contains("is not a valid deduplication flag"),
+        "{}",
+        r.text
+    );
+    b.stop().await;
+}

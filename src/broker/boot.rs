@@ -165,7 +165,10 @@ impl Broker {
                     e.id,
                 ) {
                     Ok(ex) => {
-                        ex.apply_policy(broker.policies.read().applied(v, name, false));
+                        ex.apply_policy(
+                            broker.policies.read().applied(v, name, false),
+                            store.files(),
+                        );
                         if let (Some(d), Some(msgs)) = (&ex.delayed, recovered.remove(&e.id)) {
                             tracing::info!(exchange = %name, pending = msgs.len(), "delayed messages recovered");
                             d.restore(msgs);

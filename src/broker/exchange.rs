@@ -170,7 +170,9 @@ pub struct Exchange {
     pub bindings: RwLock<Bindings>,
     pub deleted: AtomicBool,
     /// x-message-deduplication on the exchange: duplicates are not routed.
-    pub dedup: Option<crate::broker::dedup::Dedup>,
+    pub dedup: crate::broker::dedup::DedupSlot,
+    /// Where a durable exchange keeps its deduplication log.
+    pub dedup_log: Option<std::path::PathBuf>,
     /// Delayed delivery (x-delayed-message, or x-delayed-exchange=true).
     pub delayed: Option<crate::broker::delayed::Delayed>,
     /// x-consistent-hash: hash this header instead of the routing key...
@@ -210,7 +212,8 @@ impl Exchange {
             applied: Default::default(),
             bindings: RwLock::new(Bindings::default()),
             deleted: AtomicBool::new(false),
-            dedup: None,
+            dedup: Default::default(),
+            dedup_log: None,
             delayed: None,
             hash_header,
             hash_property,
@@ -230,8 +233,15 @@ impl Exchange {
         self.applied.lock().clone()
     }
 
-    /// Take the policies' settings (`alternate-exchange`) at run time.
-    pub fn apply_policy(&self, applied: crate::broker::policy::Applied) {
+    /// Take the policies' settings (`alternate-exchange`, the lepus-only
+    /// deduplication keys) at run time.
+    pub fn apply_policy(
+        &self,
+        applied: crate::broker::policy::Applied,
+        files: &Arc<crate::store::durable::Durable>,
+    ) {
+        self.dedup
+            .apply_policy(&applied.definition, self.dedup_log.clone(), files);
         let from_policy = applied
             .definition
             .get("alternate-exchange")

@@ -208,6 +208,11 @@ fn check_key(key: &str, v: &Value) -> Option<Result<(), String>> {
             "is not a valid queue leader locator value",
         ),
         "initial-cluster-size" => (int_at_least(0), "is not a valid cluster size"),
+        // Lepus-only: deduplication (the x-message-deduplication arguments).
+        "message-deduplication" => (v.is_boolean(), "is not a valid deduplication flag"),
+        "cache-size" => (int_at_least(1), "is not a valid deduplication cache size"),
+        "cache-ttl" => (int_at_least(1), "is not a valid deduplication cache TTL"),
+        "deduplication-header" => (s(), "is not a valid deduplication header name"),
         k if IGNORED_KEYS.contains(&k) => (true, ""),
         _ => return None,
     };
@@ -549,7 +554,7 @@ impl Broker {
         for x in exchanges.iter().filter(|x| !x.name.is_empty()) {
             let a = set.applied(&vh.name, &x.name, false);
             if a != *x.applied() {
-                x.apply_policy(a);
+                x.apply_policy(a, self.store.files());
             }
         }
     }

@@ -167,7 +167,7 @@ impl Broker {
         )?;
         {
             let set = self.policies_for_new();
-            ex.apply_policy(set.applied(&vhost.name, name, false));
+            ex.apply_policy(set.applied(&vhost.name, name, false), self.store.files());
             vhost.exchanges.write().insert(name.to_owned(), ex.clone());
         }
         if let Some(d) = &ex.delayed {
@@ -192,11 +192,13 @@ impl Broker {
         let (k, delayed) = exchange_kind(kind, &arguments)?;
         let mut ex = Exchange::new(name, k, durable, auto_delete, internal, arguments);
         ex.type_name = kind.to_owned();
-        ex.dedup = crate::broker::dedup::Dedup::from_args(
+        ex.dedup = crate::broker::dedup::DedupSlot::new(crate::broker::dedup::Dedup::from_args(
             &ex.arguments,
             durable.then(|| exchange_dedup_path(&self.config.data_dir, &vhost.name, name)),
             self.store.files(),
-        );
+        ));
+        ex.dedup_log =
+            durable.then(|| exchange_dedup_path(&self.config.data_dir, &vhost.name, name));
         if delayed {
             let sub = if id != 0 {
                 format!("x{id}")
@@ -245,7 +247,7 @@ impl Broker {
         if let Some(d) = &ex.delayed {
             d.purge();
         }
-        if let Some(d) = &ex.dedup {
+        if let Some(d) = ex.dedup.get() {
             d.forget();
         }
         // Reset the whole index, not just the list: a route still holding
@@ -262,7 +264,7 @@ impl Broker {
             if let Some(d) = &ex.delayed {
                 d.purge();
             }
-            if let Some(d) = &ex.dedup {
+            if let Some(d) = ex.dedup.get() {
                 d.forget();
             }
             if ex.durable {
@@ -485,7 +487,7 @@ impl Broker {
         }
         let gone = vhost.unbind_everywhere(&Dest::Queue(q.clone()));
         let (n, consumers) = q.delete();
-        if let Some(d) = &q.dedup {
+        if let Some(d) = q.dedup.get() {
             d.forget();
         }
         let sources: Vec<_> = gone.into_iter().map(|(s, _)| s).collect();
@@ -581,7 +583,7 @@ impl Broker {
             for c in consumers {
                 crate::broker::delivery::server_cancel(&c);
             }
-            if let Some(d) = &q.dedup {
+            if let Some(d) = q.dedup.get() {
                 d.forget();
             }
         }
@@ -591,7 +593,7 @@ impl Broker {
             if let Some(d) = &e.delayed {
                 d.purge();
             }
-            if let Some(d) = &e.dedup {
+            if let Some(d) = e.dedup.get() {
                 d.forget();
             }
         }

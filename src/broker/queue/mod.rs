@@ -107,7 +107,9 @@ pub struct Queue {
     deleted: AtomicBool,
     pub counters: Counters,
     /// x-message-deduplication.
-    pub dedup: Option<crate::broker::dedup::Dedup>,
+    pub dedup: crate::broker::dedup::DedupSlot,
+    /// Where a durable queue keeps its deduplication log.
+    dedup_log: Option<std::path::PathBuf>,
     flow: tokio::sync::Notify,
     throttling: AtomicBool,
     timer: Arc<tokio::sync::Notify>,
@@ -152,7 +154,11 @@ impl Queue {
                 .join("dedup")
                 .join(format!("q{id}.log"))
         });
-        let dedup = crate::broker::dedup::Dedup::from_args(&arguments, dedup_log, store.files());
+        let dedup = crate::broker::dedup::DedupSlot::new(crate::broker::dedup::Dedup::from_args(
+            &arguments,
+            dedup_log.clone(),
+            store.files(),
+        ));
         Queue {
             name: name.to_owned(),
             vhost_name: vhost.name.clone(),
@@ -170,6 +176,7 @@ impl Queue {
             deleted: AtomicBool::new(false),
             counters: Counters::default(),
             dedup,
+            dedup_log,
             flow: tokio::sync::Notify::new(),
             throttling: AtomicBool::new(false),
             timer: Arc::new(tokio::sync::Notify::new()),
@@ -205,6 +212,11 @@ impl Queue {
     /// use (not being built at declare or boot), so its timer may start.
     pub fn apply_policy(self: &Arc<Self>, applied: Applied, live: bool) {
         let new = Arc::new(QueueArgs::with_policy(&self.arguments, &applied.definition));
+        self.dedup.apply_policy(
+            &applied.definition,
+            self.dedup_log.clone(),
+            self.store.files(),
+        );
         let dead = {
             let mut q = self.inner.lock();
             let old = std::mem::replace(&mut *self.settings.write(), new.clone());
