@@ -563,6 +563,19 @@ async fn policies_survive_a_restart() {
         json!({"pattern": "^keep$", "definition": {"max-length": 3}}),
     )
     .await;
+    // a predeclared exchange takes its policy after a restart too
+    {
+        let (_c, ch) = confirm_channel(&b).await;
+        declare_queue_with(&ch, "caught", durable(), FieldTable::default()).await;
+        bind_queue(&ch, "caught", "amq.fanout", "").await;
+    }
+    set_policy(
+        &a,
+        "ae",
+        json!({"pattern": "^amq\\.direct$", "apply-to": "exchanges",
+               "definition": {"alternate-exchange": "amq.fanout"}}),
+    )
+    .await;
     let policies = a.get("/api/policies").await.body;
     let ops = a.get("/api/operator-policies").await.body;
     b.restart().await;
@@ -578,8 +591,11 @@ async fn policies_survive_a_restart() {
         publish_confirmed(&ch, "", "keep", format!("{i}").as_bytes(), persistent()).await;
     }
     assert_eq!(drain(&ch, "keep").await, strs(&["5", "6", "7"]));
+    publish_confirmed(&ch, "amq.direct", "nowhere", b"ae", persistent()).await;
+    assert_eq!(drain(&ch, "caught").await, strs(&["ae"]));
     // cleared policies stay cleared
     clear_policy(&a, "len").await;
+    clear_policy(&a, "ae").await;
     b.restart().await;
     let a = api(&b);
     assert_eq!(a.get("/api/policies").await.body, json!([]));

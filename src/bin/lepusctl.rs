@@ -161,7 +161,8 @@ enum Cmd {
         definition: String,
         #[arg(long, default_value_t = 0)]
         priority: i64,
-        #[arg(long, default_value = "queues")]
+        /// queues, exchanges or all.
+        #[arg(long, default_value = "all")]
         apply_to: String,
     },
     /// Remove an operator policy from the vhost (-p).

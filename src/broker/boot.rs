@@ -222,6 +222,14 @@ impl Broker {
                 src.bind(d, &b.routing_key, b.arguments.clone());
             }
         }
+        // The predeclared amq.* exchanges were made with their vhost: let the
+        // policies reach them too (queues and declared exchanges have theirs).
+        {
+            let set = broker.policies.read();
+            for vh in broker.vhosts.read().values() {
+                broker.reapply_policies(&set, vh);
+            }
+        }
         crate::broker::dedup::remove_stale_logs(store.files(), &live);
         broker.defs.lock().model = model;
         // Only now, with every queue and binding in place, may anything

@@ -542,7 +542,7 @@ impl Broker {
     }
 
     /// Re-evaluate which policies apply to every queue and exchange of a vhost.
-    fn reapply_policies(&self, set: &Policies, vh: &VHost) {
+    pub(super) fn reapply_policies(&self, set: &Policies, vh: &VHost) {
         let queues: Vec<Arc<Queue>> = vh.queues.read().values().cloned().collect();
         for q in queues {
             let a = set.applied(&vh.name, &q.name, true);
