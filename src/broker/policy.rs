@@ -3,9 +3,11 @@
 //! Owns: validation of a policy (RabbitMQ's keys, types, ranges and texts),
 //! the set of policies of every vhost, which policy and which operator
 //! policy apply to a queue or an exchange (the highest priority among those
-//! whose pattern matches the name, as an unanchored regex search; on a tie,
-//! the name that sorts first, as RabbitMQ's stable sort over its
-//! name-ordered table picks), and their merged definition.
+//! whose pattern matches the name, as an unanchored regex search), and
+//! their merged definition. On a priority tie RabbitMQ takes the first in
+//! its parameter table's internal order (a stable sort over an unordered
+//! table: in effect unspecified); lepus takes the name that sorts first, so
+//! the choice is at least deterministic.
 //!
 //! A change is validated first, made durable in the definitions log, then
 //! re-evaluated for every queue and exchange of the vhost: queues take new
