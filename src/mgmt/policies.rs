@@ -100,6 +100,15 @@ async fn put_one(
     may_write(&caller, &app, &vhost, operator)?;
     let v: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+    // As rabbit_mgmt_util:with_decode([pattern, definition], ...).
+    let missing: Vec<String> = ["pattern", "definition"]
+        .iter()
+        .filter(|k| v.get(**k).is_none())
+        .map(|k| format!("{{key_missing,{k}}}"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(ApiError::bad_request(format!("[{}]", missing.join(","))));
+    }
     let b = app.broker.clone();
     let existed = blocking(move || b.set_policy(&vhost, &name, operator, &v))
         .await?
