@@ -101,6 +101,8 @@ pub struct Queue {
     settings: parking_lot::RwLock<Arc<QueueArgs>>,
     /// Which policies apply, and their merged definition.
     applied: Mutex<Arc<Applied>>,
+    /// `settings.max_length_bytes.is_some()`, read on every pop.
+    sizes_on: AtomicBool,
     store: Arc<Store>,
     vhost: Weak<VHost>,
     inner: Mutex<QueueInner>,
@@ -168,6 +170,7 @@ impl Queue {
             auto_delete,
             arguments,
             settings: parking_lot::RwLock::new(Arc::new(args.clone())),
+            sizes_on: AtomicBool::new(args.max_length_bytes.is_some()),
             applied: Mutex::new(Arc::new(Applied::default())),
             args,
             store,
@@ -221,6 +224,8 @@ impl Queue {
             let mut q = self.inner.lock();
             let old = std::mem::replace(&mut *self.settings.write(), new.clone());
             *self.applied.lock() = Arc::new(applied);
+            self.sizes_on
+                .store(new.max_length_bytes.is_some(), Ordering::Relaxed);
             match (old.max_length_bytes, new.max_length_bytes) {
                 (None, Some(_)) => self.rebuild_sizes(&mut q),
                 (Some(_), None) => q.sizes.clear(),
@@ -274,8 +279,10 @@ impl Queue {
         self.is_durable() && (persistent || self.args.quorum)
     }
 
+    /// Whether per-message sizes are kept (a byte limit is in force); changed
+    /// only under the queue lock, read under it.
     fn needs_sizes(&self) -> bool {
-        self.settings.read().max_length_bytes.is_some()
+        self.sizes_on.load(Ordering::Relaxed)
     }
 
     /// The deadline of a message arriving now with per-message TTL `expiration`.
