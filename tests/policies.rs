@@ -684,6 +684,15 @@ async fn definitions_round_trip_policies_and_limits() {
         r.text
     );
     assert_eq!(a3.get("/api/definitions").await.body, before);
+    // a vhost-scoped document carries the vhost's policies and parameters
+    assert_eq!(a3.put("/api/vhosts/shop", json!({})).await.status, 201);
+    let r = a3.post("/api/definitions/shop", scoped.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(a3.get("/api/definitions/shop").await.body, scoped);
+    assert_eq!(
+        a3.get("/api/vhost-limits/shop").await.body[0]["value"],
+        json!({"max-connections": 10, "max-queues": 20})
+    );
     b3.stop().await;
     b2.stop().await;
     b.stop().await;
