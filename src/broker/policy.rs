@@ -263,7 +263,8 @@ fn check_definition(def: &Value, operator: bool, name: &str) -> Result<(), Strin
 
 /// Validate a policy as given (the management API's body, a definitions
 /// entry or a logged op): `pattern` and `definition` are mandatory,
-/// `priority` defaults to 0 and `apply-to` to `all`.
+/// `priority` defaults to 0 and `apply-to` to `all`. Other fields are
+/// ignored, as RabbitMQ's API and definitions import read only these.
 pub fn parse(vhost: &str, name: &str, operator: bool, body: &Value) -> Result<Policy, String> {
     let Value::Object(b) = body else {
         return Err(validation_failed(&[format!(
@@ -324,25 +325,6 @@ pub fn parse(vhost: &str, name: &str, operator: bool, body: &Value) -> Result<Po
             }
         },
     };
-    let known = [
-        "pattern",
-        "definition",
-        "priority",
-        "apply-to",
-        "vhost",
-        "name",
-    ];
-    let extra: Vec<String> = b
-        .iter()
-        .filter(|(k, _)| !known.contains(&k.as_str()))
-        .map(|(k, v)| format!("{{<<\"{k}\">>,{}}}", erl(v)))
-        .collect();
-    if !extra.is_empty() {
-        errors.push(format!(
-            "Unrecognised terms [{}] in {name}",
-            extra.join(",")
-        ));
-    }
     if !errors.is_empty() {
         return Err(validation_failed(&errors));
     }
