@@ -7,7 +7,7 @@ use common::*;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -370,7 +370,10 @@ async fn export_and_import() {
         "/tests/fixtures/rabbitmq-3.10-definitions.json"
     );
     let out = ok(&b, &["import", fixture]).await;
-    assert!(out.contains("note:") && out.contains("policies"), "{out}");
+    assert!(
+        out.contains("note:") && out.contains("global parameters"),
+        "{out}"
+    );
     assert!(b.queue("shop", "orders.created").is_some());
 
     // a broken file changes nothing
@@ -653,5 +656,85 @@ async fn delayed_messages_list_cancel_purge() {
     assert_eq!(ex.body["delayed"]["pending"], 0);
     let not_delayed = api.get("/api/exchanges/%2F/amq.direct/delayed").await;
     assert_eq!(not_delayed.status, 400);
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_and_limits_from_the_command_line() {
+    let b = TestBroker::start().await;
+    let out = ok(
+        &b,
+        &[
+            "set_policy",
+            "len",
+            "^orders\\.",
+            r#"{"max-length": 2}"#,
+            "--priority",
+            "3",
+            "--apply-to",
+            "queues",
+        ],
+    )
+    .await;
+    assert!(out.contains("policy 'len' set"), "{out}");
+    ok(
+        &b,
+        &[
+            "set_operator_policy",
+            "cap",
+            ".*",
+            r#"{"message-ttl": 60000}"#,
+        ],
+    )
+    .await;
+    let rows = json(&b, &["list_policies"]).await;
+    assert_eq!(rows[0]["name"], "len");
+    assert_eq!(rows[0]["priority"], 3);
+    assert_eq!(rows[0]["apply-to"], "queues");
+    let table = ok(&b, &["list", "operator_policies"]).await;
+    assert!(row(&table, &["/", "cap"]).is_some(), "{table}");
+    // bad input: the broker's 400 and its text
+    let err = fails(&b, &["set_policy", "bad", ".*", r#"{"max-priority": 5}"#]).await;
+    assert!(
+        err.contains("400") && err.contains("not recognised policy settings"),
+        "{err}"
+    );
+    let err = fails(&b, &["set_policy", "bad", ".*", "not json"]).await;
+    assert!(err.contains("not JSON"), "{err}");
+    // the policy acts on a queue
+    ok(&b, &["declare", "queue", "orders.a"]).await;
+    for i in 0..4 {
+        ok(&b, &["publish", "", "orders.a", &format!("m{i}")]).await;
+    }
+    assert_eq!(b.queue("/", "orders.a").unwrap().message_count(), 2);
+    ok(&b, &["clear_policy", "len"]).await;
+    ok(&b, &["clear_operator_policy", "cap"]).await;
+    assert_eq!(json(&b, &["list_policies"]).await, json!([]));
+
+    // limits: set replaces them all, clear removes them
+    ok(
+        &b,
+        &[
+            "set_vhost_limits",
+            r#"{"max-connections": 10, "max-queues": 5}"#,
+        ],
+    )
+    .await;
+    ok(&b, &["set_vhost_limits", r#"{"max-queues": 3}"#]).await;
+    assert_eq!(
+        json(&b, &["list_vhost_limits"]).await,
+        json!([{"vhost": "/", "value": {"max-queues": 3}}])
+    );
+    ok(&b, &["set_user_limits", "guest", r#"{"max-channels": 7}"#]).await;
+    assert_eq!(
+        json(&b, &["list_user_limits"]).await,
+        json!([{"user": "guest", "value": {"max-channels": 7}}])
+    );
+    let err = fails(&b, &["set_vhost_limits", r#"{"max-channels": 1}"#]).await;
+    assert!(err.contains("Unrecognised terms"), "{err}");
+    ok(&b, &["clear_vhost_limits"]).await;
+    ok(&b, &["clear_user_limits", "guest"]).await;
+    assert_eq!(json(&b, &["list_vhost_limits"]).await, json!([]));
+    assert_eq!(json(&b, &["list_user_limits"]).await, json!([]));
     b.stop().await;
 }

@@ -137,6 +137,81 @@ enum Cmd {
     /// Delete a virtual host with everything in it.
     #[command(name = "delete_vhost", alias = "delete-vhost")]
     DeleteVhost { name: String },
+    /// Set a policy in the vhost (-p): NAME, a regex PATTERN on queue or
+    /// exchange names, a DEFINITION as a JSON object, e.g. '{"max-length": 1000}'.
+    #[command(name = "set_policy", alias = "set-policy")]
+    SetPolicy {
+        name: String,
+        pattern: String,
+        definition: String,
+        #[arg(long, default_value_t = 0)]
+        priority: i64,
+        /// queues, exchanges or all.
+        #[arg(long, default_value = "all")]
+        apply_to: String,
+    },
+    /// Remove a policy from the vhost (-p).
+    #[command(name = "clear_policy", alias = "clear-policy")]
+    ClearPolicy { name: String },
+    /// List the policies (of the vhost given with -p, else of every vhost).
+    #[command(name = "list_policies", alias = "list-policies")]
+    ListPolicies {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Set an operator policy (limits and TTLs that cap the policies).
+    #[command(name = "set_operator_policy", alias = "set-operator-policy")]
+    SetOperatorPolicy {
+        name: String,
+        pattern: String,
+        definition: String,
+        #[arg(long, default_value_t = 0)]
+        priority: i64,
+        /// queues, exchanges or all.
+        #[arg(long, default_value = "all")]
+        apply_to: String,
+    },
+    /// Remove an operator policy from the vhost (-p).
+    #[command(name = "clear_operator_policy", alias = "clear-operator-policy")]
+    ClearOperatorPolicy { name: String },
+    /// List the operator policies.
+    #[command(name = "list_operator_policies", alias = "list-operator-policies")]
+    ListOperatorPolicies {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Replace the vhost's (-p) limits with DEFINITION, e.g.
+    /// '{"max-connections": 10, "max-queues": 100}' (a negative value: no limit).
+    #[command(name = "set_vhost_limits", alias = "set-vhost-limits")]
+    SetVhostLimits { definition: String },
+    /// Remove every limit of the vhost (-p).
+    #[command(name = "clear_vhost_limits", alias = "clear-vhost-limits")]
+    ClearVhostLimits,
+    /// List vhost limits.
+    #[command(name = "list_vhost_limits", alias = "list-vhost-limits")]
+    ListVhostLimits {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Replace a user's limits with DEFINITION, e.g. '{"max-channels": 100}'.
+    #[command(name = "set_user_limits", alias = "set-user-limits")]
+    SetUserLimits {
+        #[arg(value_name = "USER")]
+        username: String,
+        definition: String,
+    },
+    /// Remove every limit of a user.
+    #[command(name = "clear_user_limits", alias = "clear-user-limits")]
+    ClearUserLimits {
+        #[arg(value_name = "USER")]
+        username: String,
+    },
+    /// List user limits.
+    #[command(name = "list_user_limits", alias = "list-user-limits")]
+    ListUserLimits {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Export definitions (RabbitMQ's JSON) to FILE ("-": stdout).
     Export { file: String },
     /// Import definitions from FILE ("-": stdin). All or nothing.
@@ -277,6 +352,13 @@ enum ListWhat {
     Users,
     Vhosts,
     Permissions,
+    Policies,
+    #[value(name = "operator_policies", alias = "operator-policies")]
+    OperatorPolicies,
+    #[value(name = "vhost_limits", alias = "vhost-limits")]
+    VhostLimits,
+    #[value(name = "user_limits", alias = "user-limits")]
+    UserLimits,
 }
 
 /// One table column: its title and where its value is in each object (a JSON pointer).
@@ -381,8 +463,65 @@ impl ListWhat {
                     ("read", "/read"),
                 ],
             ),
+            ListWhat::Policies => ("/api/policies", Some("/api/policies/{v}"), POLICY_COLS),
+            ListWhat::OperatorPolicies => (
+                "/api/operator-policies",
+                Some("/api/operator-policies/{v}"),
+                POLICY_COLS,
+            ),
+            ListWhat::VhostLimits => (
+                "/api/vhost-limits",
+                Some("/api/vhost-limits/{v}"),
+                &[("vhost", "/vhost"), ("limits", "/value")],
+            ),
+            ListWhat::UserLimits => (
+                "/api/user-limits",
+                None,
+                &[("user", "/user"), ("limits", "/value")],
+            ),
         }
     }
+}
+
+const POLICY_COLS: &[Col] = &[
+    ("vhost", "/vhost"),
+    ("name", "/name"),
+    ("pattern", "/pattern"),
+    ("apply-to", "/apply-to"),
+    ("definition", "/definition"),
+    ("priority", "/priority"),
+];
+
+/// A JSON object given on the command line.
+fn json_object(what: &str, s: &str) -> Result<serde_json::Map<String, Value>, String> {
+    match serde_json::from_str::<Value>(s) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(format!("{what} must be a JSON object")),
+        Err(e) => Err(format!("{what} is not JSON: {e}")),
+    }
+}
+
+/// Make a limits object (`GET` path `get`, one `PUT`/`DELETE` per name
+/// under `base`) equal `want`: rabbitmqctl's set_*_limits replace them all.
+fn replace_limits(
+    api: &Api,
+    get: &str,
+    base: &str,
+    want: &serde_json::Map<String, Value>,
+) -> Result<(), String> {
+    let have = api.get(get)?;
+    let have = have
+        .get(0)
+        .and_then(|r| r["value"].as_object())
+        .cloned()
+        .unwrap_or_default();
+    for (k, v) in want {
+        api.put(&format!("{base}/{}", seg(k)), &json!({ "value": v }))?;
+    }
+    for k in have.keys().filter(|k| !want.contains_key(*k)) {
+        api.delete(&format!("{base}/{}", seg(k)), &[])?;
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -462,10 +601,19 @@ fn parse_args_json(s: &Option<String>) -> Result<Value, String> {
     }
 }
 
+/// Whether a policy command is about operator policies.
+fn operator_kind(cmd: &Cmd) -> bool {
+    matches!(
+        cmd,
+        Cmd::SetOperatorPolicy { .. } | Cmd::ClearOperatorPolicy { .. }
+    )
+}
+
 fn run(cli: Cli) -> Result<(), String> {
     let api = Api::new(&cli.url, &cli.user, &cli.password);
     let vhost = cli.vhost.clone().unwrap_or_else(|| "/".into());
     let v = seg(&vhost);
+    let operator = operator_kind(&cli.cmd);
     match cli.cmd {
         Cmd::Status => status(&api),
         Cmd::ClusterStatus { format } => {
@@ -700,6 +848,116 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::AddVhost { name } => {
             api.put(&format!("/api/vhosts/{}", seg(&name)), &json!({}))?;
             println!("vhost '{name}' added");
+            Ok(())
+        }
+        Cmd::SetPolicy {
+            name,
+            pattern,
+            definition,
+            priority,
+            apply_to,
+        }
+        | Cmd::SetOperatorPolicy {
+            name,
+            pattern,
+            definition,
+            priority,
+            apply_to,
+        } => {
+            let (path, what) = match operator {
+                true => ("operator-policies", "operator policy"),
+                false => ("policies", "policy"),
+            };
+            let def = json_object("the definition", &definition)?;
+            api.put(
+                &format!("/api/{path}/{v}/{}", seg(&name)),
+                &json!({"pattern": pattern, "definition": def, "priority": priority, "apply-to": apply_to}),
+            )?;
+            println!("{what} '{name}' set in vhost '{vhost}'");
+            Ok(())
+        }
+        Cmd::ClearPolicy { name } | Cmd::ClearOperatorPolicy { name } => {
+            let (path, what) = match operator {
+                true => ("operator-policies", "operator policy"),
+                false => ("policies", "policy"),
+            };
+            api.delete(&format!("/api/{path}/{v}/{}", seg(&name)), &[])?;
+            println!("{what} '{name}' cleared in vhost '{vhost}'");
+            Ok(())
+        }
+        Cmd::ListPolicies { format } => run(Cli {
+            cmd: Cmd::List {
+                what: ListWhat::Policies,
+                format,
+            },
+            ..cli
+        }),
+        Cmd::ListOperatorPolicies { format } => run(Cli {
+            cmd: Cmd::List {
+                what: ListWhat::OperatorPolicies,
+                format,
+            },
+            ..cli
+        }),
+        Cmd::ListVhostLimits { format } => run(Cli {
+            cmd: Cmd::List {
+                what: ListWhat::VhostLimits,
+                format,
+            },
+            ..cli
+        }),
+        Cmd::ListUserLimits { format } => run(Cli {
+            cmd: Cmd::List {
+                what: ListWhat::UserLimits,
+                format,
+            },
+            ..cli
+        }),
+        Cmd::SetVhostLimits { definition } => {
+            let want = json_object("the limits", &definition)?;
+            replace_limits(
+                &api,
+                &format!("/api/vhost-limits/{v}"),
+                &format!("/api/vhost-limits/{v}"),
+                &want,
+            )?;
+            println!("limits of vhost '{vhost}' set");
+            Ok(())
+        }
+        Cmd::ClearVhostLimits => {
+            replace_limits(
+                &api,
+                &format!("/api/vhost-limits/{v}"),
+                &format!("/api/vhost-limits/{v}"),
+                &serde_json::Map::new(),
+            )?;
+            println!("limits of vhost '{vhost}' cleared");
+            Ok(())
+        }
+        Cmd::SetUserLimits {
+            username,
+            definition,
+        } => {
+            let want = json_object("the limits", &definition)?;
+            let u = seg(&username);
+            replace_limits(
+                &api,
+                &format!("/api/user-limits/{u}"),
+                &format!("/api/user-limits/{u}"),
+                &want,
+            )?;
+            println!("limits of user '{username}' set");
+            Ok(())
+        }
+        Cmd::ClearUserLimits { username } => {
+            let u = seg(&username);
+            replace_limits(
+                &api,
+                &format!("/api/user-limits/{u}"),
+                &format!("/api/user-limits/{u}"),
+                &serde_json::Map::new(),
+            )?;
+            println!("limits of user '{username}' cleared");
             Ok(())
         }
         Cmd::DeleteVhost { name } => {

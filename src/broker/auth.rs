@@ -119,6 +119,7 @@ impl Broker {
         self.persist(DefOp::DeleteUser { name: name.into() })?;
         self.users.write().remove(name);
         self.permissions.write().retain(|(u, _), _| u != name);
+        self.user_limits.write().remove(name);
         Ok(true)
     }
 

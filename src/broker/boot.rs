@@ -1,6 +1,7 @@
 //! Start and stop: lock the data dir, replay the definitions log, recover
-//! the store, restore vhosts, exchanges (refilling delayed indexes), queues
-//! and bindings, and only then start queue timers and delayed-release tasks,
+//! the store, restore vhosts, policies and limits, exchanges (refilling
+//! delayed indexes), queues (with their policies applied before their
+//! messages come back) and bindings, and only then start queue timers and delayed-release tasks,
 //! so nothing due is routed into a half-restored topology.
 //!
 //! After a crash this is the whole recovery: what the definitions log and
@@ -104,6 +105,21 @@ impl Broker {
             vhosts: RwLock::new(HashMap::new()),
             users: RwLock::new(HashMap::new()),
             permissions: RwLock::new(HashMap::new()),
+            policies: RwLock::new(policy::Policies::default()),
+            vhost_limits: RwLock::new(
+                model
+                    .vhost_limits
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            user_limits: RwLock::new(
+                model
+                    .user_limits
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
             next_queue_id: AtomicU32::new(max_id.max(store.max_recorded_id) + 1),
             next_conn_id: AtomicU64::new(1),
             connections: Mutex::new(HashMap::new()),
@@ -127,6 +143,12 @@ impl Broker {
                 broker.permissions.write().insert((u.clone(), v.clone()), p);
             }
         }
+        {
+            let mut set = broker.policies.write();
+            for op in model.policies.values() {
+                set.replay(op);
+            }
+        }
         for v in &model.vhosts {
             let vh = VHost::new(v);
             vh.set_broker(Arc::downgrade(&broker));
@@ -146,6 +168,10 @@ impl Broker {
                     e.id,
                 ) {
                     Ok(ex) => {
+                        ex.apply_policy(
+                            broker.policies.read().applied(v, name, false),
+                            store.files(),
+                        );
                         if let (Some(d), Some(msgs)) = (&ex.delayed, recovered.remove(&e.id)) {
                             tracing::info!(exchange = %name, pending = msgs.len(), "delayed messages recovered");
                             d.restore(msgs);
@@ -170,6 +196,12 @@ impl Broker {
                     q.arguments.clone(),
                     store.clone(),
                 ));
+                // Settings from policies before the messages come back: a
+                // policy TTL or length limit applies to them too.
+                let applied = broker.policies.read().applied(v, name, true);
+                if applied != crate::broker::policy::Applied::default() {
+                    queue.apply_policy(applied, false);
+                }
                 if let Some(msgs) = recovered.remove(&q.id) {
                     total += msgs.len();
                     queue.restore(msgs);
@@ -191,6 +223,14 @@ impl Broker {
             };
             if let Some(d) = dest {
                 src.bind(d, &b.routing_key, b.arguments.clone());
+            }
+        }
+        // The predeclared amq.* exchanges were made with their vhost: let the
+        // policies reach them too (queues and declared exchanges have theirs).
+        {
+            let set = broker.policies.read();
+            for vh in broker.vhosts.read().values() {
+                broker.reapply_policies(&set, vh);
             }
         }
         crate::broker::dedup::remove_stale_logs(store.files(), &live);

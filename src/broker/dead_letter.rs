@@ -140,7 +140,8 @@ pub fn process(queue: &Arc<Queue>, dead: Vec<Dead>) {
         return;
     }
     let store = queue.store().clone();
-    let dlx = queue.args.dlx.clone();
+    let cfg = queue.cfg();
+    let dlx = cfg.dlx.clone();
     let vhost = queue.vhost();
     for d in dead {
         if let (Some(dlx), Some(vh)) = (&dlx, &vhost) {
@@ -186,7 +187,7 @@ fn republish(
         // The copy is routed by its routing key plus the CC header (the
         // publish pipeline adds CC keys); with an explicit dead-letter
         // routing key, CC no longer applies.
-        let route_key = match &queue.args.dlrk {
+        let route_key = match &queue.cfg().dlrk {
             Some(k) => {
                 let mut inner = headers.inner().clone();
                 inner.remove("CC");

@@ -25,15 +25,128 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// A queue's or exchange's deduplication cache: from its arguments (set
+/// once), or from a policy (replaced when the policies change). Reading it
+/// on the publish path is one relaxed load while there is none.
+#[derive(Default)]
+pub struct DedupSlot {
+    on: std::sync::atomic::AtomicBool,
+    cache: parking_lot::RwLock<Option<Arc<Dedup>>>,
+    /// From the arguments: a policy never replaces it.
+    declared: bool,
+}
+
+impl DedupSlot {
+    pub fn new(d: Option<Dedup>) -> Self {
+        DedupSlot {
+            on: std::sync::atomic::AtomicBool::new(d.is_some()),
+            declared: d.is_some(),
+            cache: parking_lot::RwLock::new(d.map(Arc::new)),
+        }
+    }
+
+    pub fn get(&self) -> Option<Arc<Dedup>> {
+        if !self.on.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        self.cache.read().clone()
+    }
+
+    /// Whether the arguments asked for deduplication (a policy then does not apply).
+    pub fn declared(&self) -> bool {
+        self.declared
+    }
+
+    /// Put a policy's cache in place (or none); the old one is returned, to
+    /// be forgotten by the caller.
+    pub fn replace(&self, d: Option<Dedup>) -> Option<Arc<Dedup>> {
+        let mut c = self.cache.write();
+        self.on
+            .store(d.is_some(), std::sync::atomic::Ordering::Release);
+        std::mem::replace(&mut *c, d.map(Arc::new))
+    }
+}
+
+/// The `x-` arguments that the lepus-only policy keys `message-deduplication`,
+/// `cache-size`, `cache-ttl` and `deduplication-header` stand for.
+pub fn args_from_policy(def: &serde_json::Map<String, serde_json::Value>) -> Option<FieldTable> {
+    if def.get("message-deduplication").and_then(|v| v.as_bool()) != Some(true) {
+        return None;
+    }
+    let mut t = FieldTable::default();
+    t.insert("x-message-deduplication".into(), AMQPValue::Boolean(true));
+    if let Some(n) = def.get("cache-size").and_then(|v| v.as_i64()) {
+        t.insert("x-cache-size".into(), AMQPValue::LongLongInt(n));
+    }
+    if let Some(n) = def.get("cache-ttl").and_then(|v| v.as_i64()) {
+        t.insert("x-cache-ttl".into(), AMQPValue::LongLongInt(n));
+    }
+    if let Some(h) = def.get("deduplication-header").and_then(|v| v.as_str()) {
+        t.insert(
+            "x-deduplication-header".into(),
+            AMQPValue::LongString(h.into()),
+        );
+    }
+    Some(t)
+}
+
 /// The logs' directory, inside the data directory.
 pub const DIR: &str = "dedup";
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DedupConfig {
     pub cache_size: usize,
     pub ttl_ms: Option<u64>,
     /// The header holding the key (the `x-deduplication-header` argument).
     pub header: String,
+}
+
+impl DedupConfig {
+    /// The configuration the arguments ask for, if they ask for deduplication.
+    pub fn from_args(args: &FieldTable) -> Option<DedupConfig> {
+        if crate::broker::args::get_bool(args, "x-message-deduplication") != Some(true) {
+            return None;
+        }
+        Some(DedupConfig {
+            cache_size: crate::broker::args::get_int(args, "x-cache-size")
+                .filter(|n| *n > 0)
+                .map(|n| n as usize)
+                .unwrap_or(10_000),
+            ttl_ms: crate::broker::args::get_int(args, "x-cache-ttl")
+                .filter(|n| *n > 0)
+                .map(|n| n as u64),
+            header: crate::broker::args::get_str(args, "x-deduplication-header")
+                .unwrap_or_else(|| DEFAULT_HEADER.to_owned()),
+        })
+    }
+}
+
+impl DedupSlot {
+    /// Follow a policy's deduplication keys (unless the arguments set it):
+    /// a new or changed configuration starts a new cache, one that went
+    /// away is forgotten (its log removed).
+    pub fn apply_policy(
+        &self,
+        def: &serde_json::Map<String, serde_json::Value>,
+        log_path: Option<PathBuf>,
+        files: &Arc<Durable>,
+    ) {
+        if self.declared {
+            return;
+        }
+        let want = args_from_policy(def);
+        let cur = self.get();
+        let want_cfg = want.as_ref().and_then(DedupConfig::from_args);
+        if cur.as_ref().map(|d| &d.config) == want_cfg.as_ref() {
+            return;
+        }
+        if let Some(old) = self.replace(None) {
+            old.forget();
+        }
+        if let Some(t) = want {
+            self.replace(Dedup::from_args(&t, log_path, files));
+        }
+    }
 }
 
 /// The header that holds a message's key unless an argument names another.
@@ -66,20 +179,7 @@ impl Dedup {
         log_path: Option<PathBuf>,
         files: &Arc<Durable>,
     ) -> Option<Dedup> {
-        if crate::broker::args::get_bool(args, "x-message-deduplication") != Some(true) {
-            return None;
-        }
-        let config = DedupConfig {
-            cache_size: crate::broker::args::get_int(args, "x-cache-size")
-                .filter(|n| *n > 0)
-                .map(|n| n as usize)
-                .unwrap_or(10_000),
-            ttl_ms: crate::broker::args::get_int(args, "x-cache-ttl")
-                .filter(|n| *n > 0)
-                .map(|n| n as u64),
-            header: crate::broker::args::get_str(args, "x-deduplication-header")
-                .unwrap_or_else(|| DEFAULT_HEADER.to_owned()),
-        };
+        let config = DedupConfig::from_args(args)?;
         let log = log_path.and_then(|p| match files.relative(&p) {
             Some(rel) => Some((files.clone(), rel)),
             None => {

@@ -160,11 +160,19 @@ pub struct Exchange {
     pub auto_delete: bool,
     pub internal: bool,
     pub arguments: FieldTable,
-    pub alternate: Option<String>,
+    /// The `alternate-exchange` argument, if declared with one.
+    declared_alternate: Option<String>,
+    /// The alternate exchange in force: the argument, else the policy's
+    /// (the argument wins, as RabbitMQ's). Read only for unroutable messages.
+    alternate: RwLock<Option<String>>,
+    /// Which policies apply, and their merged definition.
+    applied: parking_lot::Mutex<Arc<crate::broker::policy::Applied>>,
     pub bindings: RwLock<Bindings>,
     pub deleted: AtomicBool,
     /// x-message-deduplication on the exchange: duplicates are not routed.
-    pub dedup: Option<crate::broker::dedup::Dedup>,
+    pub dedup: crate::broker::dedup::DedupSlot,
+    /// Where a durable exchange keeps its deduplication log.
+    pub dedup_log: Option<std::path::PathBuf>,
     /// Delayed delivery (x-delayed-message, or x-delayed-exchange=true).
     pub delayed: Option<crate::broker::delayed::Delayed>,
     /// x-consistent-hash: hash this header instead of the routing key...
@@ -199,10 +207,13 @@ impl Exchange {
             auto_delete,
             internal,
             arguments,
-            alternate,
+            alternate: RwLock::new(alternate.clone()),
+            declared_alternate: alternate,
+            applied: Default::default(),
             bindings: RwLock::new(Bindings::default()),
             deleted: AtomicBool::new(false),
-            dedup: None,
+            dedup: Default::default(),
+            dedup_log: None,
             delayed: None,
             hash_header,
             hash_property,
@@ -211,6 +222,33 @@ impl Exchange {
 
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::Acquire)
+    }
+
+    /// The alternate exchange in force (argument, else policy).
+    pub fn alternate(&self) -> Option<String> {
+        self.alternate.read().clone()
+    }
+
+    pub fn applied(&self) -> Arc<crate::broker::policy::Applied> {
+        self.applied.lock().clone()
+    }
+
+    /// Take the policies' settings (`alternate-exchange`, the lepus-only
+    /// deduplication keys) at run time.
+    pub fn apply_policy(
+        &self,
+        applied: crate::broker::policy::Applied,
+        files: &Arc<crate::store::durable::Durable>,
+    ) {
+        self.dedup
+            .apply_policy(&applied.definition, self.dedup_log.clone(), files);
+        let from_policy = applied
+            .definition
+            .get("alternate-exchange")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        *self.alternate.write() = self.declared_alternate.clone().or(from_policy);
+        *self.applied.lock() = Arc::new(applied);
     }
 
     /// Add a binding; false if it already existed.

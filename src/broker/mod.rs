@@ -7,7 +7,9 @@
 //! file that writes deliver frames); beside the path: [`dead_letter`],
 //! [`dedup`], [`delayed`], [`args`] (argument checks with RabbitMQ's texts),
 //! [`reply_to`] (which channel a direct reply-to key names);
-//! and for definitions: [`topology`], [`auth`], [`model`], [`boot`].
+//! and for definitions: [`topology`], [`auth`], [`model`], [`boot`],
+//! [`policy`] (policies and operator policies, re-evaluated at run time),
+//! [`limits`] (vhost and user limits).
 //!
 //! Validation happens before any side effect; durable changes are appended to
 //! the definitions log (fsynced) before the in-memory maps change, so a crash
@@ -24,7 +26,9 @@ pub mod dedup;
 pub mod delayed;
 pub mod delivery;
 pub mod exchange;
+pub mod limits;
 mod model;
+pub mod policy;
 pub mod publish;
 pub mod queue;
 pub mod reply_to;
@@ -78,6 +82,11 @@ pub struct Broker {
     pub vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     pub users: RwLock<HashMap<String, User>>,
     pub permissions: RwLock<HashMap<(String, String), Permission>>,
+    /// Policies and operator policies of every vhost ([`policy`]).
+    policies: RwLock<policy::Policies>,
+    /// Vhost and user limits ([`limits`]).
+    vhost_limits: RwLock<HashMap<String, limits::Limits>>,
+    user_limits: RwLock<HashMap<String, limits::Limits>>,
     next_queue_id: AtomicU32,
     next_conn_id: AtomicU64,
     pub connections: Mutex<HashMap<u64, (ConnInfo, Arc<crate::broker::delivery::ConnShared>)>>,

@@ -1,5 +1,6 @@
 //! The definitions model: the durable state the definitions log describes
-//! (vhosts, users, permissions, durable exchanges, queues and bindings),
+//! (vhosts, users, permissions, durable exchanges, queues and bindings,
+//! policies, vhost and user limits),
 //! replayed at start and rewritten whole when the log is compacted.
 //!
 //! Pure data: applying a [`DefOp`] changes the model and nothing else.
@@ -20,6 +21,11 @@ pub(super) struct Model {
     pub(super) exchanges: BTreeMap<(String, String), ExModel>,
     pub(super) queues: BTreeMap<(String, String), QModel>,
     pub(super) bindings: Vec<BModel>,
+    /// Policies and operator policies, as their `SetPolicy` ops, by
+    /// (vhost, operator, name).
+    pub(super) policies: BTreeMap<(String, bool, String), DefOp>,
+    pub(super) vhost_limits: BTreeMap<String, BTreeMap<String, i64>>,
+    pub(super) user_limits: BTreeMap<String, BTreeMap<String, i64>>,
 }
 
 pub(super) struct ExModel {
@@ -76,6 +82,8 @@ impl Model {
                 self.exchanges.retain(|(v, _), _| *v != name);
                 self.queues.retain(|(v, _), _| *v != name);
                 self.bindings.retain(|b| b.vhost != name);
+                self.policies.retain(|(v, _, _), _| *v != name);
+                self.vhost_limits.remove(&name);
             }
             DefOp::PutUser {
                 name,
@@ -94,6 +102,7 @@ impl Model {
             DefOp::DeleteUser { name } => {
                 self.users.remove(&name);
                 self.perms.retain(|(u, _), _| *u != name);
+                self.user_limits.remove(&name);
             }
             DefOp::SetPermissions {
                 user,
@@ -193,6 +202,36 @@ impl Model {
                 };
                 self.bindings.retain(|x| *x != b);
             }
+            DefOp::SetPolicy {
+                ref vhost,
+                ref name,
+                operator,
+                ..
+            } => {
+                self.policies
+                    .insert((vhost.clone(), operator, name.clone()), op);
+            }
+            DefOp::ClearPolicy {
+                vhost,
+                name,
+                operator,
+            } => {
+                self.policies.remove(&(vhost, operator, name));
+            }
+            DefOp::SetVhostLimits { vhost, limits } => {
+                if limits.is_empty() {
+                    self.vhost_limits.remove(&vhost);
+                } else {
+                    self.vhost_limits.insert(vhost, limits);
+                }
+            }
+            DefOp::SetUserLimits { user, limits } => {
+                if limits.is_empty() {
+                    self.user_limits.remove(&user);
+                } else {
+                    self.user_limits.insert(user, limits);
+                }
+            }
         }
     }
 
@@ -245,6 +284,19 @@ impl Model {
                 destination_type: b.destination_type.clone(),
                 routing_key: b.routing_key.clone(),
                 arguments: b.arguments.clone(),
+            });
+        }
+        ops.extend(self.policies.values().cloned());
+        for (v, l) in &self.vhost_limits {
+            ops.push(DefOp::SetVhostLimits {
+                vhost: v.clone(),
+                limits: l.clone(),
+            });
+        }
+        for (u, l) in &self.user_limits {
+            ops.push(DefOp::SetUserLimits {
+                user: u.clone(),
+                limits: l.clone(),
             });
         }
         ops

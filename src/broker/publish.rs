@@ -137,7 +137,7 @@ pub fn publish(
     let ex = msg.exchange;
     let client = origin == Origin::Client;
     if client {
-        if let Some(d) = &ex.dedup {
+        if let Some(d) = ex.dedup.get() {
             if d.is_duplicate(msg.header) {
                 return Outcome::Duplicate;
             }
@@ -226,7 +226,7 @@ fn deliver_to(
     }
     match origin {
         Origin::Client => {
-            queues.retain(|q| !q.dedup.as_ref().is_some_and(|d| d.is_duplicate(msg.header)));
+            queues.retain(|q| !q.dedup.get().is_some_and(|d| d.is_duplicate(msg.header)));
             if queues.is_empty() {
                 return Outcome::Duplicate;
             }
@@ -298,14 +298,14 @@ fn deliver_to(
             Enqueued::Accepted { pressure: false } => {}
             Enqueued::Rejected => {
                 rejected = true;
-                if let Some(d) = &q.dedup {
+                if let Some(d) = q.dedup.get() {
                     d.forget_message(msg.header);
                 }
             }
         }
     }
     if rejected {
-        if let Some(d) = &ex.dedup {
+        if let Some(d) = ex.dedup.get() {
             d.forget_message(msg.header);
         }
         return Outcome::Rejected;
@@ -315,11 +315,11 @@ fn deliver_to(
 
 /// A nacked publish was remembered by deduplication caches: forget it.
 fn forget_dedup(ex: &Exchange, queues: &[Arc<Queue>], header: &[u8]) {
-    if let Some(d) = &ex.dedup {
+    if let Some(d) = ex.dedup.get() {
         d.forget_message(header);
     }
     for q in queues {
-        if let Some(d) = &q.dedup {
+        if let Some(d) = q.dedup.get() {
             d.forget_message(header);
         }
     }

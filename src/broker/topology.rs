@@ -165,7 +165,11 @@ impl Broker {
             arguments,
             id,
         )?;
-        vhost.exchanges.write().insert(name.to_owned(), ex.clone());
+        {
+            let set = self.policies_for_new();
+            ex.apply_policy(set.applied(&vhost.name, name, false), self.store.files());
+            vhost.exchanges.write().insert(name.to_owned(), ex.clone());
+        }
         if let Some(d) = &ex.delayed {
             d.start(&ex, &vh);
         }
@@ -188,11 +192,13 @@ impl Broker {
         let (k, delayed) = exchange_kind(kind, &arguments)?;
         let mut ex = Exchange::new(name, k, durable, auto_delete, internal, arguments);
         ex.type_name = kind.to_owned();
-        ex.dedup = crate::broker::dedup::Dedup::from_args(
+        ex.dedup = crate::broker::dedup::DedupSlot::new(crate::broker::dedup::Dedup::from_args(
             &ex.arguments,
             durable.then(|| exchange_dedup_path(&self.config.data_dir, &vhost.name, name)),
             self.store.files(),
-        );
+        ));
+        ex.dedup_log =
+            durable.then(|| exchange_dedup_path(&self.config.data_dir, &vhost.name, name));
         if delayed {
             let sub = if id != 0 {
                 format!("x{id}")
@@ -241,7 +247,7 @@ impl Broker {
         if let Some(d) = &ex.delayed {
             d.purge();
         }
-        if let Some(d) = &ex.dedup {
+        if let Some(d) = ex.dedup.get() {
             d.forget();
         }
         // Reset the whole index, not just the list: a route still holding
@@ -258,7 +264,7 @@ impl Broker {
             if let Some(d) = &ex.delayed {
                 d.purge();
             }
-            if let Some(d) = &ex.dedup {
+            if let Some(d) = ex.dedup.get() {
                 d.forget();
             }
             if ex.durable {
@@ -392,6 +398,7 @@ impl Broker {
                 auto_delete,
             )?;
         }
+        self.check_queue_limit(vhost, &name)?;
         let id = self.next_queue_id.fetch_add(1, Ordering::Relaxed);
         // Exclusive queues are never durable in effect: they die with their connection.
         let durable_effective = durable && !exclusive;
@@ -414,7 +421,16 @@ impl Broker {
             arguments,
             self.store.clone(),
         ));
-        vhost.queues.write().insert(name, q.clone());
+        {
+            // Policies apply from the start; the read guard is held until the
+            // queue is in the map (see Broker::set_policy).
+            let set = self.policies_for_new();
+            let applied = set.applied(&vhost.name, &name, true);
+            if applied != crate::broker::policy::Applied::default() {
+                q.apply_policy(applied, false);
+            }
+            vhost.queues.write().insert(name, q.clone());
+        }
         q.start_timers();
         Ok(q)
     }
@@ -471,7 +487,7 @@ impl Broker {
         }
         let gone = vhost.unbind_everywhere(&Dest::Queue(q.clone()));
         let (n, consumers) = q.delete();
-        if let Some(d) = &q.dedup {
+        if let Some(d) = q.dedup.get() {
             d.forget();
         }
         let sources: Vec<_> = gone.into_iter().map(|(s, _)| s).collect();
@@ -559,13 +575,15 @@ impl Broker {
         };
         self.persist(DefOp::DeleteVhost { name: name.into() })?;
         self.vhosts.write().remove(name);
+        self.policies.write().remove_vhost(name);
+        self.vhost_limits.write().remove(name);
         let queues: Vec<_> = v.queues.read().values().cloned().collect();
         for q in queues {
             let (_, consumers) = q.delete();
             for c in consumers {
                 crate::broker::delivery::server_cancel(&c);
             }
-            if let Some(d) = &q.dedup {
+            if let Some(d) = q.dedup.get() {
                 d.forget();
             }
         }
@@ -575,7 +593,7 @@ impl Broker {
             if let Some(d) = &e.delayed {
                 d.purge();
             }
-            if let Some(d) = &e.dedup {
+            if let Some(d) = e.dedup.get() {
                 d.forget();
             }
         }

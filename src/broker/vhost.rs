@@ -135,7 +135,7 @@ impl VHost {
                 ex.matches(rk, headers, raw_header, &mut dests);
             }
             if dests.is_empty() {
-                if let Some(alt) = ex.alternate.as_deref().and_then(|a| self.exchange(a)) {
+                if let Some(alt) = ex.alternate().and_then(|a| self.exchange(&a)) {
                     pending.push(alt);
                 }
                 continue;

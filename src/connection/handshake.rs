@@ -308,6 +308,12 @@ pub(super) async fn handshake(
         .await;
         return Ok(None);
     }
+    // Vhost and user connection limits (RabbitMQ refuses at connection.open).
+    if let Err(e) = broker.check_connection_limits(&user, &vname) {
+        tracing::warn!(user = %user, vhost = %vname, reason = %e.text, "connection refused");
+        refuse(wr, e.with_method(10, 40)).await;
+        return Ok(None);
+    }
     send_now(
         wr,
         0,

@@ -516,6 +516,9 @@ impl Conn {
         match self.channels.get_mut(&id) {
             None => match m {
                 AMQPClass::Channel(chm::AMQPMethod::Open(_)) => {
+                    // The user's channel limit over all its connections
+                    // (RabbitMQ names no method in this close).
+                    self.ctx.broker.check_channel_limit(&self.ctx.user)?;
                     self.channels
                         .insert(id, Channel::new(id, self.ctx.conn.clone()));
                     self.ctx.conn.send(|out| {

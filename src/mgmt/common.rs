@@ -113,6 +113,8 @@ pub struct Caller {
     pub admin: bool,
     /// administrator or monitoring: sees every vhost and connection.
     pub sees_all: bool,
+    /// administrator or policymaker: may set policies (in the vhosts it can access).
+    pub policymaker: bool,
 }
 
 impl Caller {
@@ -199,6 +201,7 @@ impl FromRequestParts<App> for Caller {
             name: u.name,
             admin,
             sees_all: admin || monitoring,
+            policymaker: admin || has("policymaker"),
         })
     }
 }

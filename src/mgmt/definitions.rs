@@ -6,9 +6,12 @@
 //!
 //! Import validates the whole document first, against the broker's current
 //! state and against itself, and only then applies it: a document that does
-//! not validate is a 400 and changes nothing. Parameters, policies, topic
-//! permissions and limits are not supported; they are skipped, and the answer
-//! says so.
+//! not validate is a 400 and changes nothing. Policies, operator policies
+//! (RabbitMQ exports them as parameters of component `operator_policy`),
+//! vhost limits (parameters of component `vhost-limits`, or a vhost's
+//! `limits`) and user limits (a user's `limits`) are exported and imported;
+//! other parameters, global parameters and topic permissions are not
+//! supported: they are skipped, and the answer says so.
 //!
 //! Validation calls the broker's own checks: exchange types
 //! ([`crate::broker::exchange_kind`]), queue and exchange arguments
@@ -28,6 +31,7 @@ use super::json::{json_to_table, table_to_json};
 use super::users::{check_password_hash, parse_tags};
 use super::App;
 use crate::broker::exchange::Dest;
+use crate::broker::limits::{check_limits, Limits, USER_LIMITS, VHOST_LIMITS};
 use crate::broker::{Broker, Permission};
 use amq_protocol::types::FieldTable;
 use axum::body::Bytes;
@@ -127,6 +131,48 @@ fn objects(broker: &Broker, vhost: &str, scoped: bool) -> (Vec<Value>, Vec<Value
     (qs, xs, bs)
 }
 
+/// Policies in RabbitMQ's export shape (without "vhost" when `scope` is given).
+fn policies(broker: &Broker, scope: Option<&str>) -> Vec<Value> {
+    broker
+        .list_policies(scope, false)
+        .iter()
+        .map(|p| {
+            let mut j = p.to_json();
+            if scope.is_some() {
+                j.as_object_mut().map(|o| o.remove("vhost"));
+            }
+            j
+        })
+        .collect()
+}
+
+/// Runtime parameters as RabbitMQ exports them: operator policies
+/// (component "operator_policy") and vhost limits ("vhost-limits", name
+/// "limits"), sorted by vhost.
+fn parameters(broker: &Broker, scope: Option<&str>) -> Vec<Value> {
+    let mut out = vec![];
+    let mut limits = broker.all_vhost_limits();
+    limits.retain(|(v, _)| scope.is_none_or(|s| s == v));
+    for (v, l) in limits {
+        out.push(json!({"value": l, "vhost": v, "component": "vhost-limits", "name": "limits"}));
+    }
+    for p in broker.list_policies(scope, true) {
+        out.push(json!({
+            "value": {"pattern": p.pattern, "apply-to": p.apply_to.as_str(),
+                      "definition": p.definition, "priority": p.priority},
+            "vhost": p.vhost,
+            "component": "operator_policy",
+            "name": p.name,
+        }));
+    }
+    if scope.is_some() {
+        for j in &mut out {
+            j.as_object_mut().map(|o| o.remove("vhost"));
+        }
+    }
+    out
+}
+
 pub fn export(broker: &Broker) -> Value {
     let mut m = header();
     let mut users: Vec<_> = broker.users.read().values().cloned().collect();
@@ -142,7 +188,7 @@ pub fn export(broker: &Broker) -> Value {
                         "password_hash": u.password_hash,
                         "hashing_algorithm": HASHING,
                         "tags": u.tags,
-                        "limits": {},
+                        "limits": broker.user_limits(&u.name),
                     })
                 })
                 .collect(),
@@ -176,9 +222,9 @@ pub fn export(broker: &Broker) -> Value {
         ),
     );
     m.insert("topic_permissions".into(), json!([]));
-    m.insert("parameters".into(), json!([]));
+    m.insert("parameters".into(), Value::Array(parameters(broker, None)));
     m.insert("global_parameters".into(), json!([]));
-    m.insert("policies".into(), json!([]));
+    m.insert("policies".into(), Value::Array(policies(broker, None)));
     let (mut qs, mut xs, mut bs) = (vec![], vec![], vec![]);
     for v in &vhosts {
         let (q, x, b) = objects(broker, v, false);
@@ -206,8 +252,14 @@ pub async fn export_vhost(
     caller.vhost(&app.broker, &vhost)?;
     let (qs, xs, bs) = objects(&app.broker, &vhost, true);
     let mut m = header();
-    m.insert("parameters".into(), json!([]));
-    m.insert("policies".into(), json!([]));
+    m.insert(
+        "parameters".into(),
+        Value::Array(parameters(&app.broker, Some(&vhost))),
+    );
+    m.insert(
+        "policies".into(),
+        Value::Array(policies(&app.broker, Some(&vhost))),
+    );
     m.insert("queues".into(), Value::Array(qs));
     m.insert("exchanges".into(), Value::Array(xs));
     m.insert("bindings".into(), Value::Array(bs));
@@ -227,9 +279,9 @@ struct Defs {
     vhosts: Vec<VhostDef>,
     permissions: Vec<PermDef>,
     topic_permissions: Vec<Value>,
-    parameters: Vec<Value>,
+    parameters: Vec<ParamDef>,
     global_parameters: Vec<Value>,
-    policies: Vec<Value>,
+    policies: Vec<PolicyDef>,
     queues: Vec<QueueDef>,
     exchanges: Vec<ExchangeDef>,
     bindings: Vec<BindingDef>,
@@ -252,6 +304,25 @@ struct VhostDef {
     name: String,
     #[serde(default)]
     limits: Value,
+}
+
+#[derive(Deserialize)]
+struct ParamDef {
+    vhost: Option<String>,
+    component: String,
+    name: String,
+    #[serde(default)]
+    value: Value,
+}
+
+#[derive(Deserialize)]
+struct PolicyDef {
+    vhost: Option<String>,
+    name: String,
+    /// pattern, definition, priority, apply-to: checked by the broker's own
+    /// validation ([`crate::broker::policy::parse`]).
+    #[serde(flatten)]
+    rest: serde_json::Map<String, Value>,
 }
 
 #[derive(Deserialize)]
@@ -341,6 +412,10 @@ struct Plan {
     exchanges: Vec<ExPlan>,
     queues: Vec<QPlan>,
     bindings: Vec<BPlan>,
+    /// (vhost, name, operator, body)
+    policies: Vec<(String, String, bool, Value)>,
+    vhost_limits: Vec<(String, Limits)>,
+    user_limits: Vec<(String, Limits)>,
     ignored: Vec<String>,
 }
 
@@ -363,13 +438,11 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
             p.ignored.push(format!("{n} {what}"));
         }
     };
-    count_ignored(&mut p, d.parameters.len(), "parameters");
     count_ignored(&mut p, d.global_parameters.len(), "global parameters");
-    count_ignored(&mut p, d.policies.len(), "policies");
     count_ignored(&mut p, d.topic_permissions.len(), "topic permissions");
     if scope.is_some() && !(d.users.is_empty() && d.vhosts.is_empty() && d.permissions.is_empty()) {
         return Err(ApiError::bad_request(
-            "a vhost-scoped import takes queues, exchanges and bindings only",
+            "a vhost-scoped import takes queues, exchanges, bindings, policies and parameters only",
         ));
     }
 
@@ -377,8 +450,12 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
         if v.name.is_empty() {
             return Err(ApiError::bad_request("vhost: empty name"));
         }
-        if !matches!(&v.limits, Value::Null) && v.limits != json!([]) && v.limits != json!({}) {
-            p.ignored.push(format!("limits of vhost '{}'", v.name));
+        if let Value::Object(l) = &v.limits {
+            if !l.is_empty() {
+                let l = check_limits(l, VHOST_LIMITS, "limits")
+                    .map_err(|e| bad(&format!("limits of vhost '{}'", v.name), e))?;
+                p.vhost_limits.push((v.name.clone(), l));
+            }
         }
         if !p.vhosts.contains(&v.name) {
             p.vhosts.push(v.name.clone());
@@ -403,8 +480,12 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
             (None, Some(pw)) => crate::broker::hash_password(&pw),
             (None, None) => return Err(bad(&what, "password_hash missing")),
         };
-        if !matches!(&u.limits, Value::Null) && u.limits != json!({}) && u.limits != json!([]) {
-            p.ignored.push(format!("limits of {what}"));
+        if let Value::Object(l) = &u.limits {
+            if !l.is_empty() {
+                let l = check_limits(l, USER_LIMITS, "user-limits")
+                    .map_err(|e| bad(&format!("limits of {what}"), e))?;
+                p.user_limits.push((u.name.clone(), l));
+            }
         }
         user_names.insert(u.name.clone());
         p.users.push((u.name, hash, tags));
@@ -631,6 +712,44 @@ fn validate(broker: &Broker, d: Defs, scope: Option<&str>) -> ApiResult<Plan> {
             arguments,
         });
     }
+
+    for pol in d.policies {
+        let vhost = vhost_of(&pol.vhost, "policy")?;
+        let what = format!("policy '{}' in vhost '{vhost}'", pol.name);
+        if !known_vhost(&p, &vhost) {
+            return Err(bad(&what, "no such vhost"));
+        }
+        let body = Value::Object(pol.rest);
+        crate::broker::policy::parse(&vhost, &pol.name, false, &body).map_err(|e| bad(&what, e))?;
+        p.policies.push((vhost, pol.name, false, body));
+    }
+    let mut other_params = 0;
+    for par in d.parameters {
+        let vhost = vhost_of(&par.vhost, "parameter")?;
+        let what = format!(
+            "parameter '{}' of component '{}' in vhost '{vhost}'",
+            par.name, par.component
+        );
+        match par.component.as_str() {
+            "vhost-limits" | "operator_policy" if !known_vhost(&p, &vhost) => {
+                return Err(bad(&what, "no such vhost"));
+            }
+            "vhost-limits" => {
+                let Value::Object(l) = &par.value else {
+                    return Err(bad(&what, "limits must be an object"));
+                };
+                let l = check_limits(l, VHOST_LIMITS, &par.name).map_err(|e| bad(&what, e))?;
+                p.vhost_limits.push((vhost, l));
+            }
+            "operator_policy" => {
+                crate::broker::policy::parse(&vhost, &par.name, true, &par.value)
+                    .map_err(|e| bad(&what, e))?;
+                p.policies.push((vhost, par.name, true, par.value));
+            }
+            _ => other_params += 1,
+        }
+    }
+    count_ignored(&mut p, other_params, "parameters");
     Ok(p)
 }
 
@@ -687,6 +806,20 @@ fn apply(broker: &Broker, p: Plan) -> ApiResult<Value> {
             Dest::Exchange(v.get_exchange(&b.destination)?)
         };
         broker.bind(&v, &src, dest, &b.routing_key, b.arguments)?;
+    }
+    let policy_err = super::policies::policy_error;
+    counts.insert("policies", p.policies.len());
+    for (v, name, operator, body) in p.policies {
+        broker
+            .set_policy(&v, &name, operator, &body)
+            .map_err(policy_err)?;
+    }
+    counts.insert("limits", p.vhost_limits.len() + p.user_limits.len());
+    for (v, l) in p.vhost_limits {
+        broker.set_vhost_limits(&v, l).map_err(policy_err)?;
+    }
+    for (u, l) in p.user_limits {
+        broker.set_user_limits(&u, l).map_err(policy_err)?;
     }
     let mut answer = json!({"status": "ok", "imported": counts});
     if !p.ignored.is_empty() {

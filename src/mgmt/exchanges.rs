@@ -39,7 +39,7 @@ fn exchange_json(vhost: &str, e: &Exchange) -> Value {
         "internal": e.internal,
         "arguments": table_to_json(&e.arguments),
         "user_who_performed_action": "",
-        "policy": null,
+        "policy": e.applied().policy_json(),
     });
     if let Some(d) = &e.delayed {
         v["delayed"] = json!({

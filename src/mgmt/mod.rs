@@ -11,7 +11,8 @@
 //! - `management` (and `policymaker`): sees the vhosts it has permissions in
 //!   and its own connections.
 //!
-//! Users, vhosts, permissions and definitions are for administrators only.
+//! Users, vhosts, permissions, operator policies, limits and definitions are
+//! for administrators only; policies for administrators and policymakers.
 //! Queue, exchange and binding operations by other users are checked against
 //! their AMQP permissions (configure, write, read), as over AMQP.
 //!
@@ -30,9 +31,11 @@ mod connections;
 mod definitions;
 mod exchanges;
 pub mod json;
+mod limits;
 mod listing;
 mod overview;
 mod permissions;
+mod policies;
 mod prometheus;
 mod queues;
 pub mod stats;
@@ -42,7 +45,7 @@ mod vhosts;
 pub use common::{blocking, node_name, parse_body, ApiError, ApiResult, Caller};
 
 use crate::broker::Broker;
-use axum::routing::{delete, get, post, MethodRouter};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -231,6 +234,42 @@ pub fn router(app: App) -> Router {
         .route_both(
             "/api/consumers/{vhost}",
             get(connections::list_consumers_vhost),
+        )
+        // policies.rs: policies and operator policies
+        .route_both("/api/policies", get(policies::list_policies))
+        .route_both("/api/policies/{vhost}", get(policies::list_policies_vhost))
+        .route_both(
+            "/api/policies/{vhost}/{name}",
+            get(policies::get_policy)
+                .put(policies::put_policy)
+                .delete(policies::delete_policy),
+        )
+        .route_both(
+            "/api/operator-policies",
+            get(policies::list_operator_policies),
+        )
+        .route_both(
+            "/api/operator-policies/{vhost}",
+            get(policies::list_operator_policies_vhost),
+        )
+        .route_both(
+            "/api/operator-policies/{vhost}/{name}",
+            get(policies::get_operator_policy)
+                .put(policies::put_operator_policy)
+                .delete(policies::delete_operator_policy),
+        )
+        // limits.rs: vhost and user limits
+        .route_both("/api/vhost-limits", get(limits::list_vhost_limits))
+        .route_both("/api/vhost-limits/{vhost}", get(limits::get_vhost_limits))
+        .route_both(
+            "/api/vhost-limits/{vhost}/{name}",
+            put(limits::put_vhost_limit).delete(limits::delete_vhost_limit),
+        )
+        .route_both("/api/user-limits", get(limits::list_user_limits))
+        .route_both("/api/user-limits/{user}", get(limits::get_user_limits))
+        .route_both(
+            "/api/user-limits/{user}/{name}",
+            put(limits::put_user_limit).delete(limits::delete_user_limit),
         )
         // definitions.rs
         .route_both(

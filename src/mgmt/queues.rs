@@ -35,6 +35,7 @@ fn queue_json(app: &App, q: &Queue, owners: &HashMap<u64, String>) -> Value {
     let s = Sample::of(q);
     let r: Rates = app.stats.queue_rates(q.id);
     let consumers = q.consumer_count();
+    let applied = q.applied();
     let mut j = json!({
         "name": q.name,
         "vhost": q.vhost_name,
@@ -45,7 +46,9 @@ fn queue_json(app: &App, q: &Queue, owners: &HashMap<u64, String>) -> Value {
         "node": node_name(),
         "state": "running",
         "type": if q.args.quorum { "quorum" } else { "classic" },
-        "policy": null,
+        "policy": applied.policy_json(),
+        "operator_policy": applied.operator_policy.as_ref().map_or(Value::Null, |p| json!(p)),
+        "effective_policy_definition": applied.definition,
         "exclusive_consumer_tag": null,
         "messages": s.ready + s.unacked,
         "messages_details": rate(r.messages),

@@ -1,5 +1,6 @@
 //! Durable definitions: vhosts, users, permissions, durable exchanges, queues
-//! and bindings, as an append-only log of operations.
+//! and bindings, policies and operator policies, vhost and user limits, as an
+//! append-only log of operations.
 //!
 //! Each record is `[u32 len][u32 crc32][JSON op]`. At start the log is
 //! replayed (a torn or corrupt tail is dropped) and rewritten compactly as a
@@ -87,6 +88,35 @@ pub enum DefOp {
         destination_type: String,
         routing_key: String,
         arguments: FieldTable,
+    },
+    /// A policy (or, with `operator`, an operator policy) set or replaced.
+    SetPolicy {
+        vhost: String,
+        name: String,
+        #[serde(default)]
+        operator: bool,
+        pattern: String,
+        apply_to: String,
+        /// The definition as given (a JSON object; validated before logging).
+        definition: serde_json::Value,
+        /// A JSON number, as given.
+        priority: serde_json::Value,
+    },
+    ClearPolicy {
+        vhost: String,
+        name: String,
+        #[serde(default)]
+        operator: bool,
+    },
+    /// A vhost's limits, whole (`max-connections`, `max-queues`); empty clears them.
+    SetVhostLimits {
+        vhost: String,
+        limits: std::collections::BTreeMap<String, i64>,
+    },
+    /// A user's limits, whole (`max-connections`, `max-channels`); empty clears them.
+    SetUserLimits {
+        user: String,
+        limits: std::collections::BTreeMap<String, i64>,
     },
 }
 

@@ -153,7 +153,7 @@ impl Queue {
         let tag = st.next_tag;
         st.next_tag += 1;
         let count_header =
-            (self.args.delivery_limit.is_some() || self.args.quorum) && deliveries > 0;
+            (self.args.quorum || self.cfg().delivery_limit.is_some()) && deliveries > 0;
         let wrote = self.store.with_message_cached(seg_cache, pos, |m| {
             delivery::write_message(
                 ch,
@@ -230,7 +230,7 @@ impl Queue {
         let tag = st.next_tag;
         st.next_tag += 1;
         let count_header =
-            (self.args.delivery_limit.is_some() || self.args.quorum) && deliveries > 0;
+            (self.args.quorum || self.cfg().delivery_limit.is_some()) && deliveries > 0;
         let wrote = self.store.with_message(pos, |m| {
             delivery::write_message(
                 ch,

@@ -22,6 +22,7 @@ use ready::{key, Level, Requeued};
 
 use crate::broker::dead_letter::{self, Dead, Reason};
 use crate::broker::delivery::{self, ChannelShared, Consumer, Handout, Unacked};
+use crate::broker::policy::Applied;
 use crate::broker::vhost::VHost;
 use crate::metrics::Counters;
 use crate::protocol::props;
@@ -90,14 +91,27 @@ pub struct Queue {
     pub exclusive_owner: Option<u64>,
     pub auto_delete: bool,
     pub arguments: FieldTable,
+    /// The settings its arguments alone give (what cannot change at run time
+    /// is read here: quorum, priorities, single active consumer).
     pub args: QueueArgs,
+    /// The settings in force: the arguments combined with the policy and the
+    /// operator policy ([`QueueArgs::with_policy`]). Replaced under the queue
+    /// lock by [`Queue::apply_policy`], so whoever holds that lock sees one
+    /// consistent value for its whole step.
+    settings: parking_lot::RwLock<Arc<QueueArgs>>,
+    /// Which policies apply, and their merged definition.
+    applied: Mutex<Arc<Applied>>,
+    /// `settings.max_length_bytes.is_some()`, read on every pop.
+    sizes_on: AtomicBool,
     store: Arc<Store>,
     vhost: Weak<VHost>,
     inner: Mutex<QueueInner>,
     deleted: AtomicBool,
     pub counters: Counters,
     /// x-message-deduplication.
-    pub dedup: Option<crate::broker::dedup::Dedup>,
+    pub dedup: crate::broker::dedup::DedupSlot,
+    /// Where a durable queue keeps its deduplication log.
+    dedup_log: Option<std::path::PathBuf>,
     flow: tokio::sync::Notify,
     throttling: AtomicBool,
     timer: Arc<tokio::sync::Notify>,
@@ -142,7 +156,11 @@ impl Queue {
                 .join("dedup")
                 .join(format!("q{id}.log"))
         });
-        let dedup = crate::broker::dedup::Dedup::from_args(&arguments, dedup_log, store.files());
+        let dedup = crate::broker::dedup::DedupSlot::new(crate::broker::dedup::Dedup::from_args(
+            &arguments,
+            dedup_log.clone(),
+            store.files(),
+        ));
         Queue {
             name: name.to_owned(),
             vhost_name: vhost.name.clone(),
@@ -151,6 +169,9 @@ impl Queue {
             exclusive_owner,
             auto_delete,
             arguments,
+            settings: parking_lot::RwLock::new(Arc::new(args.clone())),
+            sizes_on: AtomicBool::new(args.max_length_bytes.is_some()),
+            applied: Mutex::new(Arc::new(Applied::default())),
             args,
             store,
             vhost: Arc::downgrade(vhost),
@@ -158,6 +179,7 @@ impl Queue {
             deleted: AtomicBool::new(false),
             counters: Counters::default(),
             dedup,
+            dedup_log,
             flow: tokio::sync::Notify::new(),
             throttling: AtomicBool::new(false),
             timer: Arc::new(tokio::sync::Notify::new()),
@@ -173,6 +195,71 @@ impl Queue {
 
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::Acquire)
+    }
+
+    /// The settings in force (arguments, policy and operator policy combined).
+    pub fn cfg(&self) -> Arc<QueueArgs> {
+        self.settings.read().clone()
+    }
+
+    /// The policy and operator policy that apply, and their merged definition.
+    pub fn applied(&self) -> Arc<Applied> {
+        self.applied.lock().clone()
+    }
+
+    /// Take new settings from the policies (RabbitMQ's policy_changed): a
+    /// lower length limit drops from the head now (drop-head), a byte limit
+    /// starts counting the messages already here, a new x-expires arms the
+    /// timer; a new TTL applies to messages that arrive from now on (their
+    /// deadline is set on arrival, as RabbitMQ's). `live`: the queue is in
+    /// use (not being built at declare or boot), so its timer may start.
+    pub fn apply_policy(self: &Arc<Self>, applied: Applied, live: bool) {
+        let new = Arc::new(QueueArgs::with_policy(&self.arguments, &applied.definition));
+        self.dedup.apply_policy(
+            &applied.definition,
+            self.dedup_log.clone(),
+            self.store.files(),
+        );
+        let dead = {
+            let mut q = self.inner.lock();
+            let old = std::mem::replace(&mut *self.settings.write(), new.clone());
+            *self.applied.lock() = Arc::new(applied);
+            self.sizes_on
+                .store(new.max_length_bytes.is_some(), Ordering::Relaxed);
+            match (old.max_length_bytes, new.max_length_bytes) {
+                (None, Some(_)) => self.rebuild_sizes(&mut q),
+                (Some(_), None) => q.sizes.clear(),
+                _ => {}
+            }
+            if new.message_ttl.is_some() {
+                self.expiring.store(true, Ordering::Relaxed);
+            }
+            if new.overflow == Overflow::DropHead {
+                self.drop_head_over(&mut q, &new);
+            }
+            std::mem::take(&mut q.dead)
+        };
+        if live && (new.expires.is_some() || self.timer_started.load(Ordering::Acquire)) {
+            // Let the timer look at x-expires again (or start it).
+            self.timer_deadline.store(0, Ordering::Release);
+            self.kick_timer();
+        }
+        dead_letter::process(self, dead);
+    }
+
+    /// drop-head: dead-letter from the head while over a length limit.
+    fn drop_head_over(&self, q: &mut QueueInner, a: &QueueArgs) {
+        while a.max_length.is_some_and(|m| q.ready_count as u64 > m)
+            || a.max_length_bytes.is_some_and(|m| q.ready_bytes > m)
+        {
+            let Some((_, p, _)) = self.pop(q) else {
+                break;
+            };
+            q.dead.push(Dead {
+                pos: p,
+                reason: Reason::Maxlen,
+            });
+        }
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -192,13 +279,15 @@ impl Queue {
         self.is_durable() && (persistent || self.args.quorum)
     }
 
+    /// Whether per-message sizes are kept (a byte limit is in force); changed
+    /// only under the queue lock, read under it.
     fn needs_sizes(&self) -> bool {
-        self.args.max_length_bytes.is_some()
+        self.sizes_on.load(Ordering::Relaxed)
     }
 
     /// The deadline of a message arriving now with per-message TTL `expiration`.
     fn deadline(&self, arrival_ms: u64, expiration: Option<u64>) -> Option<u64> {
-        let ttl = match (self.args.message_ttl, expiration) {
+        let ttl = match (self.cfg().message_ttl, expiration) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }?;
@@ -223,7 +312,7 @@ impl Queue {
     pub fn restore(self: &Arc<Self>, msgs: Vec<Recovered>) {
         let mut q = self.inner.lock();
         let mut seq = 0;
-        let timed = self.args.message_ttl.is_some();
+        let timed = self.cfg().message_ttl.is_some();
         let prio = self.args.max_priority > 0;
         let sizes = self.needs_sizes();
         for delivered_pass in [true, false] {
@@ -289,18 +378,15 @@ impl Queue {
             self.store.release(pos, self.id);
             return Enqueued::Accepted { pressure: false };
         }
+        let a = self.cfg();
         // Length limits with reject-publish: refuse before taking it.
         let over = |q: &QueueInner, extra_bytes: u64| {
-            self.args
-                .max_length
-                .is_some_and(|m| q.ready_count as u64 + 1 > m)
-                || self
-                    .args
-                    .max_length_bytes
+            a.max_length.is_some_and(|m| q.ready_count as u64 + 1 > m)
+                || a.max_length_bytes
                     .is_some_and(|m| q.ready_bytes + extra_bytes > m)
         };
-        if self.args.overflow != Overflow::DropHead && over(&q, info.body_len) {
-            if self.args.overflow == Overflow::RejectPublishDlx {
+        if a.overflow != Overflow::DropHead && over(&q, info.body_len) {
+            if a.overflow == Overflow::RejectPublishDlx {
                 q.dead.push(Dead {
                     pos,
                     reason: Reason::Maxlen,
@@ -321,10 +407,10 @@ impl Queue {
         lv.ready.push_back(pos);
         q.ready_count += 1;
         q.ready_bytes += info.body_len;
-        if self.needs_sizes() {
+        if a.max_length_bytes.is_some() {
             q.sizes.insert(k, info.body_len);
         }
-        let deadline = if self.args.message_ttl.is_some() || info.expiration.is_some() {
+        let deadline = if a.message_ttl.is_some() || info.expiration.is_some() {
             self.deadline(info.arrival_ms, info.expiration)
         } else {
             None
@@ -336,24 +422,8 @@ impl Queue {
             kick = d < self.timer_deadline.load(Ordering::Acquire);
         }
         // drop-head: make room by dead-lettering from the head.
-        if self.args.overflow == Overflow::DropHead {
-            while self
-                .args
-                .max_length
-                .is_some_and(|m| q.ready_count as u64 > m)
-                || self
-                    .args
-                    .max_length_bytes
-                    .is_some_and(|m| q.ready_bytes > m)
-            {
-                let Some((_, p, _)) = self.pop(&mut q) else {
-                    break;
-                };
-                q.dead.push(Dead {
-                    pos: p,
-                    reason: Reason::Maxlen,
-                });
-            }
+        if a.overflow == Overflow::DropHead {
+            self.drop_head_over(&mut q, &a);
         }
         let mut pressure = false;
         if !q.consumers.is_empty() {
@@ -362,7 +432,7 @@ impl Queue {
         }
         // TTL 0: deliver now or never. (Deadlines are rounded up to the next
         // ms, so this one may still lie a fraction of a ms ahead.)
-        let ttl_zero = info.expiration == Some(0) || self.args.message_ttl == Some(0);
+        let ttl_zero = info.expiration == Some(0) || a.message_ttl == Some(0);
         if let Some(d) = deadline.filter(|d| ttl_zero || *d <= now_ms()) {
             self.expire_due(&mut q, d.max(now_ms()));
         }
@@ -433,7 +503,7 @@ impl Queue {
                     continue;
                 }
                 // As RabbitMQ's quorum queues: dead-lettered once delivered more than the limit.
-                if self.args.delivery_limit.is_some_and(|l| e.deliveries > l) {
+                if self.cfg().delivery_limit.is_some_and(|l| e.deliveries > l) {
                     q.dead.push(Dead {
                         pos: e.pos,
                         reason: Reason::DeliveryLimit,
@@ -493,7 +563,7 @@ impl Queue {
         let was_active = q.consumers.first().is_some_and(|x| Arc::ptr_eq(x, c));
         q.consumers.retain(|x| !Arc::ptr_eq(x, c));
         q.last_used_ms = now_ms();
-        if q.consumers.is_empty() && self.args.expires.is_some() {
+        if q.consumers.is_empty() && self.cfg().expires.is_some() {
             self.timer_deadline.store(0, Ordering::Release);
             self.timer.notify_one();
         }

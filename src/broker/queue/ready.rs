@@ -117,6 +117,29 @@ impl Queue {
         }
     }
 
+    /// A byte limit came with a policy: count the bytes of the messages
+    /// already here (their sizes were not kept without one).
+    pub(super) fn rebuild_sizes(&self, q: &mut QueueInner) {
+        let mut sizes = HashMap::with_capacity(q.ready_count);
+        let mut total = 0u64;
+        for (l, lv) in q.levels.iter().enumerate() {
+            for (i, pos) in lv.ready.iter().enumerate() {
+                if *pos != GONE {
+                    let len = self.store.body_len(*pos);
+                    sizes.insert(key(l as u8, lv.head_seq + i as u64), len);
+                    total += len;
+                }
+            }
+        }
+        for (k, r) in &q.requeued {
+            let len = self.store.body_len(r.pos);
+            sizes.insert(*k, len);
+            total += len;
+        }
+        q.sizes = sizes;
+        q.ready_bytes = total;
+    }
+
     /// Remove every ready message; returns how many.
     pub fn purge(&self) -> u32 {
         let taken: Vec<MsgPos> = {

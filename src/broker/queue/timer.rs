@@ -56,7 +56,7 @@ impl Queue {
     /// Start the timer if this queue has any timed behaviour (x-expires,
     /// or restored messages that expire).
     pub fn start_timers(self: &Arc<Self>) {
-        if self.args.expires.is_some() || self.expiring.load(Ordering::Relaxed) {
+        if self.cfg().expires.is_some() || self.expiring.load(Ordering::Relaxed) {
             self.kick_timer();
         }
     }
@@ -67,7 +67,7 @@ impl Queue {
     pub(super) fn arm_deadline(&self) -> Option<u64> {
         let q = self.inner.lock();
         let msg = q.expiry.peek().map(|Reverse((d, _))| *d);
-        let queue = match self.args.expires {
+        let queue = match self.cfg().expires {
             Some(e) if q.consumers.is_empty() => Some(q.last_used_ms.saturating_add(e)),
             _ => None,
         };
@@ -86,7 +86,7 @@ impl Queue {
             let mut q = self.inner.lock();
             self.expire_due(&mut q, now);
             let expire_queue = self
-                .args
+                .cfg()
                 .expires
                 .is_some_and(|e| q.consumers.is_empty() && q.last_used_ms.saturating_add(e) <= now);
             (std::mem::take(&mut q.dead), expire_queue)
