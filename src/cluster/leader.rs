@@ -7,8 +7,10 @@
 //! has acknowledged, as on its disk, every change up to that sync, and the
 //! ISR has at least `min_insync` followers. The store calls it after its own
 //! fdatasync and before releasing the confirms the sync covers, so a confirm
-//! means "on min_insync + 1 disks". Group commit carries over: one round
-//! trip covers every change that arrived meanwhile.
+//! means "on min_insync + 1 disks". The sync marker itself goes out in
+//! `syncing`, just before the store's fdatasync, so the followers' disks work
+//! while the leader's does. Group commit carries over: one round trip covers
+//! every change that arrived meanwhile.
 //!
 //! Sessions ([`serve`]) run on plain threads: one sends (the initial copy of
 //! the data directory, then the buffered stream, and heartbeats), one reads
@@ -71,6 +73,9 @@ struct Inner {
     fenced: Option<String>,
     /// Shutting down: a sync waits for the ISR at most [`DRAIN_WAIT`].
     draining: bool,
+    /// Syncs under way (announced by `syncing` on the thread that will call
+    /// `synced`): thread, path, the marker's number.
+    syncing: Vec<(std::thread::ThreadId, PathBuf, u64)>,
     next_session: u64,
 }
 
@@ -105,6 +110,7 @@ impl Replicator {
                 confirming: false,
                 fenced: None,
                 draining: false,
+                syncing: Vec::new(),
                 next_session: 1,
             }),
             acked: Condvar::new(),
@@ -195,8 +201,29 @@ impl Observer for Replicator {
     fn deleted(&self, path: &Path) {
         self.push(|o, s| wire::put_deleted(o, s, path));
     }
+    fn syncing(&self, path: &Path) {
+        // The followers' sync starts now, beside ours: the marker goes out
+        // before our fdatasync, and `synced` waits for this number.
+        let seq = self.push(|o, s| wire::put_synced(o, s, path));
+        let me = std::thread::current().id();
+        let mut g = self.inner.lock();
+        // One per thread and path: a failed sync never reached `synced`.
+        g.syncing.retain(|(t, p, _)| !(*t == me && p == path));
+        g.syncing.push((me, path.to_owned(), seq));
+    }
     fn synced(&self, path: &Path) -> io::Result<()> {
-        let target = self.push(|o, s| wire::put_synced(o, s, path));
+        let marked = {
+            let mut g = self.inner.lock();
+            let me = std::thread::current().id();
+            g.syncing
+                .iter()
+                .position(|(t, p, _)| *t == me && p == path)
+                .map(|i| g.syncing.swap_remove(i).2)
+        };
+        let target = match marked {
+            Some(seq) => seq,
+            None => self.push(|o, s| wire::put_synced(o, s, path)),
+        };
         let mut g = self.inner.lock();
         if !g.confirming {
             return match &g.fenced {

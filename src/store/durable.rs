@@ -157,6 +157,9 @@ impl Durable {
         if sync {
             let dir = self.path(rel);
             let dir = dir.parent().unwrap_or(&self.root);
+            if let Some(o) = &self.obs {
+                o.syncing(rel);
+            }
             self.io.sync_dir(dir)?;
             if let Some(o) = &self.obs {
                 o.synced(rel)?;
@@ -224,6 +227,9 @@ impl Durable {
 
     /// fdatasync the open file `rel`.
     pub fn sync(&self, rel: &Path, file: &File) -> io::Result<()> {
+        if let Some(o) = &self.obs {
+            o.syncing(rel);
+        }
         self.io.sync(file)?;
         if let Some(o) = &self.obs {
             o.synced(rel)?;

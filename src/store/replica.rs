@@ -38,6 +38,10 @@ pub trait Observer: Send + Sync + 'static {
     fn renamed(&self, from: &Path, to: &Path);
     /// `path` was removed.
     fn deleted(&self, path: &Path);
+    /// `path` is about to be synced (fdatasync or, for a rename, the
+    /// directory). A replicator can ask its followers to sync now, so that
+    /// their disks and this one work at the same time; `synced` follows.
+    fn syncing(&self, _path: &Path) {}
     /// What was written to `path` so far is on disk (fdatasync returned; for
     /// a rename, the directory was synced too). An error means the write is
     /// not durable where it must be (a replicator that cannot reach enough
