@@ -458,14 +458,21 @@ versions = ["tlsv1.2"]"#,
         let bad = |t: &str| toml::from_str::<Config>(t).map(|c| c.validate());
         assert!(bad("[tls]\nverify = \"verify_maybe\"").is_err());
         assert!(bad("[tls]\ncertfile = \"a\"").unwrap().is_err());
-        assert!(bad("[tls]\ncertfile = \"a\"\nkeyfile = \"b\"\nversions = [\"tlsv1.1\"]")
-            .unwrap()
-            .is_err());
-        assert!(bad("[tls]\ncertfile = \"a\"\nkeyfile = \"b\"\nverify = \"verify_peer\"")
-            .unwrap()
-            .is_err());
+        assert!(
+            bad("[tls]\ncertfile = \"a\"\nkeyfile = \"b\"\nversions = [\"tlsv1.1\"]")
+                .unwrap()
+                .is_err()
+        );
+        assert!(
+            bad("[tls]\ncertfile = \"a\"\nkeyfile = \"b\"\nverify = \"verify_peer\"")
+                .unwrap()
+                .is_err()
+        );
         assert!(bad("mgmt_tls = true").unwrap().is_err());
-        assert_eq!("verify_peer".parse::<TlsVerify>(), Ok(TlsVerify::VerifyPeer));
+        assert_eq!(
+            "verify_peer".parse::<TlsVerify>(),
+            Ok(TlsVerify::VerifyPeer)
+        );
     }
 
     #[test]

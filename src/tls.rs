@@ -61,21 +61,23 @@ impl Tls {
                 let mut roots = RootCertStore::empty();
                 for c in read_certs(path, "cacertfile")? {
                     roots.add(c).map_err(|e| {
-                        format!("TLS: cacertfile {}: not a CA certificate: {e}", path.display())
+                        format!(
+                            "TLS: cacertfile {}: not a CA certificate: {e}",
+                            path.display()
+                        )
                     })?;
                 }
-                let b = WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    provider.clone(),
-                );
+                let b =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
                 let b = if cfg.fail_if_no_peer_cert {
                     b
                 } else {
                     b.allow_unauthenticated()
                 };
-                Some(b.build().map_err(|e| {
-                    format!("TLS: cacertfile {}: {e}", path.display())
-                })?)
+                Some(
+                    b.build()
+                        .map_err(|e| format!("TLS: cacertfile {}: {e}", path.display()))?,
+                )
             }
         };
         let builder = || {
@@ -123,7 +125,10 @@ fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, St
     }
     for c in &certs {
         x509_parser::parse_x509_certificate(c).map_err(|e| {
-            format!("TLS: {key} {}: not an X.509 certificate: {e}", path.display())
+            format!(
+                "TLS: {key} {}: not an X.509 certificate: {e}",
+                path.display()
+            )
         })?;
     }
     Ok(certs)
@@ -308,7 +313,7 @@ pub fn handshake_error(e: &std::io::Error) -> (bool, String) {
     let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
     match inner {
         Some(rustls::Error::InvalidCertificate(c)) => {
-            (true, format!("client certificate refused: {c:?}"))
+            (true, format!("client certificate refused: {c}"))
         }
         Some(rustls::Error::NoCertificatesPresented) => (
             true,
