@@ -5,6 +5,7 @@
 //! buffer is handed over to the hot loops afterwards so no byte that already
 //! arrived is lost.
 
+use crate::stream::Stream;
 use crate::uri::AmqpUri;
 use crate::wire::{self, FrameBuf, FRAME_HEARTBEAT, FRAME_METHOD};
 use amq_protocol::frame::{parse_frame, AMQPFrame};
@@ -12,7 +13,6 @@ use amq_protocol::protocol::{basic, channel, confirm, connection, exchange, queu
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use std::fmt;
 use std::time::Duration;
-use crate::stream::Stream;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Result<T> = std::result::Result<T, BoxError>;

@@ -10,8 +10,8 @@ mod conn;
 mod consumer;
 mod producer;
 mod stats;
-mod timing;
 mod stream;
+mod timing;
 mod uri;
 mod wire;
 

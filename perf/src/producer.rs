@@ -7,13 +7,13 @@
 
 use crate::conn::{self, BoxError, Conn, Result, ServerClosed, CONTROL_TIMEOUT};
 use crate::stats::{now_ns, Histogram, Shared};
+use crate::stream::{Rd, Wr};
 use crate::uri::AmqpUri;
 use crate::wire::{self, FrameBuf, FRAME_METHOD};
 use amq_protocol::protocol::{channel, connection, AMQPClass};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::Arc;
 use std::time::Duration;
-use crate::stream::{Rd, Wr};
 use tokio::sync::{watch, Notify};
 
 const CH: u16 = 1;

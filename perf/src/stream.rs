@@ -117,7 +117,9 @@ impl Stream {
             return Ok(Stream::Tcp(tcp));
         }
         let config = TLS.get().cloned().ok_or_else(|| {
-            io::Error::other("an amqps URI needs --cacert (the CA that signed the broker's certificate)")
+            io::Error::other(
+                "an amqps URI needs --cacert (the CA that signed the broker's certificate)",
+            )
         })?;
         let name = rustls::pki_types::ServerName::try_from(host.to_owned())
             .map_err(|e| io::Error::other(format!("{host}: {e}")))?;
@@ -158,7 +160,12 @@ impl Stream {
                 (Rd::Tcp(r), Wr::Tcp(w))
             }
             Stream::Tls(s) => {
-                let TlsRead { io, ahead, pos, eof } = *s;
+                let TlsRead {
+                    io,
+                    ahead,
+                    pos,
+                    eof,
+                } = *s;
                 let (r, w) = tokio::io::split(io);
                 let r = TlsRead {
                     io: r,

@@ -23,6 +23,7 @@
 
 use crate::conn::{self, BoxError, Conn, Result, ServerClosed, CONTROL_TIMEOUT};
 use crate::stats::process_cpu_time;
+use crate::stream::{Rd, Wr};
 use crate::uri::AmqpUri;
 use crate::wire::{
     self, DelayProp, FrameBuf, TimedPublish, FRAME_BODY, FRAME_HEADER, FRAME_METHOD,
@@ -34,7 +35,6 @@ use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::*};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use crate::stream::{Rd, Wr};
 use tokio::sync::{watch, Notify};
 
 const CH: u16 = 1;
