@@ -6,8 +6,9 @@
 #   interop/run.sh --url amqp://guest:guest@127.0.0.1:5672/%2f   # against any broker
 #   interop/run.sh --clients pika,java  # a subset
 #
-# Clients: pika, aio-pika, kombu (py-amqp, kombu and a Celery worker),
-# amqplib (Node.js), amqp-tools (rabbitmq-c's CLI), java (RabbitMQ Java client).
+# Clients: pika, pika-tls (pika over amqps), aio-pika, kombu (py-amqp, kombu
+# and a Celery worker), amqplib (Node.js), amqp-tools (rabbitmq-c's CLI), java
+# (RabbitMQ Java client).
 # Each client's runtime and packages are installed here, once per machine:
 # a venv in target/interop/venv (pip), node_modules in target/interop/node
 # (npm), Debian packages with apt-get (only as root). A client that cannot be
@@ -23,6 +24,10 @@
 #   INTEROP_TIME_LIMIT time limit of the whole matrix after the broker is up,
 #                      s (default 840); clients not run by then are skipped
 #   INTEROP_NO_INSTALL=1    never install anything: use what is already there
+#   INTEROP_TLS_URL, INTEROP_TLS_CA  with --url: the broker's amqps URL and the
+#                      CA (PEM) to trust, for the pika-tls column (against
+#                      lepus, run.sh makes a CA with openssl and starts lepus
+#                      with --tls-port 0)
 #
 # Every client script prints lines "RESULT <scenario> <pass|fail|skip> <why>";
 # interop/README.md describes the protocol and how to add a client.
@@ -32,7 +37,7 @@ set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 WORK=${INTEROP_WORK:-$ROOT/target/interop}
-ALL_CLIENTS=(pika aio-pika kombu amqplib amqp-tools java)
+ALL_CLIENTS=(pika pika-tls aio-pika kombu amqplib amqp-tools java)
 HEARTBEAT=${INTEROP_HEARTBEAT:-2}
 RUN_LIMIT=${INTEROP_RUN_LIMIT:-120}
 INSTALL_BUDGET=${INTEROP_INSTALL_BUDGET:-420}
@@ -60,6 +65,7 @@ COMMON="basic confirms mandatory dlx ttl cancel large heartbeat tx delayed"
 # The scenarios each client must report on (others are shown as "-").
 declare -A PLAN=(
   [pika]="$COMMON declare get replyto"
+  [pika-tls]="$COMMON declare get replyto"
   [aio-pika]="$COMMON"
   [kombu]="$COMMON celery"
   [amqplib]="$COMMON replyto"
@@ -68,6 +74,7 @@ declare -A PLAN=(
 )
 declare -A TITLE=(
   [pika]="pika"
+  [pika-tls]="pika TLS"
   [aio-pika]="aio-pika"
   [kombu]="py-amqp/kombu"
   [amqplib]="amqplib"
@@ -145,6 +152,33 @@ trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- the broker
 
+# amqps for the pika-tls column: against lepus, a CA made here; against
+# another broker, INTEROP_TLS_URL (amqps://...) and INTEROP_TLS_CA (PEM).
+TLS_URL=${INTEROP_TLS_URL:-}
+TLS_CA=${INTEROP_TLS_CA:-}
+TLS_WHY="no amqps broker: give INTEROP_TLS_URL and INTEROP_TLS_CA"
+
+# make_test_ca DIR: ca.pem, and server.pem/server.key for 127.0.0.1 and
+# localhost signed by it, valid for two days.
+make_test_ca() {
+  local d=$1
+  command -v openssl >/dev/null || { echo "openssl not found"; return 1; }
+  mkdir -p "$d" && cd "$d" || return 1
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+      -keyout ca.key -out ca.pem -days 2 -subj "/CN=lepus interop CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" &&
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+      -keyout server.key -out server.csr -subj "/CN=localhost" &&
+    printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "extendedKeyUsage=serverAuth" \
+      "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+      "subjectKeyIdentifier=hash" "authorityKeyIdentifier=keyid,issuer" >server.ext &&
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+      -out server.pem -days 2 -extfile server.ext
+  local rc=$?
+  cd - >/dev/null
+  return $rc
+}
+
 start_lepus() {
   local bin=${LEPUS_BIN:-}
   if [ -z "$bin" ]; then
@@ -160,7 +194,20 @@ start_lepus() {
   # Free ports for everything lepus listens on.
   local extra=()
   "$bin" --help 2>/dev/null | grep -q -- --mgmt-port && extra+=(--mgmt-port 0)
-  LEPUS_LOG=${LEPUS_LOG:-info} "$bin" --bind 127.0.0.1 --port 0 "${extra[@]}" --data-dir "$DATA_DIR" \
+  # amqps too (the pika-tls column), with a CA made for this run.
+  local tls_env=()
+  if "$bin" --help 2>/dev/null | grep -q -- --tls-port; then
+    if make_test_ca "$DATA_DIR/tls" 2>"$LOGS/tls-ca.log"; then
+      extra+=(--tls-port 0)
+      tls_env=(LEPUS_TLS_CERTFILE="$DATA_DIR/tls/server.pem" LEPUS_TLS_KEYFILE="$DATA_DIR/tls/server.key")
+      TLS_CA="$DATA_DIR/tls/ca.pem"
+    else
+      TLS_WHY="could not make a test CA with openssl (see $LOGS/tls-ca.log)"
+    fi
+  else
+    TLS_WHY="this lepus has no --tls-port"
+  fi
+  env "${tls_env[@]}" LEPUS_LOG=${LEPUS_LOG:-info} "$bin" --bind 127.0.0.1 --port 0 "${extra[@]}" --data-dir "$DATA_DIR" \
     >"$LOGS/lepus.log" 2>&1 &
   LEPUS_PID=$!
   local addr=""
@@ -176,6 +223,12 @@ start_lepus() {
     exit 2
   fi
   URL="amqp://guest:guest@$addr/%2f"
+  if [ -n "$TLS_CA" ]; then
+    local tls_addr
+    tls_addr=$(sed -n 's/.*lepus ready.*amqps=\([0-9.]*:[0-9]*\).*/\1/p' "$LOGS/lepus.log" | head -n1)
+    if [ -n "$tls_addr" ]; then TLS_URL="amqps://guest:guest@$tls_addr/%2f"
+    else TLS_WHY="lepus did not log an amqps listener"; fi
+  fi
   say "lepus $("$bin" --version 2>/dev/null | awk '{print $2}') ready on $addr (pid $LEPUS_PID, data dir $DATA_DIR)"
 }
 
@@ -273,6 +326,13 @@ apt_install() {
 
 setup_pika() { pip_requirements "$HERE/python/requirements-pika.txt" pika; }
 cmd_pika() { CMD=("$VENV/bin/python" -u "$HERE/python/test_pika.py"); }
+
+# pika over amqps: the same scenarios, trusting only the run's test CA.
+setup_pika-tls() {
+  if [ -z "$TLS_URL" ] || [ -z "$TLS_CA" ]; then WHY=$TLS_WHY; return 1; fi
+  setup_pika
+}
+cmd_pika-tls() { CMD=("$VENV/bin/python" -u "$HERE/python/test_pika.py"); }
 
 setup_aio-pika() { pip_requirements "$HERE/python/requirements-aio-pika.txt" aio_pika; }
 cmd_aio-pika() { CMD=("$VENV/bin/python" -u "$HERE/python/test_aio_pika.py"); }
@@ -380,7 +440,9 @@ run_client() {
   say "[$c] running scenarios (limit ${limit}s)"
   local out="$LOGS/$c.out"
   "cmd_$c"
-  INTEROP_URL="$URL" INTEROP_TARGET="$TARGET" INTEROP_HEARTBEAT="$HEARTBEAT" \
+  local url=$URL
+  [ "$c" = pika-tls ] && url=$TLS_URL
+  INTEROP_URL="$url" INTEROP_TLS_CA="$TLS_CA" INTEROP_TARGET="$TARGET" INTEROP_HEARTBEAT="$HEARTBEAT" \
     INTEROP_LOGS="$LOGS" waitfor timeout -k 10 "$limit" "${CMD[@]}" >"$out" 2>"$LOGS/$c.log" </dev/null
   local rc=$?
   local s line status why

@@ -22,6 +22,9 @@ pub struct Config {
     pub mgmt_bind: Vec<String>,
     /// Management API port; 0 picks a free one (tests).
     pub mgmt_port: u16,
+    /// Serve the management API (and /metrics) over HTTPS with the `[tls]`
+    /// certificate instead of plain HTTP.
+    pub mgmt_tls: bool,
     /// Where segments and definitions live.
     pub data_dir: PathBuf,
     /// Heartbeat interval we propose in connection.tune, seconds (0 = off).
@@ -40,6 +43,7 @@ pub struct Config {
     pub vhosts: Vec<String>,
     pub store: StoreConfig,
     pub limits: LimitsConfig,
+    pub tls: TlsConfig,
     pub cluster: ClusterConfig,
 }
 
@@ -141,6 +145,40 @@ pub struct LimitsConfig {
     pub check_interval_ms: u64,
 }
 
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    pub password: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Size at which a message segment file is closed and a new one started.
+    pub segment_size: u32,
+    /// Group commit: how long the sync thread waits after the first unsynced
+    /// write before calling fdatasync, in microseconds. 0 syncs as soon as there
+    /// is something to sync; what arrives during one fdatasync is covered by the
+    /// next, so batching happens by itself under load. Raising it trades confirm
+    /// latency for fewer fsyncs.
+    pub sync_delay_us: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Block publishers when free space on the data dir's disk falls below this.
+    pub disk_free_limit: u64,
+    /// Block publishers when the broker's RSS passes this fraction of total RAM.
+    pub memory_high_watermark: f64,
+    /// How often the alarms are checked, milliseconds.
+    pub check_interval_ms: u64,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -148,6 +186,7 @@ impl Default for Config {
             port: 5672,
             mgmt_bind: vec!["127.0.0.1".into()],
             mgmt_port: 15672,
+            mgmt_tls: false,
             data_dir: PathBuf::from("data"),
             heartbeat: 60,
             frame_max: 131072,
@@ -162,6 +201,7 @@ impl Default for Config {
             vhosts: vec!["/".into()],
             store: StoreConfig::default(),
             limits: LimitsConfig::default(),
+            tls: TlsConfig::default(),
             cluster: ClusterConfig::default(),
         }
     }
@@ -286,7 +326,10 @@ impl Config {
         if let Some(v) = get("LEPUS_CLUSTER_PREFIX")? {
             c.prefix = v;
         }
-        Ok(())
+        if let Some(v) = get("LEPUS_MGMT_TLS")? {
+            self.mgmt_tls = v;
+        }
+        self.tls.apply_env()
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -334,7 +377,142 @@ impl Config {
                 return Err("cluster.isr_timeout_ms must be at least 100".into());
             }
         }
+        if self.mgmt_tls && !self.tls.enabled() {
+            return Err("mgmt_tls needs [tls] certfile and keyfile".into());
+        }
+        self.tls.validate()
+    }
+}
+
+/// The `[tls]` section, with RabbitMQ's `ssl_options` names and meanings.
+/// TLS is on when `certfile` and `keyfile` are set: an amqps listener on
+/// `port` beside the plain one, on the same `bind` addresses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// amqps port; 0 picks a free one (tests).
+    pub port: u16,
+    /// The server's certificate chain, PEM (leaf first).
+    pub certfile: Option<PathBuf>,
+    /// The server's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub keyfile: Option<PathBuf>,
+    /// CAs trusted for client certificates, PEM.
+    pub cacertfile: Option<PathBuf>,
+    /// `verify_none`: no client certificate is asked for. `verify_peer`: one
+    /// is asked for and, if sent, must chain to `cacertfile` and be valid.
+    pub verify: TlsVerify,
+    /// With `verify_peer`: refuse a client that sends no certificate.
+    pub fail_if_no_peer_cert: bool,
+    /// Protocol versions offered: `tlsv1.2`, `tlsv1.3`.
+    pub versions: Vec<String>,
+    /// A TLS handshake not done by then is closed (RabbitMQ's
+    /// `ssl_handshake_timeout`), milliseconds.
+    pub handshake_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsVerify {
+    VerifyNone,
+    VerifyPeer,
+}
+
+impl std::str::FromStr for TlsVerify {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "verify_none" => Ok(TlsVerify::VerifyNone),
+            "verify_peer" => Ok(TlsVerify::VerifyPeer),
+            _ => Err(format!("verify is verify_none or verify_peer, not {s:?}")),
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            port: 5671,
+            certfile: None,
+            keyfile: None,
+            cacertfile: None,
+            verify: TlsVerify::VerifyNone,
+            fail_if_no_peer_cert: false,
+            versions: vec!["tlsv1.3".into(), "tlsv1.2".into()],
+            handshake_timeout_ms: 5000,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// TLS is on when both the certificate and its key are configured.
+    pub fn enabled(&self) -> bool {
+        self.certfile.is_some() && self.keyfile.is_some()
+    }
+
+    /// `LEPUS_TLS_<KEY>`, one per key (`LEPUS_TLS_VERSIONS` comma-separated).
+    fn apply_env(&mut self) -> Result<(), String> {
+        if let Some(v) = env("LEPUS_TLS_PORT")? {
+            self.port = v;
+        }
+        if let Some(v) = env::<String>("LEPUS_TLS_CERTFILE")? {
+            self.certfile = Some(v.into());
+        }
+        if let Some(v) = env::<String>("LEPUS_TLS_KEYFILE")? {
+            self.keyfile = Some(v.into());
+        }
+        if let Some(v) = env::<String>("LEPUS_TLS_CACERTFILE")? {
+            self.cacertfile = Some(v.into());
+        }
+        if let Some(v) = env::<String>("LEPUS_TLS_VERIFY")? {
+            self.verify = v.parse()?;
+        }
+        if let Some(v) = env("LEPUS_TLS_FAIL_IF_NO_PEER_CERT")? {
+            self.fail_if_no_peer_cert = v;
+        }
+        if let Some(v) = env::<String>("LEPUS_TLS_VERSIONS")? {
+            self.versions = split_list(&v);
+        }
+        if let Some(v) = env("LEPUS_TLS_HANDSHAKE_TIMEOUT_MS")? {
+            self.handshake_timeout_ms = v;
+        }
         Ok(())
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.certfile.is_some() != self.keyfile.is_some() {
+            return Err("[tls] needs both certfile and keyfile".into());
+        }
+        if !self.enabled() {
+            return Ok(());
+        }
+        if self.versions.is_empty() {
+            return Err("[tls] versions lists no version".into());
+        }
+        for v in &self.versions {
+            if v != "tlsv1.2" && v != "tlsv1.3" {
+                return Err(format!(
+                    "[tls] versions: {v:?} is not supported (tlsv1.2, tlsv1.3)"
+                ));
+            }
+        }
+        if self.verify == TlsVerify::VerifyPeer && self.cacertfile.is_none() {
+            return Err("[tls] verify = \"verify_peer\" needs cacertfile".into());
+        }
+        if self.handshake_timeout_ms == 0 {
+            return Err("[tls] handshake_timeout_ms must be above 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// One environment variable, parsed.
+fn env<T: std::str::FromStr>(key: &str) -> Result<Option<T>, String> {
+    match std::env::var(key) {
+        Ok(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("invalid value {v:?} for {key}")),
+        Err(_) => Ok(None),
     }
 }
 
@@ -420,6 +598,45 @@ mgmt_bind = ["127.0.0.1", "::1"]"#,
         assert!(toml::from_str::<Config>("bind = 1").is_err());
         assert_eq!(Config::default().bind, vec!["127.0.0.1".to_string()]);
         assert_eq!(split_list(" 127.0.0.1, ::1 ,"), vec!["127.0.0.1", "::1"]);
+    }
+
+    #[test]
+    fn tls_section() {
+        let c: Config = toml::from_str(
+            r#"mgmt_tls = true
+[tls]
+port = 5671
+certfile = "/etc/lepus/server.pem"
+keyfile = "/etc/lepus/server.key"
+cacertfile = "/etc/lepus/ca.pem"
+verify = "verify_peer"
+fail_if_no_peer_cert = true
+versions = ["tlsv1.2"]"#,
+        )
+        .unwrap();
+        assert!(c.tls.enabled() && c.mgmt_tls);
+        assert_eq!(c.tls.verify, TlsVerify::VerifyPeer);
+        c.validate().unwrap();
+        assert!(!Config::default().tls.enabled());
+        assert_eq!(Config::default().tls.port, 5671);
+        let bad = |t: &str| toml::from_str::<Config>(t).map(|c| c.validate());
+        assert!(bad("[tls]\nverify = \"verify_maybe\"").is_err());
+        assert!(bad("[tls]\ncertfile = \"a\"").unwrap().is_err());
+        assert!(
+            bad("[tls]\ncertfile = \"a\"\nkeyfile = \"b\"\nversions = [\"tlsv1.1\"]")
+                .unwrap()
+                .is_err()
+        );
+        assert!(
+            bad("[tls]\ncertfile = \"a\"\nkeyfile = \"b\"\nverify = \"verify_peer\"")
+                .unwrap()
+                .is_err()
+        );
+        assert!(bad("mgmt_tls = true").unwrap().is_err());
+        assert_eq!(
+            "verify_peer".parse::<TlsVerify>(),
+            Ok(TlsVerify::VerifyPeer)
+        );
     }
 
     #[test]

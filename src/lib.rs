@@ -3,7 +3,8 @@
 //! The layers, bottom up (docs/architecture.md has the long form):
 //!
 //! - base: [`error`], [`config`], [`sys`], [`metrics`], [`clock`] (the one
-//!   source of broker time); they import nothing above them.
+//!   source of broker time), [`tls`] (certificates, rustls configurations);
+//!   they import nothing above them.
 //! - [`protocol`]: the wire codecs (frames, the hand-written publish, ack
 //!   and deliver paths, content-header properties); imports only `error`.
 //! - [`store`]: every durable byte (segments, ack logs, definitions log);
@@ -57,3 +58,4 @@ pub mod protocol;
 pub mod server;
 pub mod store;
 pub mod sys;
+pub mod tls;

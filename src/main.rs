@@ -19,6 +19,9 @@ struct Args {
     /// HTTP management API port (overrides the config file; 0 picks a free one).
     #[arg(long)]
     mgmt_port: Option<u16>,
+    /// amqps port (overrides [tls] port; TLS needs certfile and keyfile).
+    #[arg(long)]
+    tls_port: Option<u16>,
     /// Data directory (overrides the config file).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -63,6 +66,9 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(p) = args.mgmt_port {
         config.mgmt_port = p;
     }
+    if let Some(p) = args.tls_port {
+        config.tls.port = p;
+    }
     if let Some(d) = args.data_dir {
         config.data_dir = d;
     }
@@ -77,6 +83,8 @@ fn run(args: Args) -> Result<(), String> {
         config.cluster.port = p;
     }
     config.validate()?;
+    // A certificate or key that cannot be read or parsed stops the start.
+    let tls = lepus::tls::Tls::load(&config.tls)?;
     if config.cluster.enabled {
         return lepus::cluster::run(config);
     }
@@ -91,6 +99,10 @@ fn run(args: Args) -> Result<(), String> {
         let mgmt = lepus::server::bind_mgmt(&config)
             .await
             .map_err(|e| format!("management API: {e}"))?;
+        let amqps = lepus::server::bind_tls(&config)
+            .await
+            .map_err(|e| format!("amqps: {e}"))?;
+        let mgmt_tls = config.mgmt_tls;
         let show = |ls: &[tokio::net::TcpListener]| {
             ls.iter()
                 .filter_map(|l| l.local_addr().ok())
@@ -108,12 +120,21 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot open data dir {}: {e}", data_dir.display()))?;
         tracing::info!(
             listen = %show(&listeners),
+            amqps = %show(&amqps),
             mgmt = %show(&mgmt),
+            mgmt_tls,
             data_dir = %data_dir.display(),
             startup_ms = started.elapsed().as_millis() as u64,
             "lepus ready"
         );
-        lepus::server::run_with_mgmt(listeners, mgmt, broker, async {
+        let l = lepus::server::Listeners {
+            amqp: listeners,
+            amqps,
+            mgmt,
+            mgmt_tls,
+            tls,
+        };
+        lepus::server::serve_all(l, broker, async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .expect("signal handler");

@@ -49,6 +49,28 @@ pub async fn bind_mgmt(config: &Config) -> std::io::Result<Vec<TcpListener>> {
     bind_all(&config.mgmt_bind, config.mgmt_port).await
 }
 
+/// Bind the amqps listeners (each of `bind`, on `tls.port`), if TLS is on.
+pub async fn bind_tls(config: &Config) -> std::io::Result<Vec<TcpListener>> {
+    if !config.tls.enabled() {
+        return Ok(vec![]);
+    }
+    bind_all(&config.bind, config.tls.port).await
+}
+
+/// Every listener the broker serves.
+#[derive(Default)]
+pub struct Listeners {
+    /// Plain AMQP.
+    pub amqp: Vec<TcpListener>,
+    /// amqps: TLS with `tls.amqp`'s configuration (needs `tls`).
+    pub amqps: Vec<TcpListener>,
+    /// The HTTP management API (none: no API); HTTPS if `mgmt_tls` and `tls`.
+    pub mgmt: Vec<TcpListener>,
+    pub mgmt_tls: bool,
+    /// The loaded certificates ([`crate::tls::Tls::load`]).
+    pub tls: Option<Arc<crate::tls::Tls>>,
+}
+
 /// [`run`], plus the HTTP management API on the `mgmt` listeners (none: no API).
 pub async fn run_with_mgmt(
     listeners: Vec<TcpListener>,
@@ -56,30 +78,61 @@ pub async fn run_with_mgmt(
     broker: Arc<Broker>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let l = Listeners {
+        amqp: listeners,
+        mgmt,
+        ..Listeners::default()
+    };
+    serve_all(l, broker, shutdown).await
+}
+
+/// Serve plain AMQP, amqps and the management API until `shutdown`
+/// completes, then close every connection and sync the store.
+pub async fn serve_all(l: Listeners, broker: Arc<Broker>, shutdown: impl Future<Output = ()>) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let housekeeping = tokio::spawn(housekeeping(broker.clone(), stop_rx.clone()));
-    let amqp_addr = listeners.first().and_then(|l| l.local_addr().ok());
-    let mgmt = (!mgmt.is_empty()).then(|| {
+    let amqp_addr = l.amqp.first().and_then(|l| l.local_addr().ok());
+    let amqps_addr = l.amqps.first().and_then(|l| l.local_addr().ok());
+    let tls = l.tls.clone();
+    let mgmt = (!l.mgmt.is_empty()).then(|| {
         tokio::spawn(crate::mgmt::serve(
-            mgmt,
+            l.mgmt,
             amqp_addr,
+            amqps_addr,
+            if l.mgmt_tls { tls.clone() } else { None },
             broker.clone(),
             stop_rx.clone(),
         ))
     });
-    // One accept task per address, all feeding this loop.
+    // One accept task per address, all feeding this loop; amqps sockets
+    // are marked to go through the TLS handshake first.
     let (accepted_tx, mut accepted) = tokio::sync::mpsc::channel(64);
-    let acceptors: Vec<_> = listeners
+    let mut acceptors: Vec<_> = l
+        .amqp
         .into_iter()
-        .map(|l| tokio::spawn(accept_loop(l, accepted_tx.clone())))
+        .map(|l| tokio::spawn(accept_loop(l, false, accepted_tx.clone())))
         .collect();
+    if tls.is_some() {
+        acceptors.extend(
+            l.amqps
+                .into_iter()
+                .map(|l| tokio::spawn(accept_loop(l, true, accepted_tx.clone()))),
+        );
+    }
     drop(accepted_tx);
     let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            Some((socket, peer)) = accepted.recv() => {
-                conns.spawn(crate::connection::serve(broker.clone(), socket, peer, stop_rx.clone()));
+            Some((socket, peer, is_tls)) = accepted.recv() => {
+                match (&tls, is_tls) {
+                    (Some(tls), true) => {
+                        conns.spawn(serve_tls(broker.clone(), tls.clone(), socket, peer, stop_rx.clone()));
+                    }
+                    _ => {
+                        conns.spawn(crate::connection::serve(broker.clone(), socket, peer, stop_rx.clone()));
+                    }
+                }
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             _ = &mut shutdown => break,
@@ -102,15 +155,42 @@ pub async fn run_with_mgmt(
     broker.shutdown();
 }
 
+/// The TLS handshake (under its own timeout, RabbitMQ's
+/// `ssl_handshake_timeout`), then the same connection code as plain TCP. A
+/// refused client certificate is logged with the reason (expired, unknown
+/// issuer, none presented); a client that is not speaking TLS (a plain
+/// AMQP header) or stalls is dropped.
+async fn serve_tls(
+    broker: Arc<Broker>,
+    tls: Arc<crate::tls::Tls>,
+    socket: tokio::net::TcpStream,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+) {
+    match tokio::time::timeout(tls.handshake_timeout, tls.amqp.accept(socket)).await {
+        Ok(Ok(stream)) => crate::connection::serve(broker, stream, peer, stop).await,
+        Ok(Err(e)) => match crate::tls::handshake_error(&e) {
+            (true, reason) => tracing::warn!(%peer, %reason, "TLS connection refused"),
+            (false, reason) => tracing::info!(%peer, %reason, "TLS handshake failed"),
+        },
+        Err(_) => tracing::info!(
+            %peer,
+            timeout_ms = tls.handshake_timeout.as_millis() as u64,
+            "TLS handshake timed out"
+        ),
+    }
+}
+
 /// Accept on one listener and hand each socket to the server loop.
 async fn accept_loop(
     listener: TcpListener,
-    to: tokio::sync::mpsc::Sender<(tokio::net::TcpStream, SocketAddr)>,
+    is_tls: bool,
+    to: tokio::sync::mpsc::Sender<(tokio::net::TcpStream, SocketAddr, bool)>,
 ) {
     loop {
         match listener.accept().await {
-            Ok(conn) => {
-                if to.send(conn).await.is_err() {
+            Ok((socket, peer)) => {
+                if to.send((socket, peer, is_tls)).await.is_err() {
                     return;
                 }
             }
@@ -181,6 +261,8 @@ pub struct Handle {
     pub addrs: Vec<SocketAddr>,
     /// Where the HTTP management API listens (the first `mgmt_bind` address).
     pub mgmt_addr: SocketAddr,
+    /// Where amqps clients connect (the first `bind` address), if TLS is on.
+    pub tls_addr: Option<SocketAddr>,
     pub broker: Arc<Broker>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -215,18 +297,32 @@ pub async fn start_with_io(config: Config, io: Arc<dyn StoreIo>) -> std::io::Res
     let addr = addrs[0];
     let mgmt = bind_mgmt(&config).await?;
     let mgmt_addr = mgmt[0].local_addr()?;
+    // Certificates are read before the data dir is opened: a bad file
+    // stops the start with its name and what is wrong.
+    let tls = crate::tls::Tls::load(&config.tls).map_err(std::io::Error::other)?;
+    let amqps = bind_tls(&config).await?;
+    let tls_addr = amqps.first().map(|l| l.local_addr()).transpose()?;
+    let mgmt_tls = config.mgmt_tls;
     let broker = tokio::task::spawn_blocking(move || Broker::open(config, io))
         .await
         .map_err(std::io::Error::other)??;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let b = broker.clone();
-    let task = tokio::spawn(run_with_mgmt(listeners, mgmt, b, async move {
+    let l = Listeners {
+        amqp: listeners,
+        amqps,
+        mgmt,
+        mgmt_tls,
+        tls,
+    };
+    let task = tokio::spawn(serve_all(l, b, async move {
         let _ = rx.await;
     }));
     Ok(Handle {
         addr,
         addrs,
         mgmt_addr,
+        tls_addr,
         broker,
         stop: Some(tx),
         task: Some(task),

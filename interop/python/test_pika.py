@@ -6,6 +6,8 @@ Usage: INTEROP_URL=amqp://guest:guest@127.0.0.1:5672/%2f python3 test_pika.py
 <why>" per scenario; see interop_common.py.
 """
 
+import os
+import ssl
 import time
 
 import pika
@@ -19,6 +21,11 @@ from interop_common import (
 
 def connect(**kw):
     params = pika.URLParameters(URL)
+    if URL.startswith("amqps://"):
+        # Trust only the CA the run made (INTEROP_TLS_CA), checking the
+        # server's name against its certificate.
+        ctx = ssl.create_default_context(cafile=os.environ.get("INTEROP_TLS_CA") or None)
+        params.ssl_options = pika.SSLOptions(ctx, params.host)
     params.socket_timeout = TIMEOUT
     params.stack_timeout = TIMEOUT
     params.blocked_connection_timeout = TIMEOUT

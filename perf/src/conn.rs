@@ -5,6 +5,7 @@
 //! buffer is handed over to the hot loops afterwards so no byte that already
 //! arrived is lost.
 
+use crate::stream::Stream;
 use crate::uri::AmqpUri;
 use crate::wire::{self, FrameBuf, FRAME_HEARTBEAT, FRAME_METHOD};
 use amq_protocol::frame::{parse_frame, AMQPFrame};
@@ -12,8 +13,6 @@ use amq_protocol::protocol::{basic, channel, confirm, connection, exchange, queu
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use std::fmt;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Result<T> = std::result::Result<T, BoxError>;
@@ -87,7 +86,7 @@ pub fn decode_method(bytes: &[u8]) -> Result<(u16, AMQPClass)> {
 }
 
 pub struct Conn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub rbuf: FrameBuf,
     pub frame_max: u32,
     wbuf: Vec<u8>,
@@ -107,12 +106,9 @@ impl Conn {
     }
 
     async fn open_inner(uri: &AmqpUri, name: &str) -> Result<Conn> {
-        let stream = TcpStream::connect((uri.host.as_str(), uri.port))
+        let stream = Stream::connect(&uri.host, uri.port, uri.tls)
             .await
             .map_err(|e| err(format!("connect to {}:{}: {e}", uri.host, uri.port)))?;
-        // Batches are already large; for small confirm windows and acks we
-        // want them on the wire now, not after Nagle's 40 ms.
-        stream.set_nodelay(true)?;
         let mut c = Conn {
             stream,
             rbuf: FrameBuf::new(2 * CLIENT_FRAME_MAX as usize),
@@ -207,7 +203,7 @@ impl Conn {
     }
 
     /// Hand the socket and any already-received bytes to a hot loop.
-    pub fn into_parts(self) -> (TcpStream, FrameBuf, u32) {
+    pub fn into_parts(self) -> (Stream, FrameBuf, u32) {
         (self.stream, self.rbuf, self.frame_max)
     }
 

@@ -12,7 +12,6 @@ use amq_protocol::protocol::{channel, connection, AMQPClass};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 const CH: u16 = 1;

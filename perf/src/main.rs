@@ -10,6 +10,7 @@ mod conn;
 mod consumer;
 mod producer;
 mod stats;
+mod stream;
 mod timing;
 mod uri;
 mod wire;
@@ -33,9 +34,13 @@ use uri::AmqpUri;
     about = "Lean AMQP 0-9-1 load generator (publish/consume throughput, latency, client CPU)"
 )]
 struct Args {
-    /// Broker URI: amqp://user:pass@host:port/vhost (vhost percent-encoded)
+    /// Broker URI: amqp://user:pass@host:port/vhost (vhost percent-encoded);
+    /// amqps://... for TLS, with --cacert
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     uri: String,
+    /// CA certificates (PEM) trusted for an amqps URI
+    #[arg(long)]
+    cacert: Option<std::path::PathBuf>,
     /// Publishing connections
     #[arg(long, default_value_t = 1)]
     producers: usize,
@@ -171,6 +176,12 @@ struct Summary {
 fn main() -> ExitCode {
     stats::init_clock();
     let args = Args::parse();
+    if let Some(ca) = &args.cacert {
+        if let Err(e) = stream::init_tls(ca) {
+            eprintln!("lepus-perf: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let timing = match timing_config(&args) {
         Ok(t) => t,
         Err(e) => {

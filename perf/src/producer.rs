@@ -7,14 +7,13 @@
 
 use crate::conn::{self, BoxError, Conn, Result, ServerClosed, CONTROL_TIMEOUT};
 use crate::stats::{now_ns, Histogram, Shared};
+use crate::stream::{Rd, Wr};
 use crate::uri::AmqpUri;
 use crate::wire::{self, FrameBuf, FRAME_METHOD};
 use amq_protocol::protocol::{channel, connection, AMQPClass};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{watch, Notify};
 
 const CH: u16 = 1;
@@ -147,7 +146,7 @@ impl Producer {
 }
 
 /// write_all that gives up after CONTROL_TIMEOUT; false if it did not finish.
-async fn send_bounded(wr: &mut OwnedWriteHalf, bytes: &[u8]) -> bool {
+async fn send_bounded(wr: &mut Wr, bytes: &[u8]) -> bool {
     matches!(
         tokio::time::timeout(CONTROL_TIMEOUT, wr.write_all(bytes)).await,
         Ok(Ok(()))
@@ -162,7 +161,7 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 /// is stopping only for STOP_GRACE: returns Ok(false) if the batch was left
 /// partly written because the broker stopped reading.
 async fn write_batch(
-    wr: &mut OwnedWriteHalf,
+    wr: &mut Wr,
     buf: &[u8],
     stop: &mut watch::Receiver<bool>,
 ) -> std::io::Result<bool> {
@@ -186,6 +185,20 @@ async fn write_batch(
             Err(e) => return Err(e),
         }
     }
+    // TLS: records rustls could not send yet must leave too.
+    while !wr.is_flushed() {
+        if *stop.borrow() {
+            match tokio::time::timeout(STOP_GRACE, wr.writable()).await {
+                Ok(r) => r?,
+                Err(_) => return Ok(false),
+            }
+        } else {
+            tokio::select! {
+                r = wr.writable() => r?,
+                _ = stop.changed() => {}
+            }
+        }
+    }
     Ok(true)
 }
 
@@ -204,7 +217,7 @@ async fn wait_until(st: &PubState, limit: Duration, cond: impl Fn() -> bool) {
 async fn write_loop(
     cfg: &ProducerConfig,
     frame_max: u32,
-    wr: &mut OwnedWriteHalf,
+    wr: &mut Wr,
     st: &PubState,
     shared: &Shared,
     stop: &mut watch::Receiver<bool>,
@@ -322,7 +335,7 @@ async fn write_loop(
 }
 
 async fn read_loop(
-    rd: OwnedReadHalf,
+    rd: Rd,
     fb: FrameBuf,
     st: Arc<PubState>,
     shared: Arc<Shared>,
@@ -336,7 +349,7 @@ async fn read_loop(
 }
 
 async fn read_loop_inner(
-    rd: OwnedReadHalf,
+    mut rd: Rd,
     mut fb: FrameBuf,
     st: &PubState,
     shared: &Shared,

@@ -23,6 +23,7 @@
 
 use crate::conn::{self, BoxError, Conn, Result, ServerClosed, CONTROL_TIMEOUT};
 use crate::stats::process_cpu_time;
+use crate::stream::{Rd, Wr};
 use crate::uri::AmqpUri;
 use crate::wire::{
     self, DelayProp, FrameBuf, TimedPublish, FRAME_BODY, FRAME_HEADER, FRAME_METHOD,
@@ -34,8 +35,6 @@ use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::*};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{watch, Notify};
 
 const CH: u16 = 1;
@@ -1076,7 +1075,7 @@ async fn publish(
     reader_res
 }
 
-async fn send_bounded(wr: &mut OwnedWriteHalf, bytes: &[u8]) -> bool {
+async fn send_bounded(wr: &mut Wr, bytes: &[u8]) -> bool {
     matches!(
         tokio::time::timeout(CONTROL_TIMEOUT, wr.write_all(bytes)).await,
         Ok(Ok(()))
@@ -1091,7 +1090,7 @@ async fn publish_loop(
     topo: &Topology,
     delays: &[u32],
     run_id: u64,
-    wr: &mut OwnedWriteHalf,
+    wr: &mut Wr,
     flags: &PubFlags,
     prog: &Progress,
     stop: &mut watch::Receiver<bool>,
@@ -1196,7 +1195,7 @@ async fn publish_loop(
 /// re-stamp the publish time of every message not yet sent: it leaves now,
 /// not when it was encoded. Ok(false) if the batch is left partly written.
 async fn write_restamping(
-    wr: &mut OwnedWriteHalf,
+    wr: &mut Wr,
     buf: &mut [u8],
     ts_pos: &[usize],
     stop: &mut watch::Receiver<bool>,
@@ -1223,11 +1222,21 @@ async fn write_restamping(
             Err(e) => return Err(e),
         }
     }
+    // TLS: records rustls could not send yet must leave too.
+    while !wr.is_flushed() {
+        tokio::select! {
+            r = tokio::time::timeout(limit, wr.writable()) => match r {
+                Ok(r) => r?,
+                Err(_) => return Ok(false),
+            },
+            _ = stop.changed() => return Ok(false),
+        }
+    }
     Ok(true)
 }
 
 async fn pub_reader(
-    rd: OwnedReadHalf,
+    rd: Rd,
     fb: FrameBuf,
     flags: Arc<PubFlags>,
     prog: Arc<Progress>,
@@ -1240,7 +1249,7 @@ async fn pub_reader(
 }
 
 async fn pub_reader_inner(
-    rd: OwnedReadHalf,
+    mut rd: Rd,
     mut fb: FrameBuf,
     flags: &PubFlags,
     prog: &Progress,

@@ -13,6 +13,8 @@ pub struct AmqpUri {
     pub user: String,
     pub password: String,
     pub vhost: String,
+    /// amqps: TLS over TCP (see `--cacert`).
+    pub tls: bool,
 }
 
 #[derive(Debug)]
@@ -51,11 +53,15 @@ impl std::str::FromStr for AmqpUri {
     type Err = UriError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let rest = s.strip_prefix("amqp://").ok_or_else(|| {
-            UriError(format!(
-                "{s:?} must start with amqp:// (TLS is not supported)"
-            ))
-        })?;
+        let (tls, rest) = match (s.strip_prefix("amqp://"), s.strip_prefix("amqps://")) {
+            (Some(r), _) => (false, r),
+            (_, Some(r)) => (true, r),
+            _ => {
+                return Err(UriError(format!(
+                    "{s:?} must start with amqp:// or amqps://"
+                )))
+            }
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i + 1..]),
             None => (rest, ""),
@@ -88,6 +94,7 @@ impl std::str::FromStr for AmqpUri {
             Some(p) if !p.is_empty() => {
                 p.parse().map_err(|_| UriError(format!("bad port {p:?}")))?
             }
+            _ if tls => 5671,
             _ => 5672,
         };
         let host = if host.is_empty() {
@@ -107,6 +114,7 @@ impl std::str::FromStr for AmqpUri {
             user,
             password,
             vhost,
+            tls,
         })
     }
 }
@@ -125,7 +133,8 @@ mod tests {
                 port: 5672,
                 user: "guest".into(),
                 password: "guest".into(),
-                vhost: "/".into()
+                vhost: "/".into(),
+                tls: false,
             }
         );
     }
@@ -143,7 +152,9 @@ mod tests {
         assert_eq!(u.host, "::1");
         assert_eq!(u.port, 5673);
         assert_eq!(u.vhost, "prod");
-        assert!("amqps://x".parse::<AmqpUri>().is_err());
+        let u: AmqpUri = "amqps://x".parse().unwrap();
+        assert_eq!((u.tls, u.port, u.host.as_str()), (true, 5671, "x"));
+        assert!("http://x".parse::<AmqpUri>().is_err());
         assert!("amqp://h:notaport/".parse::<AmqpUri>().is_err());
     }
 }

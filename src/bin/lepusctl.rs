@@ -24,7 +24,7 @@ use std::process::ExitCode;
     after_help = "Examples:\n  lepusctl list queues\n  lepusctl -p / declare queue orders\n  lepusctl export defs.json\n  lepusctl move orders.dlq orders --max 1000"
 )]
 struct Cli {
-    /// Base URL of the management API.
+    /// Base URL of the management API (https://... for a broker with mgmt_tls).
     #[arg(
         long,
         env = "LEPUSCTL_URL",
@@ -32,6 +32,10 @@ struct Cli {
         global = true
     )]
     url: String,
+    /// CA certificates (PEM) to trust for an https URL, instead of the
+    /// built-in web roots: for a broker whose certificate your own CA signed.
+    #[arg(long, env = "LEPUSCTL_CACERT", global = true)]
+    cacert: Option<std::path::PathBuf>,
     /// User name for HTTP basic auth (and AMQP for `move`).
     #[arg(
         long,
@@ -610,7 +614,7 @@ fn operator_kind(cmd: &Cmd) -> bool {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
-    let api = Api::new(&cli.url, &cli.user, &cli.password);
+    let api = Api::new(&cli.url, &cli.user, &cli.password, cli.cacert.as_deref())?;
     let vhost = cli.vhost.clone().unwrap_or_else(|| "/".into());
     let v = seg(&vhost);
     let operator = operator_kind(&cli.cmd);

@@ -71,6 +71,12 @@ pub struct ConnInfo {
     pub client_properties: FieldTable,
     /// The `connection_name` client property, if it is a string.
     pub user_provided_name: Option<String>,
+    /// Whether the connection is encrypted.
+    pub ssl: bool,
+    /// Its TLS parameters and client certificate (amqps connections).
+    pub tls: Option<crate::tls::TlsInfo>,
+    /// The SASL mechanism of the login (PLAIN, AMQPLAIN, EXTERNAL).
+    pub auth_mechanism: String,
 }
 
 pub struct Broker {

@@ -1,5 +1,8 @@
 //! The AMQP handshake: protocol header, connection.start / start-ok (PLAIN
-//! and AMQPLAIN), tune / tune-ok, open / open-ok, with RabbitMQ's refusals
+//! and AMQPLAIN; EXTERNAL on a TLS connection whose client sent a verified
+//! certificate, the user being its CN as with RabbitMQ's
+//! `rabbitmq_auth_mechanism_ssl` and `ssl_cert_login_from = common_name`),
+//! tune / tune-ok, open / open-ok, with RabbitMQ's refusals
 //! (a failed login gets a 403 connection.close only from a client with the
 //! `authentication_failure_close` capability; others see the socket close).
 //! A straight-line async function over any byte stream (TCP, TLS), run
@@ -25,6 +28,8 @@ pub(super) struct Handshake {
     pub(super) cancel_notify: bool,
     pub(super) blocked_capability: bool,
     pub(super) client_properties: amq_protocol::types::FieldTable,
+    /// The SASL mechanism the client logged in with.
+    pub(super) mechanism: String,
 }
 
 pub(super) async fn read_frame(
@@ -105,7 +110,9 @@ async fn send_now(
 ) -> std::io::Result<()> {
     let mut out = BytesMut::new();
     put_method(&mut out, channel, m);
-    wr.write_all(&out).await
+    wr.write_all(&out).await?;
+    // TLS holds written records until flushed; on TCP this is a no-op.
+    wr.flush().await
 }
 
 async fn refuse(wr: &mut (impl AsyncWrite + Unpin), e: AmqpError) {
@@ -153,7 +160,7 @@ pub(super) async fn handshake(
     wr: &mut (impl AsyncWrite + Unpin),
     buf: &mut BytesMut,
     peer: SocketAddr,
-    _conn_id: u64,
+    peer_cert: Option<&crate::tls::PeerCert>,
 ) -> std::io::Result<Option<Handshake>> {
     while buf.len() < 8 {
         if rd.read_buf(buf).await? == 0 {
@@ -165,6 +172,7 @@ pub(super) async fn handshake(
         // Wrong protocol or version: answer with ours and close (spec 4.2.2).
         let _ = parse_frame(&buf[..8]);
         wr.write_all(PROTOCOL_HEADER).await?;
+        let _ = wr.flush().await;
         let _ = wr.shutdown().await;
         tracing::info!(%peer, header = ?&buf[..8], "bad protocol header");
         return Ok(None);
@@ -178,7 +186,11 @@ pub(super) async fn handshake(
             version_major: 0,
             version_minor: 9,
             server_properties: server_properties(),
-            mechanisms: "PLAIN AMQPLAIN".into(),
+            mechanisms: if peer_cert.is_some() {
+                "PLAIN AMQPLAIN EXTERNAL".into()
+            } else {
+                "PLAIN AMQPLAIN".into()
+            },
             locales: "en_US".into(),
         })),
     )
@@ -206,18 +218,39 @@ pub(super) async fn handshake(
     };
     let cap = |k: &str| matches!(caps.inner().get(k), Some(AMQPValue::Boolean(true)));
     let mechanism = so.mechanism.as_str().to_owned();
-    let creds = sasl_credentials(&mechanism, so.response.as_bytes());
-    let user = match creds {
-        Some((u, p)) => {
-            let loopback_only = cfg.loopback_users.contains(&u);
-            if loopback_only && !peer.ip().is_loopback() {
-                tracing::warn!(%peer, user = %u, "user may only connect via localhost");
-                None
-            } else {
-                broker.authenticate(&u, &p).map(|x| x.name)
+    let user = match (mechanism.as_str(), peer_cert) {
+        // The certificate was verified in the TLS handshake; the user it
+        // names must exist, and no password is checked (RabbitMQ's
+        // internal backend does the same for EXTERNAL).
+        ("EXTERNAL", Some(cert)) => match &cert.common_name {
+            Some(cn) => {
+                if !broker.users.read().contains_key(cn) {
+                    tracing::warn!(%peer, user = %cn, subject = %cert.subject, "EXTERNAL login refused: no such user");
+                    None
+                } else if cfg.loopback_users.contains(cn) && !peer.ip().is_loopback() {
+                    tracing::warn!(%peer, user = %cn, "user may only connect via localhost");
+                    None
+                } else {
+                    Some(cn.clone())
+                }
             }
-        }
-        None => None,
+            None => {
+                tracing::warn!(%peer, subject = %cert.subject, "EXTERNAL login refused: the client certificate has no CN");
+                None
+            }
+        },
+        _ => match sasl_credentials(&mechanism, so.response.as_bytes()) {
+            Some((u, p)) => {
+                let loopback_only = cfg.loopback_users.contains(&u);
+                if loopback_only && !peer.ip().is_loopback() {
+                    tracing::warn!(%peer, user = %u, "user may only connect via localhost");
+                    None
+                } else {
+                    broker.authenticate(&u, &p).map(|x| x.name)
+                }
+            }
+            None => None,
+        },
     };
     let Some(user) = user else {
         let e = AmqpError::access_refused(format!(
@@ -329,5 +362,6 @@ pub(super) async fn handshake(
         cancel_notify: cap("consumer_cancel_notify"),
         blocked_capability: cap("connection.blocked"),
         client_properties: so.client_properties,
+        mechanism,
     }))
 }

@@ -61,13 +61,22 @@ pub async fn serve<T: Transport>(
 ) {
     // RabbitMQ names a connection "client_ip:port -> server_ip:port".
     let local = socket.local_addr();
+    let ssl = socket.is_tls();
+    let tls = socket.tls_info();
     let conn_id = broker.next_connection_id();
     let (mut rd, mut wr) = socket.into_split();
     // Buffers start small (idle connections cost little) and grow with traffic.
     let mut buf = BytesMut::with_capacity(READ_MIN);
     let hs = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        handshake(&broker, &mut rd, &mut wr, &mut buf, peer, conn_id),
+        handshake(
+            &broker,
+            &mut rd,
+            &mut wr,
+            &mut buf,
+            peer,
+            tls.as_ref().and_then(|t| t.peer.as_ref()),
+        ),
     )
     .await;
     let hs = match hs {
@@ -106,6 +115,9 @@ pub async fn serve<T: Transport>(
         connected_at: crate::clock::now_ms(),
         client_properties: hs.client_properties.clone(),
         user_provided_name,
+        ssl,
+        tls,
+        auth_mechanism: hs.mechanism.clone(),
     };
     broker
         .connections

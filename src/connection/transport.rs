@@ -1,12 +1,15 @@
 //! What a connection runs over: any byte stream that splits into a read
-//! half and a write half. TCP splits without a lock (`into_split`); any
-//! other stream (TLS, an in-memory pipe in tests) is wrapped in [`Stream`],
-//! which splits with `tokio::io::split`. The connection code is written
-//! once, generic over this trait.
+//! half and a write half. TCP splits without a lock (`into_split`); TLS
+//! over TCP (a finished tokio-rustls handshake) and any other stream (an
+//! in-memory pipe in tests, wrapped in [`Stream`]) split with
+//! `tokio::io::split`. The connection code is written once, generic over
+//! this trait, so plain TCP pays nothing for TLS being possible.
 
+use crate::tls::TlsInfo;
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 
 pub trait Transport: Send + 'static {
     type Read: AsyncRead + Unpin + Send + 'static;
@@ -17,6 +20,10 @@ pub trait Transport: Send + 'static {
     /// Whether the stream is encrypted (for the management API's `ssl`).
     fn is_tls(&self) -> bool {
         false
+    }
+    /// The negotiated TLS parameters and verified client certificate.
+    fn tls_info(&self) -> Option<TlsInfo> {
+        None
     }
     fn into_split(self) -> (Self::Read, Self::Write);
 }
@@ -54,5 +61,25 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Transport for Stream<S> {
     }
     fn into_split(self) -> (Self::Read, Self::Write) {
         tokio::io::split(self.inner)
+    }
+}
+
+/// amqps: a TLS session over TCP whose handshake is done.
+impl Transport for TlsStream<TcpStream> {
+    type Read = tokio::io::ReadHalf<TlsStream<TcpStream>>;
+    type Write = tokio::io::WriteHalf<TlsStream<TcpStream>>;
+
+    fn local_addr(&self) -> Option<SocketAddr> {
+        self.get_ref().0.local_addr().ok()
+    }
+    fn is_tls(&self) -> bool {
+        true
+    }
+    fn tls_info(&self) -> Option<TlsInfo> {
+        Some(TlsInfo::of(self.get_ref().1))
+    }
+    fn into_split(self) -> (Self::Read, Self::Write) {
+        let _ = self.get_ref().0.set_nodelay(true);
+        tokio::io::split(self)
     }
 }

@@ -28,7 +28,9 @@ pub(super) async fn write_loop(
             if conn.flush_store.swap(false, Ordering::Relaxed) {
                 store.flush_acks();
             }
-            if wr.write_all(&buf).await.is_err() {
+            // flush: TLS keeps records it could not send at once until
+            // flushed; on TCP it is a no-op, nothing per message.
+            if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
                 conn.closed.store(true, Ordering::SeqCst);
                 return;
             }

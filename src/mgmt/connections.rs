@@ -31,6 +31,10 @@ fn peer_parts(peer: &str) -> (String, u16) {
 
 fn connection_json(i: &ConnInfo, c: &ConnShared) -> Value {
     let (peer_host, peer_port) = peer_parts(&i.peer);
+    // RabbitMQ's TLS fields: null on plain connections, and the
+    // certificate fields null when the client sent no certificate.
+    let tls = i.tls.as_ref();
+    let cert = tls.and_then(|t| t.peer.as_ref());
     json!({
         "name": i.name,
         "node": node_name(),
@@ -47,6 +51,15 @@ fn connection_json(i: &ConnInfo, c: &ConnShared) -> Value {
         "send_oct": c.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
         "client_properties": table_to_json(&i.client_properties),
         "user_provided_name": i.user_provided_name,
+        "ssl": i.ssl,
+        "ssl_protocol": tls.map(|t| t.protocol),
+        "ssl_key_exchange": tls.map(|t| t.key_exchange),
+        "ssl_cipher": tls.map(|t| t.cipher),
+        "ssl_hash": tls.map(|t| t.hash),
+        "peer_cert_subject": cert.map(|p| &p.subject),
+        "peer_cert_issuer": cert.map(|p| &p.issuer),
+        "peer_cert_validity": cert.map(|p| &p.validity),
+        "auth_mechanism": i.auth_mechanism,
     })
 }
 

@@ -1,5 +1,7 @@
 //! The HTTP management API: RabbitMQ's paths and JSON for the common calls,
-//! and Prometheus metrics at `/metrics`, on its own port (`mgmt_port`).
+//! and Prometheus metrics at `/metrics`, on its own port (`mgmt_port`),
+//! over HTTPS with the `[tls]` certificate when `mgmt_tls` is set
+//! ([`https`]).
 //!
 //! Runs on the broker's tokio runtime ([`serve`], started by
 //! [`crate::server::run_with_mgmt`]). Every `/api` call needs HTTP basic
@@ -30,6 +32,7 @@ pub use common::set_node_name;
 mod connections;
 mod definitions;
 mod exchanges;
+mod https;
 pub mod json;
 mod limits;
 mod listing;
@@ -57,16 +60,23 @@ use tokio::sync::watch;
 pub struct App {
     pub broker: Arc<Broker>,
     pub stats: Arc<stats::Stats>,
-    /// Where AMQP and the API actually listen (the config may say port 0).
+    /// Where AMQP, amqps and the API actually listen (the config may say
+    /// port 0).
     pub amqp_addr: Option<SocketAddr>,
+    pub amqps_addr: Option<SocketAddr>,
     pub mgmt_addr: Option<SocketAddr>,
+    /// The API is served over HTTPS.
+    pub https: bool,
 }
 
-/// Serve the API on every listener until `stop` turns true. `amqp_addr` is
-/// where AMQP clients connect, for the overview's listeners.
+/// Serve the API on every listener until `stop` turns true: over HTTPS if
+/// `tls` is given (`mgmt_tls`). `amqp_addr` and `amqps_addr` are where AMQP
+/// clients connect, for the overview's listeners.
 pub async fn serve(
     listeners: Vec<TcpListener>,
     amqp_addr: Option<SocketAddr>,
+    amqps_addr: Option<SocketAddr>,
+    tls: Option<Arc<crate::tls::Tls>>,
     broker: Arc<Broker>,
     stop: watch::Receiver<bool>,
 ) {
@@ -82,25 +92,45 @@ pub async fn serve(
         broker,
         stats,
         amqp_addr,
+        amqps_addr,
         mgmt_addr: listeners.first().and_then(|l| l.local_addr().ok()),
+        https: tls.is_some(),
     };
     let mut servers = tokio::task::JoinSet::new();
     for listener in listeners {
-        let mut stop2 = stop.clone();
-        let service = router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        servers.spawn(async move {
-            let r = axum::serve(listener, service)
-                .with_graceful_shutdown(async move {
-                    let _ = stop2.wait_for(|s| *s).await;
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "management API stopped");
+        match &tls {
+            Some(tls) => match https::HttpsListener::new(listener, tls) {
+                Ok(l) => {
+                    servers.spawn(serve_on(l, app.clone(), stop.clone()));
+                }
+                Err(e) => tracing::error!(error = %e, "management API listener lost"),
+            },
+            None => {
+                servers.spawn(serve_on(listener, app.clone(), stop.clone()));
             }
-        });
+        }
     }
     while servers.join_next().await.is_some() {}
     sampler.abort();
+}
+
+/// Run the router on one listener, plain or TLS, until `stop`.
+async fn serve_on<L>(listener: L, app: App, mut stop: watch::Receiver<bool>)
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    use axum::serve::ListenerExt;
+    let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
+    // tap_io (doing nothing) gives any listener axum's ConnectInfo<SocketAddr>,
+    // which the guest-from-loopback check reads.
+    let r = axum::serve(listener.tap_io(|_| {}), service)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(e) = r {
+        tracing::error!(error = %e, "management API stopped");
+    }
 }
 
 /// Every route, grouped by the module that serves it.

@@ -76,8 +76,11 @@ pub async fn overview(State(app): State<App>, caller: Caller) -> Json<Value> {
         "listeners": cfg.bind.iter().map(|ip| json!(
             {"node": node_name(), "protocol": "amqp", "ip_address": ip,
              "port": app.amqp_addr.map(|a| a.port()).unwrap_or(cfg.port)}))
+            .chain(app.amqps_addr.iter().flat_map(|a| cfg.bind.iter().map(|ip| json!(
+            {"node": node_name(), "protocol": "amqp/ssl", "ip_address": ip,
+             "port": a.port()}))))
             .chain(cfg.mgmt_bind.iter().map(|ip| json!(
-            {"node": node_name(), "protocol": "http", "ip_address": ip,
+            {"node": node_name(), "protocol": if app.https { "https" } else { "http" }, "ip_address": ip,
              "port": app.mgmt_addr.map(|a| a.port()).unwrap_or(cfg.mgmt_port)})))
             .collect::<Vec<_>>(),
         "alarms": *b.alarm_reasons.lock(),

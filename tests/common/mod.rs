@@ -56,6 +56,11 @@ impl TestBroker {
         self.handle.as_ref().unwrap().addr
     }
 
+    /// Where amqps clients connect, if `[tls]` is on.
+    pub fn tls_addr(&self) -> Option<std::net::SocketAddr> {
+        self.handle.as_ref().unwrap().tls_addr
+    }
+
     /// Where the HTTP management API listens.
     pub fn mgmt_addr(&self) -> std::net::SocketAddr {
         self.handle.as_ref().unwrap().mgmt_addr

@@ -42,19 +42,49 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(url: &str, user: &str, password: &str) -> Api {
-        let config = ureq::Agent::config_builder()
+    /// `cacert`: a PEM file of the CAs to trust for an https URL instead of
+    /// the built-in web roots (a broker with its own CA).
+    pub fn new(
+        url: &str,
+        user: &str,
+        password: &str,
+        cacert: Option<&std::path::Path>,
+    ) -> Result<Api, String> {
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(120)))
-            .build();
-        Api {
+            .timeout_global(Some(Duration::from_secs(120)));
+        if let Some(path) = cacert {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read --cacert {}: {e}", path.display()))?;
+            let certs = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("--cacert {}: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "--cacert {}: no PEM certificate in it",
+                    path.display()
+                ));
+            }
+            config = config.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                    .build(),
+            );
+        }
+        let config = config.build();
+        Ok(Api {
             agent: ureq::Agent::new_with_config(config),
             base: url.trim_end_matches('/').to_owned(),
             auth: format!(
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
             ),
-        }
+        })
     }
 
     /// One request; returns the status and the JSON body (null if none).
