@@ -30,6 +30,7 @@ mod definitions;
 mod exchanges;
 pub mod json;
 mod listing;
+mod moving;
 mod overview;
 mod permissions;
 mod prometheus;
@@ -183,6 +184,11 @@ pub fn router(app: App) -> Router {
             delete(queues::purge_queue),
         )
         .route_both("/api/queues/{vhost}/{name}/get", post(queues::get_messages))
+        // moving.rs: a batch of a queue's messages to another, safely
+        .route_both(
+            "/api/queues/{vhost}/{name}/move",
+            post(moving::move_messages),
+        )
         // bindings.rs, including an exchange's and a queue's binding lists
         .route_both("/api/bindings", get(bindings::list_bindings))
         .route_both("/api/bindings/{vhost}", get(bindings::list_bindings_vhost))
