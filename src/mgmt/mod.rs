@@ -15,6 +15,9 @@
 //! Queue, exchange and binding operations by other users are checked against
 //! their AMQP permissions (configure, write, read), as over AMQP.
 //!
+//! The web console (`console.rs`) is served at `/`, its assets under
+//! `/console/`; it uses the same `/api` calls as any client.
+//!
 //! Endpoints are listed in docs/management.md. Every path also answers with
 //! a trailing slash; `listing.rs` applies RabbitMQ's pagination, filter,
 //! sort and `columns=` parameters to any GET's JSON.
@@ -26,6 +29,7 @@
 mod bindings;
 mod common;
 mod connections;
+mod console;
 mod definitions;
 mod exchanges;
 pub mod json;
@@ -248,8 +252,12 @@ pub fn router(app: App) -> Router {
         )
         // prometheus.rs
         .route_both("/metrics", get(prometheus::metrics))
+        // console.rs: the web console's page and assets
+        .route("/", get(console::index))
+        .route("/console/{*file}", get(console::asset))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(listing::list_params))
+        .layer(axum::middleware::from_fn(console::no_browser_prompt))
         .with_state(app)
 }
 
