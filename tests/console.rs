@@ -116,6 +116,7 @@ impl Browser {
         client.set_window_size(1400, 1000).await.unwrap();
         let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
         std::fs::create_dir_all(&shots).unwrap();
+        let _ = std::fs::remove_file(shots.join("failure.png"));
         Browser {
             client: Some(client),
             driver,

@@ -107,8 +107,8 @@ route('', async (main) => {
     const n = ns.find((x) => x.name === o.node) || ns[0] || {};
     clear(facts, h('div.card', kvTable({
       'Name': n.name,
-      'Memory': `${fmtBytes(n.mem_used)} of ${fmtBytes(n.mem_limit)} high watermark`,
-      'Disk free': `${fmtBytes(n.disk_free)} (limit ${fmtBytes(n.disk_free_limit)})`,
+      'Memory': n.mem_limit ? `${fmtBytes(n.mem_used)} of ${fmtBytes(n.mem_limit)} high watermark` : `${fmtBytes(n.mem_used)} (no high watermark)`,
+      'Disk free': n.disk_free_limit ? `${fmtBytes(n.disk_free)} (limit ${fmtBytes(n.disk_free_limit)})` : `${fmtBytes(n.disk_free)} (no limit)`,
       'Alarms': (n.mem_alarm || n.disk_free_alarm) ? h('span.tag-alarm', [n.mem_alarm && 'memory', n.disk_free_alarm && 'disk'].filter(Boolean).join(', ')) : 'none',
       'Uptime': fmtDuration(n.uptime),
       'fsync latency': fsync && fsync.count ? `mean ${ms(fsync.mean)}, p50 ≤ ${ms(fsync.p50)}, p99 ≤ ${ms(fsync.p99)} (${fmtNum(fsync.count)} syncs)` : 'no syncs yet',
