@@ -187,18 +187,41 @@ impl Browser {
         }
     }
 
+    /// Find the element and act on it; again (bounded) if the page's
+    /// refresh replaced the element in between (a stale reference).
+    async fn act(&self, css: &str, what: Act<'_>) {
+        let started = Instant::now();
+        loop {
+            let e = self.el(css).await;
+            let r = match what {
+                Act::Click => e.click().await,
+                Act::Fill(text) => match e.clear().await {
+                    Ok(()) => e.send_keys(text).await,
+                    Err(err) => Err(err),
+                },
+                Act::Choose(value) => e.select_by_value(value).await,
+            };
+            match r {
+                Ok(()) => return,
+                Err(err) if started.elapsed() > Duration::from_secs(20) => {
+                    self.shot("failure").await;
+                    panic!("{css:?}: {err}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
     async fn click(&self, css: &str) {
-        self.el(css).await.click().await.unwrap();
+        self.act(css, Act::Click).await;
     }
 
     async fn fill(&self, css: &str, text: &str) {
-        let e = self.el(css).await;
-        e.clear().await.unwrap();
-        e.send_keys(text).await.unwrap();
+        self.act(css, Act::Fill(text)).await;
     }
 
     async fn choose(&self, css: &str, value: &str) {
-        self.el(css).await.select_by_value(value).await.unwrap();
+        self.act(css, Act::Choose(value)).await;
     }
 
     /// Confirm the page's confirmation dialog.
@@ -226,6 +249,13 @@ impl Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+#[derive(Clone, Copy)]
+enum Act<'a> {
+    Click,
+    Fill(&'a str),
+    Choose(&'a str),
 }
 
 impl Drop for Browser {
@@ -266,7 +296,10 @@ async fn console_in_a_real_browser() {
 
     // Traffic, then the overview charts have points with a publish rate.
     let (conn, ch) = b.channel().await;
-    declare_queue(&ch, "console.traffic").await;
+    // Durable and persistent, so the store syncs and fsync latency shows.
+    ch.queue_declare("console.traffic".into(), durable(), FieldTable::default())
+        .await
+        .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let gen = {
         let stop = stop.clone();
@@ -288,7 +321,7 @@ async fn console_in_a_real_browser() {
             "const c = lepusConsole.charts.queued; return !!c && c.data[0].length >= 3;",
         )
         .await;
-    browser.wait_text("#node-facts", "fsync latency").await;
+    browser.wait_text("#node-facts", "syncs)").await;
     browser.wait_text("#members", "lepus@").await;
     browser.shot("overview").await;
     stop.store(true, Ordering::Relaxed);
@@ -576,7 +609,7 @@ impl TrafficTarget {
                     queue.into(),
                     BasicPublishOptions::default(),
                     b"tick",
-                    BasicProperties::default(),
+                    persistent(),
                 )
                 .await
                 .unwrap()
