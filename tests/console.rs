@@ -496,9 +496,75 @@ async fn console_in_a_real_browser() {
     browser.wait_text("#client-properties", "lapin").await;
     browser.wait_text("#connection-channels", "(1)").await;
     browser.shot("connection").await;
+    // Close a connection from its page, with a reason the client receives.
+    let victim = tokio::time::timeout(
+        Duration::from_secs(10),
+        lapin::Connection::connect(
+            &b.uri(),
+            lapin::ConnectionProperties::default().with_connection_name("console-victim".into()),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let mut closes = watch_closes(&victim);
+    let conns = api.get("/api/connections").await;
+    let name = conns
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["user_provided_name"] == "console-victim")
+        .expect("the connection is listed")["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let encoded = percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC);
+    browser.open(&format!("connection/{encoded}")).await;
+    browser
+        .wait_text("#client-properties", "console-victim")
+        .await;
+    browser
+        .fill("#close-reason", "closed from the console test")
+        .await;
+    browser.click("#close-connection").await;
+    browser.confirm().await;
+    let (code, text) = closes.next_close().await;
+    assert_eq!(code, 320, "{text}");
+    assert!(text.contains("closed from the console test"), "{text}");
+    browser.wait_text("#connections-table", "guest").await;
     browser.open("admin/users").await;
     browser.wait_text("#users-table", "guest").await;
     browser.shot("admin").await;
+    // Definitions import, as a file upload.
+    let defs_dir = tempfile::tempdir().unwrap();
+    let defs = defs_dir.path().join("defs.json");
+    std::fs::write(
+        &defs,
+        json!({"vhosts": [{"name": "imported"}], "users": [], "permissions": [],
+               "queues": [], "exchanges": [], "bindings": []})
+        .to_string(),
+    )
+    .unwrap();
+    browser.open("admin/definitions").await;
+    browser
+        .fill("#definitions-file", defs.to_str().unwrap())
+        .await;
+    browser.click("#import-definitions").await;
+    browser.wait_text("#flash", "Definitions imported").await;
+    assert_eq!(api.get("/api/vhosts/imported").await.status, 200);
+    // An invalid document: the API's 400 words, and nothing changes.
+    std::fs::write(&defs, "{\"vhosts\": [{\"name\": 7}]}").unwrap();
+    browser
+        .fill("#definitions-file", defs.to_str().unwrap())
+        .await;
+    browser.click("#import-definitions").await;
+    browser
+        .wait_text("#flash .error", "invalid definitions")
+        .await;
+    assert_eq!(api.get("/api/vhosts/imported").await.status, 200);
+    browser.shot("admin-definitions").await;
+    browser.click("#flash .error .flash-close").await;
     browser.open("admin/policies").await;
     browser.wait_text("#admin-body", "olicies").await;
 

@@ -753,6 +753,7 @@ const ADMIN = {
         file, ' ', action('Upload definitions', async () => {
           if (!file.files.length) throw new Error('Choose a file first');
           const text = await file.files[0].text();
+          clear(result);
           const r = await api('POST', '/api/definitions', text);
           clear(result, h('div.card', h('b', 'Imported. '), r ? kvTable(r) : ''));
           flash('Definitions imported');
