@@ -13,6 +13,7 @@ use super::common::{
 };
 use super::connections::{conn_infos, consumer_json};
 use super::json::{encode_payload, json_to_table, properties_to_json, table_to_json};
+use super::listing::Window;
 use super::stats::{Rates, Sample};
 use super::App;
 use crate::broker::queue::Queue;
@@ -21,10 +22,12 @@ use crate::metrics::Counters;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::Extension;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Rough heap bytes of a queue: positions, unacked entries, consumers.
 fn queue_memory(s: &Sample, consumers: u32) -> u64 {
@@ -79,32 +82,49 @@ fn conn_names(broker: &Broker) -> HashMap<u64, String> {
         .collect()
 }
 
-pub async fn list_queues(State(app): State<App>, caller: Caller) -> Json<Value> {
+/// The queues as JSON, in order; with a [`Window`], only those on the
+/// requested page in full (the rest as `{name, vhost}` stubs that the
+/// listing middleware drops), so a page of 10,000 queues costs a page.
+fn queues_json(app: &App, queues: &[Arc<Queue>], window: Option<&Window>) -> Value {
     let owners = conn_names(&app.broker);
-    let mut out = vec![];
-    for v in visible_vhosts(&app, &caller) {
-        out.extend(
-            sorted_queues(&v)
-                .iter()
-                .map(|q| queue_json(&app, q, &owners)),
-        );
-    }
-    Json(Value::Array(out))
+    let stub = |q: &Queue| json!({"name": q.name, "vhost": q.vhost_name});
+    let shown = window.and_then(|w| w.shown(&queues.iter().map(|q| stub(q)).collect::<Vec<_>>()));
+    Value::Array(
+        queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| match &shown {
+                Some(s) if !s.contains(&i) => stub(q),
+                _ => queue_json(app, q, &owners),
+            })
+            .collect(),
+    )
+}
+
+pub async fn list_queues(
+    State(app): State<App>,
+    caller: Caller,
+    window: Option<Extension<Window>>,
+) -> ApiResult<Json<Value>> {
+    let queues: Vec<_> = visible_vhosts(&app, &caller)
+        .iter()
+        .flat_map(|v| sorted_queues(v))
+        .collect();
+    // Off the runtime's workers: a long list takes a while to build.
+    let j = blocking(move || queues_json(&app, &queues, window.as_ref().map(|w| &w.0))).await?;
+    Ok(Json(j))
 }
 
 pub async fn list_queues_vhost(
     State(app): State<App>,
     caller: Caller,
     Path(vhost): Path<String>,
+    window: Option<Extension<Window>>,
 ) -> ApiResult<Json<Value>> {
     let v = caller.vhost(&app.broker, &vhost)?;
-    let owners = conn_names(&app.broker);
-    Ok(Json(Value::Array(
-        sorted_queues(&v)
-            .iter()
-            .map(|q| queue_json(&app, q, &owners))
-            .collect(),
-    )))
+    let queues = sorted_queues(&v);
+    let j = blocking(move || queues_json(&app, &queues, window.as_ref().map(|w| &w.0))).await?;
+    Ok(Json(j))
 }
 
 pub async fn get_queue(
