@@ -1039,6 +1039,22 @@ async fn a_page_of_queues_is_the_same_whether_built_whole_or_by_window() {
         api.put(&format!("/api/queues/other/{name}"), json!({}))
             .await;
     }
+    // Rates settle (sampled once a second: up after the publishes, then back
+    // to 0), so the calls below all see the same values.
+    let (mut seen_up, mut settled) = (false, false);
+    for _ in 0..100 {
+        let o = api.get("/api/overview").await.body;
+        let r = o["message_stats"]["publish_details"]["rate"]
+            .as_f64()
+            .unwrap();
+        seen_up |= r > 0.0;
+        if seen_up && r == 0.0 {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(settled, "the publish rate never went up and back to 0");
     let full = api.get("/api/queues").await.body;
     let full = full.as_array().unwrap().clone();
     assert_eq!(full.len(), 26);
@@ -1050,6 +1066,11 @@ async fn a_page_of_queues_is_the_same_whether_built_whole_or_by_window() {
         ("name", false, "w.1", false, 1, 3),
         ("name", true, "^w\\.[12]", true, 1, 100),
         ("", false, "W.5", false, 1, 2),
+        ("messages", false, "", false, 1, 4),
+        ("messages", true, "", false, 2, 4),
+        ("messages_ready", true, "w", false, 1, 30),
+        ("consumers", false, "", false, 3, 10),
+        ("message_stats.publish_details.rate", true, "", false, 1, 3),
     ];
     for (sort, reverse, name, regex, page, size) in cases {
         let mut q = format!("page={page}&page_size={size}&use_regex={regex}");
@@ -1067,7 +1088,18 @@ async fn a_page_of_queues_is_the_same_whether_built_whole_or_by_window() {
         // The same by hand from the whole list.
         let mut items = full.clone();
         if !sort.is_empty() {
-            items.sort_by(|a, b| a[sort].as_str().cmp(&b[sort].as_str()));
+            // As the API compares: numbers as numbers, strings as strings.
+            let at = |v: &Value| {
+                sort.split('.')
+                    .try_fold(v.clone(), |v, k| v.get(k).cloned())
+                    .unwrap_or(Value::Null)
+            };
+            items.sort_by(|a, b| match (at(a), at(b)) {
+                (Value::Number(x), Value::Number(y)) => {
+                    x.as_f64().partial_cmp(&y.as_f64()).unwrap()
+                }
+                (x, y) => x.as_str().cmp(&y.as_str()),
+            });
             if reverse {
                 items.reverse();
             }

@@ -176,26 +176,32 @@ fn columns(v: Value, cols: &[Vec<String>]) -> Value {
 }
 
 /// What a paginated GET will show, for handlers of long lists (10,000
-/// queues): when the page is chosen by names alone (sorted by `name` or
-/// `vhost`, or not sorted), only the items on the page need their full
-/// JSON; the others can be `{name, vhost}` stubs, which [`apply`] filters,
-/// sorts and pages exactly as it would the full objects, since it reads only
-/// those fields. The middleware puts it in the request's extensions.
+/// queues): only the items on the page need their full JSON; the others can
+/// be stubs with `name`, `vhost` and the sort key's value, which [`apply`]
+/// filters, sorts and pages exactly as it would the full objects, since it
+/// reads only those fields. The middleware puts it in the request's
+/// extensions.
 #[derive(Clone)]
 pub struct Window(std::sync::Arc<Params>);
 
 impl Window {
-    /// The indices, in `stubs` (`{name, vhost}` objects in the handler's
-    /// order), of the items the page shows; `None` when the page depends on
-    /// other fields (every item then needs its full JSON).
+    /// The sort key (a dotted path), if the request sorts: a stub must
+    /// carry its value, the same as the full object's.
+    pub fn sort_key(&self) -> Option<&[String]> {
+        self.0.sort.as_deref()
+    }
+
+    /// Whether the request asks for a page (else every item is shown).
+    pub fn paged(&self) -> bool {
+        self.0.page.is_some()
+    }
+
+    /// The indices, in `stubs` (`name`, `vhost` and the [`Window::sort_key`]'s
+    /// value, in the handler's order), of the items the page shows; `None`
+    /// without pagination (every item is shown).
     pub fn shown(&self, stubs: &[Value]) -> Option<std::collections::HashSet<usize>> {
         let p = &self.0;
         let page = p.page.as_ref()?;
-        if let Some(key) = &p.sort {
-            if key.len() != 1 || !(key[0] == "name" || key[0] == "vhost") {
-                return None;
-            }
-        }
         // The same steps as `apply`, on indices.
         let mut idx: Vec<usize> = (0..stubs.len()).collect();
         if let Some(key) = &p.sort {
@@ -217,6 +223,22 @@ impl Window {
                 .take(page.size as usize)
                 .collect(),
         )
+    }
+}
+
+/// Set `path` in `v` to `x`, making the objects on the way.
+pub fn set_at(v: &mut Value, path: &[String], x: Value) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    if !v.is_object() {
+        *v = Value::Object(Map::new());
+    }
+    let Value::Object(m) = v else { return };
+    if rest.is_empty() {
+        m.insert(first.clone(), x);
+    } else {
+        set_at(m.entry(first.clone()).or_insert(Value::Null), rest, x);
     }
 }
 
