@@ -616,6 +616,11 @@ async fn console_in_a_real_browser() {
         json!({"configure": ".*", "write": ".*", "read": ".*"}),
     )
     .await;
+    assert_eq!(
+        browser.js("return lepusConsole.errors;").await,
+        json!([]),
+        "script errors in the console"
+    );
     browser.click("#logout").await;
     browser.wait_text("#login-form", "Log in").await;
     browser.login("viewer", "viewer-pw").await;
@@ -631,6 +636,9 @@ async fn console_in_a_real_browser() {
     browser.fill("#main input.filter", "console.orders").await;
     browser.wait_text("#queues-table", "console.orders").await;
 
+    // No script error went unhandled on any page of this session.
+    let errors = browser.js("return lepusConsole.errors;").await;
+    assert_eq!(errors, json!([]), "script errors in the console");
     browser.close().await;
     conn.close(200, "bye".into()).await.unwrap();
     b.stop().await;

@@ -364,7 +364,11 @@ export function liveChart(title, names, opts = {}) {
 
 /** The live charts, by id: the tests (and the curious) read their points. */
 export const charts = {};
-window.lepusConsole = { charts, state };
+// Script errors the pages did not handle, kept for the browser test (which
+// expects none) and for anyone looking in the developer tools.
+window.lepusConsole = { charts, state, errors: [] };
+window.addEventListener('error', (e) => window.lepusConsole.errors.push(String(e.message)));
+window.addEventListener('unhandledrejection', (e) => window.lepusConsole.errors.push(String(e.reason)));
 
 // ----- the router -----
 
