@@ -23,6 +23,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, ExchangeKind};
 use serde_json::{json, Value};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,10 +72,14 @@ impl Browser {
         );
         // The port is free when asked; chromedriver binds it right after.
         let port = free_port();
+        // Its own process group: chromedriver, the browser and its helpers
+        // end together by the group's id, even when a failed test never
+        // closes the session (the browser outlives a killed chromedriver).
         let driver = Command::new(chromedriver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .expect("chromedriver starts");
         let profile = tempfile::tempdir().unwrap();
@@ -246,8 +251,7 @@ impl Browser {
         if let Some(c) = self.client.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), c.close()).await;
         }
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        self.end_group();
     }
 }
 
@@ -258,11 +262,24 @@ enum Act<'a> {
     Choose(&'a str),
 }
 
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // A failed test still ends chromedriver (and with it the browser).
+impl Browser {
+    /// End chromedriver's process group (chromedriver, Chromium and its
+    /// helpers), by the group's id, then reap chromedriver.
+    fn end_group(&mut self) {
+        let pgid = self.driver.id() as i32;
+        // SAFETY: a plain kill(2) of the group this test started.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // A failed test still ends chromedriver and the browser.
+        self.end_group();
     }
 }
 
