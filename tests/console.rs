@@ -653,6 +653,14 @@ async fn console_in_a_real_browser() {
     browser.fill("#main input.filter", "console.orders").await;
     browser.wait_text("#queues-table", "console.orders").await;
 
+    // Every request the page made went to the broker itself.
+    let elsewhere = browser
+        .js(
+            "return performance.getEntriesByType('resource').map(e => e.name) \
+             .filter(n => !n.startsWith(location.origin + '/'));",
+        )
+        .await;
+    assert_eq!(elsewhere, json!([]), "requests to other hosts");
     // No script error went unhandled on any page of this session.
     let errors = browser.js("return lepusConsole.errors;").await;
     assert_eq!(errors, json!([]), "script errors in the console");
