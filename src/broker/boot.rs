@@ -132,6 +132,7 @@ impl Broker {
             me: std::sync::OnceLock::new(),
             compaction_pending: Mutex::new(vec![]),
             dir_lock: Mutex::new(Some(dir_lock)),
+            confirms: Default::default(),
         });
         let _ = broker.me.set(Arc::downgrade(&broker));
         // Build the live objects from the model.

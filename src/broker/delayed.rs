@@ -478,8 +478,13 @@ impl Delayed {
         self.wake.notify_one();
     }
 
+    /// Messages still to be released: a cancelled one stays in the index
+    /// (skipped when due) but is no longer pending. Lock order: index, then
+    /// cancelled; every cancelled position is in the index.
     pub fn pending(&self) -> u64 {
-        self.index.lock().len()
+        let idx = self.index.lock();
+        let cancelled = self.cancelled.lock().len() as u64;
+        idx.len().saturating_sub(cancelled)
     }
 
     pub fn next_due(&self) -> Option<u64> {

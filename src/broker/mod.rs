@@ -114,6 +114,9 @@ pub struct Broker {
     compaction_pending: Mutex<Vec<(Arc<Queue>, Vec<crate::store::MsgPos>)>>,
     /// The data dir's lock file, held (locked) from open to shutdown.
     dir_lock: Mutex<Option<std::fs::File>>,
+    /// Publisher confirms (basic.ack and basic.nack) sent since start, for
+    /// the management API's `confirm` rate.
+    pub confirms: std::sync::atomic::AtomicU64,
 }
 
 impl Broker {

@@ -24,7 +24,7 @@ impl Channel {
         let store = &ctx.broker.store;
         let mut run_end: Option<u64> = None;
         let mut out = BytesMut::new();
-        let mut count = 0;
+        let mut count: u64 = 0;
         while let Some((seq, st)) = self.confirms.front() {
             let ack = match st {
                 Confirm::Ack => true,
@@ -51,6 +51,9 @@ impl Channel {
         if !out.is_empty() {
             ctx.conn.send(|o| o.extend_from_slice(&out));
         }
+        ctx.broker
+            .confirms
+            .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
         !self.confirms.is_empty() || self.commit_wait.is_some()
     }
 

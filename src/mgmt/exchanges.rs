@@ -307,7 +307,8 @@ fn delayed_exchange(v: &VHost, name: &str) -> ApiResult<Arc<Exchange>> {
     Ok(e)
 }
 
-/// GET /api/exchanges/{vhost}/{name}/delayed?limit=N: pending messages in due order.
+/// GET /api/exchanges/{vhost}/{name}/delayed?limit=N&offset=M: pending
+/// messages in due order, the first M skipped.
 pub async fn list_delayed(
     State(app): State<App>,
     caller: Caller,
@@ -320,12 +321,18 @@ pub async fn list_delayed(
         .get("limit")
         .and_then(|l| l.parse().ok())
         .unwrap_or(100usize);
+    // The console pages through them: skip the first `offset`.
+    let offset = query
+        .get("offset")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0usize);
     let store = app.broker.store.clone();
     let rows = blocking(move || {
         let d = e.delayed.as_ref().expect("delayed");
         let now = crate::clock::now_ms();
-        d.list(limit)
+        d.list(offset.saturating_add(limit))
             .into_iter()
+            .skip(offset)
             .filter_map(|(due, pos)| {
                 store.with_message(pos, |m| {
                     json!({

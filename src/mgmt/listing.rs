@@ -45,6 +45,7 @@ fn paginates(path: &str) -> bool {
     )
 }
 
+#[derive(Clone)]
 struct Page {
     page: u64,
     size: u64,
@@ -52,6 +53,7 @@ struct Page {
     substring: Option<String>,
 }
 
+#[derive(Clone)]
 struct Params {
     columns: Vec<Vec<String>>,
     sort: Option<Vec<String>>,
@@ -173,6 +175,73 @@ fn columns(v: Value, cols: &[Vec<String>]) -> Value {
     Value::Object(out)
 }
 
+/// What a paginated GET will show, for handlers of long lists (10,000
+/// queues): only the items on the page need their full JSON; the others can
+/// be stubs with `name`, `vhost` and the sort key's value, which [`apply`]
+/// filters, sorts and pages exactly as it would the full objects, since it
+/// reads only those fields. The middleware puts it in the request's
+/// extensions.
+#[derive(Clone)]
+pub struct Window(std::sync::Arc<Params>);
+
+impl Window {
+    /// The sort key (a dotted path), if the request sorts: a stub must
+    /// carry its value, the same as the full object's.
+    pub fn sort_key(&self) -> Option<&[String]> {
+        self.0.sort.as_deref()
+    }
+
+    /// Whether the request asks for a page (else every item is shown).
+    pub fn paged(&self) -> bool {
+        self.0.page.is_some()
+    }
+
+    /// The indices, in `stubs` (`name`, `vhost` and the [`Window::sort_key`]'s
+    /// value, in the handler's order), of the items the page shows; `None`
+    /// without pagination (every item is shown).
+    pub fn shown(&self, stubs: &[Value]) -> Option<std::collections::HashSet<usize>> {
+        let p = &self.0;
+        let page = p.page.as_ref()?;
+        // The same steps as `apply`, on indices.
+        let mut idx: Vec<usize> = (0..stubs.len()).collect();
+        if let Some(key) = &p.sort {
+            idx.sort_by(|a, b| compare(at(&stubs[*a], key), at(&stubs[*b], key)));
+            if p.reverse {
+                idx.reverse();
+            }
+        }
+        let name_of = |i: &usize| stubs[*i].get("name").and_then(Value::as_str).unwrap_or("");
+        if let Some(re) = &page.name {
+            idx.retain(|i| re.is_match(name_of(i)));
+        } else if let Some(s) = &page.substring {
+            idx.retain(|i| name_of(i).to_lowercase().contains(s.as_str()));
+        }
+        let start = ((page.page - 1) * page.size) as usize;
+        Some(
+            idx.into_iter()
+                .skip(start)
+                .take(page.size as usize)
+                .collect(),
+        )
+    }
+}
+
+/// Set `path` in `v` to `x`, making the objects on the way.
+pub fn set_at(v: &mut Value, path: &[String], x: Value) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    if !v.is_object() {
+        *v = Value::Object(Map::new());
+    }
+    let Value::Object(m) = v else { return };
+    if rest.is_empty() {
+        m.insert(first.clone(), x);
+    } else {
+        set_at(m.entry(first.clone()).or_insert(Value::Null), rest, x);
+    }
+}
+
 fn apply(v: Value, p: &Params) -> Result<Value, ApiError> {
     let Value::Array(mut items) = v else {
         return Ok(columns(v, &p.columns));
@@ -248,6 +317,9 @@ pub async fn list_params(req: Request, next: Next) -> Response {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
+    let mut req = req;
+    req.extensions_mut()
+        .insert(Window(std::sync::Arc::new(params.clone())));
     let resp = next.run(req).await;
     if resp.status() != StatusCode::OK {
         return resp;

@@ -18,6 +18,9 @@
 //! Queue, exchange and binding operations by other users are checked against
 //! their AMQP permissions (configure, write, read), as over AMQP.
 //!
+//! The web console (`console.rs`) is served at `/`, its assets under
+//! `/console/`; it uses the same `/api` calls as any client.
+//!
 //! Endpoints are listed in docs/management.md. Every path also answers with
 //! a trailing slash; `listing.rs` applies RabbitMQ's pagination, filter,
 //! sort and `columns=` parameters to any GET's JSON.
@@ -30,12 +33,14 @@ mod bindings;
 mod common;
 pub use common::set_node_name;
 mod connections;
+mod console;
 mod definitions;
 mod exchanges;
 mod https;
 pub mod json;
 mod limits;
 mod listing;
+mod moving;
 mod overview;
 mod permissions;
 mod policies;
@@ -217,6 +222,11 @@ pub fn router(app: App) -> Router {
             delete(queues::purge_queue),
         )
         .route_both("/api/queues/{vhost}/{name}/get", post(queues::get_messages))
+        // moving.rs: a batch of a queue's messages to another, safely
+        .route_both(
+            "/api/queues/{vhost}/{name}/move",
+            post(moving::move_messages),
+        )
         // bindings.rs, including an exchange's and a queue's binding lists
         .route_both("/api/bindings", get(bindings::list_bindings))
         .route_both("/api/bindings/{vhost}", get(bindings::list_bindings_vhost))
@@ -312,8 +322,12 @@ pub fn router(app: App) -> Router {
         )
         // prometheus.rs
         .route_both("/metrics", get(prometheus::metrics))
+        // console.rs: the web console's page and assets
+        .route("/", get(console::index))
+        .route("/console/{*file}", get(console::asset))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(listing::list_params))
+        .layer(axum::middleware::from_fn(console::no_browser_prompt))
         .with_state(app)
 }
 

@@ -59,6 +59,8 @@ pub async fn overview(State(app): State<App>, caller: Caller) -> Json<Value> {
             "deliver_get": totals.delivered, "deliver_get_details": rate(r.deliver),
             "ack": totals.acked, "ack_details": rate(r.ack),
             "redeliver": totals.redelivered, "redeliver_details": rate(r.redeliver),
+            "confirm": b.confirms.load(std::sync::atomic::Ordering::Relaxed),
+            "confirm_details": rate(r.confirm),
         },
         "queue_totals": {
             "messages": totals.ready + totals.unacked, "messages_details": rate(r.messages),

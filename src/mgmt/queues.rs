@@ -13,6 +13,7 @@ use super::common::{
 };
 use super::connections::{conn_infos, consumer_json};
 use super::json::{encode_payload, json_to_table, properties_to_json, table_to_json};
+use super::listing::{set_at, Window};
 use super::stats::{Rates, Sample};
 use super::App;
 use crate::broker::queue::Queue;
@@ -21,10 +22,12 @@ use crate::metrics::Counters;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::Extension;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Rough heap bytes of a queue: positions, unacked entries, consumers.
 fn queue_memory(s: &Sample, consumers: u32) -> u64 {
@@ -82,32 +85,105 @@ fn conn_names(broker: &Broker) -> HashMap<u64, String> {
         .collect()
 }
 
-pub async fn list_queues(State(app): State<App>, caller: Caller) -> Json<Value> {
+/// A queue's value for a sort key, when it is cheap to get without the
+/// queue's full JSON (the same value `queue_json` would show).
+fn sort_value(app: &App, q: &Queue, key: &[String]) -> Option<Value> {
+    let k: Vec<&str> = key.iter().map(String::as_str).collect();
+    let s = || Sample::of(q);
+    let r = || app.stats.queue_rates(q.id);
+    Some(match k.as_slice() {
+        ["name"] => json!(q.name),
+        ["vhost"] => json!(q.vhost_name),
+        ["type"] => json!(if q.args.quorum { "quorum" } else { "classic" }),
+        ["messages_ready"] => json!(s().ready),
+        ["messages_unacknowledged"] => json!(s().unacked),
+        ["messages"] => {
+            let s = s();
+            json!(s.ready + s.unacked)
+        }
+        ["consumers"] => json!(q.consumer_count()),
+        ["message_stats", which, "rate"] => {
+            let r = r();
+            let x = match *which {
+                "publish_details" => r.publish,
+                "deliver_get_details" => r.deliver,
+                "ack_details" => r.ack,
+                "redeliver_details" => r.redeliver,
+                _ => return None,
+            };
+            rate(x)["rate"].clone()
+        }
+        _ => return None,
+    })
+}
+
+/// The queues as JSON, in order; with a [`Window`], only those on the
+/// requested page in full (the rest as stubs that the listing middleware
+/// drops), so a page of 10,000 queues costs a page. A page item's sort
+/// value is the one its stub was sorted by (the same instant's), so the
+/// middleware's sort lands on the same page.
+fn queues_json(app: &App, queues: &[Arc<Queue>], window: Option<&Window>) -> Value {
     let owners = conn_names(&app.broker);
-    let mut out = vec![];
-    for v in visible_vhosts(&app, &caller) {
-        out.extend(
-            sorted_queues(&v)
-                .iter()
-                .map(|q| queue_json(&app, q, &owners)),
-        );
+    let key = window.and_then(|w| w.sort_key()).map(<[String]>::to_vec);
+    let stub = |q: &Queue| {
+        let mut v = json!({"name": q.name, "vhost": q.vhost_name});
+        if let Some(k) = &key {
+            set_at(&mut v, k, sort_value(app, q, k)?);
+        }
+        Some(v)
+    };
+    let stubs: Option<Vec<Value>> = match window {
+        Some(w) if w.paged() => queues.iter().map(|q| stub(q)).collect(),
+        _ => None,
+    };
+    let shown = stubs
+        .as_ref()
+        .and_then(|st| window.and_then(|w| w.shown(st)));
+    let (Some(shown), Some(mut stubs)) = (shown, stubs) else {
+        return Value::Array(queues.iter().map(|q| queue_json(app, q, &owners)).collect());
+    };
+    for (i, q) in queues.iter().enumerate() {
+        if shown.contains(&i) {
+            let mut full = queue_json(app, q, &owners);
+            if let Some(k) = &key {
+                if let Some(v) = at(&stubs[i], k) {
+                    set_at(&mut full, k, v.clone());
+                }
+            }
+            stubs[i] = full;
+        }
     }
-    Json(Value::Array(out))
+    Value::Array(stubs)
+}
+
+fn at<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, k| v.get(k))
+}
+
+pub async fn list_queues(
+    State(app): State<App>,
+    caller: Caller,
+    window: Option<Extension<Window>>,
+) -> ApiResult<Json<Value>> {
+    let queues: Vec<_> = visible_vhosts(&app, &caller)
+        .iter()
+        .flat_map(|v| sorted_queues(v))
+        .collect();
+    // Off the runtime's workers: a long list takes a while to build.
+    let j = blocking(move || queues_json(&app, &queues, window.as_ref().map(|w| &w.0))).await?;
+    Ok(Json(j))
 }
 
 pub async fn list_queues_vhost(
     State(app): State<App>,
     caller: Caller,
     Path(vhost): Path<String>,
+    window: Option<Extension<Window>>,
 ) -> ApiResult<Json<Value>> {
     let v = caller.vhost(&app.broker, &vhost)?;
-    let owners = conn_names(&app.broker);
-    Ok(Json(Value::Array(
-        sorted_queues(&v)
-            .iter()
-            .map(|q| queue_json(&app, q, &owners))
-            .collect(),
-    )))
+    let queues = sorted_queues(&v);
+    let j = blocking(move || queues_json(&app, &queues, window.as_ref().map(|w| &w.0))).await?;
+    Ok(Json(j))
 }
 
 pub async fn get_queue(

@@ -61,6 +61,8 @@ pub struct Rates {
     pub messages: f64,
     pub ready: f64,
     pub unacked: f64,
+    /// Publisher confirms sent (broker-wide only; 0 for a queue).
+    pub confirm: f64,
 }
 
 impl Rates {
@@ -80,6 +82,7 @@ impl Rates {
             messages: d(old.ready + old.unacked, new.ready + new.unacked),
             ready: d(old.ready, new.ready),
             unacked: d(old.unacked, new.unacked),
+            confirm: 0.0,
         }
     }
 }
@@ -94,6 +97,8 @@ struct Inner {
     total_rates: Rates,
     /// Highest totals reported by /metrics, so its counters are monotonic.
     reported: Sample,
+    /// The broker's confirm counter at the last sample.
+    confirms: u64,
     last: Option<Instant>,
 }
 
@@ -142,6 +147,11 @@ impl Stats {
         } else {
             Rates::default()
         };
+        let confirms = broker.confirms.load(std::sync::atomic::Ordering::Relaxed);
+        if s.last.is_some() && secs > 0.0 {
+            s.total_rates.confirm = confirms.saturating_sub(s.confirms) as f64 / secs;
+        }
+        s.confirms = confirms;
         s.total = total;
         s.last = Some(now);
     }
