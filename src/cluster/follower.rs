@@ -121,17 +121,63 @@ pub fn follow(
     let mut applied: u64 = 0;
     let mut stream_bytes: u64 = 0;
     let mut unacked = false;
+    let mut body = Vec::with_capacity(64 << 10);
+    // Consecutive writes to one file at consecutive offsets (a run of
+    // segment records) are applied as one pwrite: (first seq, path, offset, bytes).
+    let mut run: Option<(u64, String, u64, Vec<u8>)> = None;
+    let flush = |run: &mut Option<(u64, String, u64, Vec<u8>)>,
+                 mirror: &mut Mirror,
+                 lenient_until: Option<u64>|
+     -> io::Result<()> {
+        if let Some((seq, path, offset, bytes)) = run.take() {
+            mirror.lenient = seq == 0 || lenient_until.is_none_or(|u| seq <= u);
+            let op = Op::Wrote {
+                path: path.into(),
+                offset,
+                bytes,
+            };
+            mirror.apply(&op).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("applying change {seq} ({}): {e}", op.path().display()),
+                )
+            })?;
+        }
+        Ok(())
+    };
     loop {
         if ctl.stop.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let Some((kind, body)) = wire::read_frame(&mut r)? else {
+        let Some(kind) = wire::read_frame_into(&mut r, &mut body)? else {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the leader closed the stream",
             ));
         };
         let frame_len = body.len() as u64 + 5;
+        if kind == wire::OP {
+            if let Some((seq, path, offset, bytes)) = wire::borrow_wrote(&body)? {
+                let extends = run.as_ref().is_some_and(|(_, p, o, b)| {
+                    p == path && *o + b.len() as u64 == offset && b.len() < (8 << 20)
+                });
+                if extends {
+                    run.as_mut().unwrap().3.extend_from_slice(bytes);
+                } else {
+                    flush(&mut run, &mut mirror, lenient_until)?;
+                    run = Some((seq, path.to_owned(), offset, bytes.to_vec()));
+                }
+                if seq > 0 {
+                    applied = seq;
+                    stream_bytes += frame_len;
+                }
+                if r.buffer().is_empty() {
+                    flush(&mut run, &mut mirror, lenient_until)?;
+                }
+                continue;
+            }
+        }
+        flush(&mut run, &mut mirror, lenient_until)?;
         match kind {
             wire::OP => {
                 let (seq, op) = wire::decode_op(&body)?;

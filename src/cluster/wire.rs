@@ -175,6 +175,39 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
     Ok(Some((head[4], body)))
 }
 
+/// [`read_frame`] into a buffer the caller reuses (the follower's hot
+/// loop): the payload is `buf` afterwards; returns the kind.
+pub fn read_frame_into(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<Option<u8>> {
+    let mut head = [0u8; 5];
+    match r.read_exact(&mut head[..1]) {
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        r => r?,
+    }
+    r.read_exact(&mut head[1..])?;
+    let len = u32::from_be_bytes(head[..4].try_into().unwrap());
+    if len == 0 || len > MAX_FRAME {
+        return Err(bad(format!("frame length {len} out of range")));
+    }
+    buf.clear();
+    buf.resize(len as usize - 1, 0);
+    r.read_exact(buf)?;
+    Ok(Some(head[4]))
+}
+
+/// An [`OP`] payload that is a write, borrowed: (sequence, path, offset,
+/// bytes). `None` for any other change (decode it with [`decode_op`]).
+pub fn borrow_wrote(payload: &[u8]) -> io::Result<Option<(u64, &str, u64, &[u8])>> {
+    let mut c = Cursor::new(payload);
+    let seq = c.u64()?;
+    if c.u8()? != K_WROTE {
+        return Ok(None);
+    }
+    let path = c.str()?;
+    let offset = c.u64()?;
+    let n = c.u32()? as usize;
+    Ok(Some((seq, path, offset, c.bytes(n)?)))
+}
+
 pub fn bad(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
