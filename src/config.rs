@@ -145,40 +145,6 @@ pub struct LimitsConfig {
     pub check_interval_ms: u64,
 }
 
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserConfig {
-    pub name: String,
-    pub password: String,
-    #[serde(default)]
-    pub tags: Vec<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    /// Size at which a message segment file is closed and a new one started.
-    pub segment_size: u32,
-    /// Group commit: how long the sync thread waits after the first unsynced
-    /// write before calling fdatasync, in microseconds. 0 syncs as soon as there
-    /// is something to sync; what arrives during one fdatasync is covered by the
-    /// next, so batching happens by itself under load. Raising it trades confirm
-    /// latency for fewer fsyncs.
-    pub sync_delay_us: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    /// Block publishers when free space on the data dir's disk falls below this.
-    pub disk_free_limit: u64,
-    /// Block publishers when the broker's RSS passes this fraction of total RAM.
-    pub memory_high_watermark: f64,
-    /// How often the alarms are checked, milliseconds.
-    pub check_interval_ms: u64,
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {

@@ -86,7 +86,7 @@ fn run(args: Args) -> Result<(), String> {
     // A certificate or key that cannot be read or parsed stops the start.
     let tls = lepus::tls::Tls::load(&config.tls)?;
     if config.cluster.enabled {
-        return lepus::cluster::run(config);
+        return lepus::cluster::run(config, tls);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

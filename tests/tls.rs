@@ -798,3 +798,57 @@ async fn https_management_through_lepusctl_with_a_custom_ca() {
     conn.close(200, "bye".into()).await.unwrap();
     b.stop().await;
 }
+
+/// In a cluster, a follower relays amqps byte for byte: TLS ends at the
+/// leader, with the leader's certificate, and confirms come from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_follower_relays_amqps_to_the_leader() {
+    let pki = Pki::new("Lepus cluster CA");
+    let server = pki.server();
+    let cert = pki.write("server.pem", &server.pem);
+    let key = pki.write("server.key", &server.key);
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let env = [
+        ("LEPUS_TLS_PORT", "0"),
+        ("LEPUS_TLS_CERTFILE", cert.as_str()),
+        ("LEPUS_TLS_KEYFILE", key.as_str()),
+    ];
+    let cl = tokio::task::block_in_place(|| common::cluster::Cluster::start(&env));
+    let follower: SocketAddr = cl.nodes[1]
+        .amqps
+        .parse()
+        .expect("the follower's amqps address");
+    let c = amqps(follower, "", &pki.ca_pem, None)
+        .await
+        .expect("amqps through a follower");
+    let ch = c.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    ch.queue_declare("tq".into(), durable(), FieldTable::default())
+        .await
+        .unwrap();
+    let conf = ch
+        .basic_publish(
+            "".into(),
+            "tq".into(),
+            BasicPublishOptions::default(),
+            b"over tls, through a follower",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(conf.is_ack());
+    // The leader holds the connection, and sees it as TLS.
+    let leader = cl.nodes[0].api();
+    let conns = tokio::task::block_in_place(|| {
+        common::cluster::get_json(&leader, "/api/connections").unwrap()
+    });
+    assert!(
+        conns.as_array().unwrap().iter().any(|x| x["ssl"] == true),
+        "{conns}"
+    );
+    let _ = c.close(200, "bye".into()).await;
+}

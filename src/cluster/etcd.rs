@@ -25,10 +25,14 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     pub name: String,
-    /// host:port of its AMQP listener, its HTTP API, its replication port.
+    /// host:port of its AMQP listener, its HTTP API (HTTPS with
+    /// `mgmt_tls`), its replication port.
     pub amqp: String,
     pub http: String,
     pub repl: String,
+    /// host:port of its amqps listener ("" without TLS).
+    #[serde(default)]
+    pub amqps: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

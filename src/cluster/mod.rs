@@ -42,7 +42,7 @@ use tokio::sync::watch;
 const MARKER: &str = "lepus.node";
 
 /// Run this node until SIGINT/SIGTERM (or a lost leadership, an error).
-pub fn run(config: Config) -> Result<(), String> {
+pub fn run(config: Config, tls: Option<Arc<crate::tls::Tls>>) -> Result<(), String> {
     let control = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("lepus-cluster")
@@ -53,7 +53,7 @@ pub fn run(config: Config) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start runtime: {e}"))?;
-    let r = rt.block_on(node(config, &control));
+    let r = rt.block_on(node(config, tls, &control));
     control.shutdown_timeout(Duration::from_secs(1));
     r
 }
@@ -76,11 +76,19 @@ async fn shutdown_signal() {
     }
 }
 
-async fn node(config: Config, control: &Runtime) -> Result<(), String> {
+async fn node(
+    config: Config,
+    tls: Option<Arc<crate::tls::Tls>>,
+    control: &Runtime,
+) -> Result<(), String> {
     let c = config.cluster.clone();
     let listeners = crate::server::bind_all(&config.bind, config.port)
         .await
         .map_err(|e| e.to_string())?;
+    let amqps = crate::server::bind_tls(&config)
+        .await
+        .map_err(|e| format!("amqps: {e}"))?;
+    let mgmt_tls = config.mgmt_tls;
     let mgmt = crate::server::bind_mgmt(&config)
         .await
         .map_err(|e| format!("management API: {e}"))?;
@@ -97,6 +105,10 @@ async fn node(config: Config, control: &Runtime) -> Result<(), String> {
         amqp: format!("{adv}:{}", port(&listeners[0])),
         http: format!("{adv}:{}", port(&mgmt[0])),
         repl: format!("{adv}:{}", repl.local_addr().map(|a| a.port()).unwrap_or(0)),
+        amqps: amqps
+            .first()
+            .map(|l| format!("{adv}:{}", port(l)))
+            .unwrap_or_default(),
     };
     let data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
@@ -129,6 +141,7 @@ async fn node(config: Config, control: &Runtime) -> Result<(), String> {
         amqp = %me.amqp,
         http = %me.http,
         replication = %me.repl,
+        amqps = %if me.amqps.is_empty() { "-" } else { &me.amqps },
         etcd = %c.etcd_endpoints.join(","),
         "cluster member registered; following until elected"
     );
@@ -179,6 +192,25 @@ async fn node(config: Config, control: &Runtime) -> Result<(), String> {
         });
         rx
     };
+    // amqps and HTTPS are relayed as bytes: TLS ends at the leader.
+    let amqps_target = {
+        let (tx, rx) = watch::channel(None::<String>);
+        let mut lr = leader_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                let v = lr
+                    .borrow_and_update()
+                    .as_ref()
+                    .filter(|m| !m.amqps.is_empty())
+                    .map(|m| m.amqps.clone());
+                let _ = tx.send(v);
+                if lr.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    };
     let elect = {
         let e = etcd.clone();
         let root = data_dir.clone();
@@ -192,6 +224,7 @@ async fn node(config: Config, control: &Runtime) -> Result<(), String> {
         r = elect => r.map_err(|e| e.to_string()).and_then(|r| r),
         _ = crate::cluster::proxy::relay(&listeners, amqp_target, "amqp") => unreachable!(),
         _ = crate::cluster::proxy::relay(&mgmt, http_target, "http") => unreachable!(),
+        _ = crate::cluster::proxy::relay(&amqps, amqps_target, "amqps") => unreachable!(),
         _ = &mut shutdown => Err(String::new()),
         _ = lost.changed() => Err(format!("lost the etcd lease: {}", lost.borrow().clone().unwrap_or_default())),
     };
@@ -253,7 +286,14 @@ async fn node(config: Config, control: &Runtime) -> Result<(), String> {
     );
     let fenced = rep.clone();
     let ended_watch = ended_rx.clone();
-    crate::server::run_with_mgmt(listeners, mgmt, broker, async move {
+    let all = crate::server::Listeners {
+        amqp: listeners,
+        amqps,
+        mgmt,
+        mgmt_tls,
+        tls,
+    };
+    crate::server::serve_all(all, broker, async move {
         tokio::select! {
             _ = &mut shutdown => fenced.drain(),
             _ = lost.changed() => {

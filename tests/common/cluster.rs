@@ -100,6 +100,8 @@ pub struct Node {
     pub amqp: String,
     pub http: String,
     pub repl: String,
+    /// The amqps listener's address ("-" without TLS).
+    pub amqps: String,
     pub extra_env: Vec<(String, String)>,
     pub etcd_url: String,
 }
@@ -115,6 +117,7 @@ impl Node {
             amqp: String::new(),
             http: String::new(),
             repl: String::new(),
+            amqps: String::new(),
             extra_env: vec![],
             etcd_url: etcd.into(),
         }
@@ -202,6 +205,7 @@ impl Node {
                 self.amqp = field("amqp");
                 self.http = field("http");
                 self.repl = field("replication");
+                self.amqps = field("amqps");
                 return;
             }
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
