@@ -51,6 +51,23 @@ class Node:
         self.proc.wait()
 
 
+def start_etcd(root, fast=True):
+    """An etcd on free ports (fast: short election timings, so short leases
+    are allowed); the process and its client URL."""
+    cp, pp = free_port(), free_port()
+    url = f"http://127.0.0.1:{cp}"
+    timing = ["--heartbeat-interval", "50", "--election-timeout", "300"] if fast else []
+    etcd = subprocess.Popen(
+        ["etcd", "--name", "b", "--data-dir", os.path.join(root, "etcd"),
+         "--listen-client-urls", url, "--advertise-client-urls", url,
+         "--listen-peer-urls", f"http://127.0.0.1:{pp}",
+         "--initial-advertise-peer-urls", f"http://127.0.0.1:{pp}",
+         "--initial-cluster", f"b=http://127.0.0.1:{pp}"] + timing,
+        stdout=subprocess.DEVNULL, stderr=open(os.path.join(root, "etcd.log"), "wb"))
+    time.sleep(1.5)
+    return etcd, url
+
+
 def nodes_view(nodes):
     for n in nodes:
         if n.proc and n.proc.poll() is None:
@@ -91,17 +108,7 @@ def main():
     ap.add_argument("--lepus", default="target/release/lepus")
     a = ap.parse_args()
     root = tempfile.mkdtemp(prefix="lepus-failover-")
-    cp, pp = free_port(), free_port()
-    etcd_url = f"http://127.0.0.1:{cp}"
-    etcd = subprocess.Popen(
-        ["etcd", "--name", "b", "--data-dir", os.path.join(root, "etcd"),
-         "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
-         "--listen-peer-urls", f"http://127.0.0.1:{pp}",
-         "--initial-advertise-peer-urls", f"http://127.0.0.1:{pp}",
-         "--initial-cluster", f"b=http://127.0.0.1:{pp}",
-         "--heartbeat-interval", "50", "--election-timeout", "300"],
-        stdout=subprocess.DEVNULL, stderr=open(os.path.join(root, "etcd.log"), "wb"))
-    time.sleep(1.5)
+    etcd, etcd_url = start_etcd(root)
     nodes = [Node(a.lepus, etcd_url, f"n{i}", root, a.lease_ms) for i in (1, 2, 3)]
     try:
         for n in nodes:

@@ -13,7 +13,7 @@ Needs target/release/lepus and target/release/lepus-perf, etcd, RabbitMQ (option
 import argparse, json, os, signal, statistics, subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from cluster_failover import Node, api, free_port, wait_all_in_sync  # noqa: E402
+from cluster_failover import Node, api, free_port, start_etcd, wait_all_in_sync  # noqa: E402
 
 
 def perf(bin_perf, port, duration, quorum=False, user="guest:guest"):
@@ -44,16 +44,7 @@ def main():
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               env=dict(os.environ, LEPUS_LOG="warn"))
     # Cluster.
-    cp, pp = free_port(), free_port()
-    etcd_url = f"http://127.0.0.1:{cp}"
-    etcd = subprocess.Popen(
-        ["etcd", "--name", "b", "--data-dir", os.path.join(root, "etcd"),
-         "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
-         "--listen-peer-urls", f"http://127.0.0.1:{pp}",
-         "--initial-advertise-peer-urls", f"http://127.0.0.1:{pp}",
-         "--initial-cluster", f"b=http://127.0.0.1:{pp}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.5)
+    etcd, etcd_url = start_etcd(root, fast=False)
     nodes = [Node(a.lepus, etcd_url, f"n{i}", root, 5000) for i in (1, 2, 3)]
     try:
         for n in nodes:

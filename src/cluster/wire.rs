@@ -160,19 +160,8 @@ pub fn put_files(out: &mut Vec<u8>, files: &[(PathBuf, u64, u32)]) {
 
 /// Read one frame: its kind and payload. `Ok(None)` at a clean end of stream.
 pub fn read_frame(r: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
-    let mut head = [0u8; 5];
-    match r.read_exact(&mut head[..1]) {
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        r => r?,
-    }
-    r.read_exact(&mut head[1..])?;
-    let len = u32::from_be_bytes(head[..4].try_into().unwrap());
-    if len == 0 || len > MAX_FRAME {
-        return Err(bad(format!("frame length {len} out of range")));
-    }
-    let mut body = vec![0u8; len as usize - 1];
-    r.read_exact(&mut body)?;
-    Ok(Some((head[4], body)))
+    let mut body = Vec::new();
+    Ok(read_frame_into(r, &mut body)?.map(|kind| (kind, body)))
 }
 
 /// [`read_frame`] into a buffer the caller reuses (the follower's hot
