@@ -173,6 +173,10 @@ pub fn follow(
                 }
                 if r.buffer().is_empty() {
                     flush(&mut run, &mut mirror, lenient_until)?;
+                    if unacked && lenient_until.is_some() {
+                        ack(&mut mirror, &mut w, applied, stream_bytes)?;
+                        unacked = false;
+                    }
                 }
                 continue;
             }
@@ -227,11 +231,17 @@ pub fn follow(
         }
         // Ack once nothing more is buffered: one fdatasync per batch.
         if unacked && r.buffer().is_empty() && lenient_until.is_some() {
-            mirror.sync_dirty()?;
-            out.clear();
-            wire::put_ack(&mut out, applied, stream_bytes);
-            w.write_all(&out)?;
+            ack(&mut mirror, &mut w, applied, stream_bytes)?;
             unacked = false;
         }
     }
+}
+
+/// Make everything applied durable, then say so: `applied` and the stream
+/// bytes up to it are on this disk.
+fn ack(mirror: &mut Mirror, w: &mut TcpStream, applied: u64, stream_bytes: u64) -> io::Result<()> {
+    mirror.sync_dirty()?;
+    let mut out = Vec::with_capacity(21);
+    wire::put_ack(&mut out, applied, stream_bytes);
+    w.write_all(&out)
 }
