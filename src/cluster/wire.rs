@@ -183,9 +183,12 @@ pub fn read_frame_into(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<Optio
     Ok(Some(head[4]))
 }
 
-/// An [`OP`] payload that is a write, borrowed: (sequence, path, offset,
-/// bytes). `None` for any other change (decode it with [`decode_op`]).
-pub fn borrow_wrote(payload: &[u8]) -> io::Result<Option<(u64, &str, u64, &[u8])>> {
+/// A write, borrowed from its frame: (sequence, path, offset, bytes).
+pub type WroteRef<'a> = (u64, &'a str, u64, &'a [u8]);
+
+/// An [`OP`] payload that is a write, borrowed. `None` for any other change
+/// (decode it with [`decode_op`]).
+pub fn borrow_wrote(payload: &[u8]) -> io::Result<Option<WroteRef<'_>>> {
     let mut c = Cursor::new(payload);
     let seq = c.u64()?;
     if c.u8()? != K_WROTE {
