@@ -389,6 +389,10 @@ fn serve(stream: TcpStream, rep: &Arc<Replicator>, root: &Path, secret: &[u8]) -
         Some((wire::FILES, body)) => wire::decode_files(&body)?,
         _ => return Err(wire::bad("expected the follower's file list")),
     };
+    // From here on liveness is the monitor's business (`isr_timeout`), not
+    // a read timeout's: a silent follower is removed from the ISR, which
+    // closes its session.
+    w.set_read_timeout(None)?;
     // From here on every change is buffered for it (held until the copy is
     // sent): the copy below reads files at least as new as this point, and
     // replaying the buffered changes over it converges on the leader's state.
