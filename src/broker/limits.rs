@@ -107,12 +107,7 @@ impl Broker {
         if self.vhost(vhost).is_none() {
             return Err(PolicyError::NotFound);
         }
-        if let Some(k) = limits.keys().find(|k| !VHOST_LIMITS.contains(&k.as_str())) {
-            return Err(PolicyError::Invalid(validation_failed(&[format!(
-                "Unrecognised terms [{{<<\"{k}\">>,{}}}] in limits",
-                limits[k]
-            )])));
-        }
+        known_terms(&limits, VHOST_LIMITS, "limits")?;
         let mut all = self.vhost_limits.write();
         self.persist(DefOp::SetVhostLimits {
             vhost: vhost.into(),
@@ -127,12 +122,7 @@ impl Broker {
         if !self.users.read().contains_key(user) {
             return Err(PolicyError::NotFound);
         }
-        if let Some(k) = limits.keys().find(|k| !USER_LIMITS.contains(&k.as_str())) {
-            return Err(PolicyError::Invalid(validation_failed(&[format!(
-                "Unrecognised terms [{{<<\"{k}\">>,{}}}] in user-limits",
-                limits[k]
-            )])));
-        }
+        known_terms(&limits, USER_LIMITS, "user-limits")?;
         let mut all = self.user_limits.write();
         self.persist(DefOp::SetUserLimits {
             user: user.into(),
@@ -205,6 +195,18 @@ impl Broker {
             )));
         }
         Ok(())
+    }
+}
+
+/// RabbitMQ's refusal of a limit it does not know ("Unrecognised terms
+/// [{<<"max-x">>,1}] in limits").
+fn known_terms(limits: &Limits, known: &[&str], what: &str) -> Result<(), PolicyError> {
+    match limits.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(PolicyError::Invalid(validation_failed(&[format!(
+            "Unrecognised terms [{{<<\"{k}\">>,{}}}] in {what}",
+            limits[k]
+        )]))),
+        None => Ok(()),
     }
 }
 

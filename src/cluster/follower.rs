@@ -130,18 +130,12 @@ pub fn follow(
                  lenient_until: Option<u64>|
      -> io::Result<()> {
         if let Some((seq, path, offset, bytes)) = run.take() {
-            mirror.lenient = seq == 0 || lenient_until.is_none_or(|u| seq <= u);
             let op = Op::Wrote {
                 path: path.into(),
                 offset,
                 bytes,
             };
-            mirror.apply(&op).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("applying change {seq} ({}): {e}", op.path().display()),
-                )
-            })?;
+            apply(mirror, seq, &op, lenient_until)?;
         }
         Ok(())
     };
@@ -185,13 +179,7 @@ pub fn follow(
         match kind {
             wire::OP => {
                 let (seq, op) = wire::decode_op(&body)?;
-                mirror.lenient = seq == 0 || lenient_until.is_none_or(|u| seq <= u);
-                mirror.apply(&op).map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("applying change {seq} ({}): {e}", op.path().display()),
-                    )
-                })?;
+                apply(&mut mirror, seq, &op, lenient_until)?;
                 if let Op::Synced(p) = &op {
                     // The leader's small files (definitions log, delay runs)
                     // are replaced by write, sync, rename, sync: keep that
@@ -235,6 +223,18 @@ pub fn follow(
             unacked = false;
         }
     }
+}
+
+/// Apply change `seq`: leniently if it may meet its file already final
+/// (the copy, and the changes buffered while it was read).
+fn apply(mirror: &mut Mirror, seq: u64, op: &Op, lenient_until: Option<u64>) -> io::Result<()> {
+    mirror.lenient = seq == 0 || lenient_until.is_none_or(|u| seq <= u);
+    mirror.apply(op).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("applying change {seq} ({}): {e}", op.path().display()),
+        )
+    })
 }
 
 /// Make everything applied durable, then say so: `applied` and the stream

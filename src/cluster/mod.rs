@@ -164,53 +164,11 @@ async fn node(
             .spawn(move || follow_loop(&ctl, leader_rx, &root, &secret, &name))
             .map_err(|e| e.to_string())?
     };
-    let amqp_target = {
-        let (tx, rx) = watch::channel(None::<String>);
-        let mut lr = leader_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                let v = lr.borrow_and_update().as_ref().map(|m| m.amqp.clone());
-                let _ = tx.send(v);
-                if lr.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-        rx
-    };
-    let http_target = {
-        let (tx, rx) = watch::channel(None::<String>);
-        let mut lr = leader_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                let v = lr.borrow_and_update().as_ref().map(|m| m.http.clone());
-                let _ = tx.send(v);
-                if lr.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-        rx
-    };
-    // amqps and HTTPS are relayed as bytes: TLS ends at the leader.
-    let amqps_target = {
-        let (tx, rx) = watch::channel(None::<String>);
-        let mut lr = leader_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                let v = lr
-                    .borrow_and_update()
-                    .as_ref()
-                    .filter(|m| !m.amqps.is_empty())
-                    .map(|m| m.amqps.clone());
-                let _ = tx.send(v);
-                if lr.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-        rx
-    };
+    // What the relays connect to follows the leader. amqps and HTTPS are
+    // relayed as bytes too: TLS ends at the leader.
+    let amqp_target = leader_address(&leader_rx, |m| &m.amqp);
+    let http_target = leader_address(&leader_rx, |m| &m.http);
+    let amqps_target = leader_address(&leader_rx, |m| &m.amqps);
     let elect = {
         let e = etcd.clone();
         let root = data_dir.clone();
@@ -379,6 +337,31 @@ async fn campaign_loop(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// One of the leader's addresses, kept current as the leader changes
+/// (`None`: no leader, or it has no such listener).
+fn leader_address(
+    leader: &watch::Receiver<Option<Member>>,
+    field: fn(&Member) -> &String,
+) -> watch::Receiver<Option<String>> {
+    let (tx, rx) = watch::channel(None::<String>);
+    let mut lr = leader.clone();
+    tokio::spawn(async move {
+        loop {
+            let v = lr
+                .borrow_and_update()
+                .as_ref()
+                .map(field)
+                .filter(|a| !a.is_empty())
+                .cloned();
+            let _ = tx.send(v);
+            if lr.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// Follow whichever node leads, reconnecting after every break, until stopped.

@@ -85,9 +85,7 @@ pub fn end_frame(out: &mut [u8], at: usize) {
 /// One [`OP`] frame. The observer calls these with borrowed data, so a
 /// segment write is copied once, into the frame.
 pub fn put_created(out: &mut Vec<u8>, seq: u64, path: &Path) {
-    let at = op_head(out, seq, K_CREATED);
-    put_path(out, path);
-    end_frame(out, at);
+    put_path_op(out, seq, K_CREATED, path);
 }
 
 pub fn put_wrote(out: &mut Vec<u8>, seq: u64, path: &Path, offset: u64, bytes: &[u8]) {
@@ -114,13 +112,16 @@ pub fn put_renamed(out: &mut Vec<u8>, seq: u64, from: &Path, to: &Path) {
 }
 
 pub fn put_deleted(out: &mut Vec<u8>, seq: u64, path: &Path) {
-    let at = op_head(out, seq, K_DELETED);
-    put_path(out, path);
-    end_frame(out, at);
+    put_path_op(out, seq, K_DELETED, path);
 }
 
 pub fn put_synced(out: &mut Vec<u8>, seq: u64, path: &Path) {
-    let at = op_head(out, seq, K_SYNCED);
+    put_path_op(out, seq, K_SYNCED, path);
+}
+
+/// A change that names only a path (created, deleted, synced).
+fn put_path_op(out: &mut Vec<u8>, seq: u64, kind: u8, path: &Path) {
+    let at = op_head(out, seq, kind);
     put_path(out, path);
     end_frame(out, at);
 }
